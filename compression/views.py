@@ -1,0 +1,136 @@
+"""Registry pages. One view renders a page or, for htmx, its fragment; polling
+fragments answer 286 once there is nothing left to wait for, which stops htmx."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Count, Max, Q
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts.models import Role
+from accounts.permissions import role_required
+from compression.models import Job, ModelVersion, RegisteredModel, Task, VersionStatus
+from compression.services import RegistryError, delete_version, register_upload
+from compression.uploads import too_large_message, upload_too_large
+
+HTMX_STOP_POLLING = 286
+SORTS = {"name": "name", "-name": "-name", "updated": "-last_upload", "versions": "-n_versions"}
+
+
+@role_required(Role.VIEWER)
+def model_list(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()
+    sort = request.GET.get("sort", "name")
+    models = RegisteredModel.objects.annotate(
+        n_versions=Count("versions"), last_upload=Max("versions__created_at")
+    )
+    if query:
+        models = models.filter(Q(name__icontains=query) | Q(task__icontains=query))
+    models = models.order_by(SORTS.get(sort, "name"))
+    page = Paginator(models, 50).get_page(request.GET.get("page"))
+    context = {"page": page, "q": query, "sort": sort, "sorts": SORTS}
+    template = "compression/_model_rows.html" if request.htmx else "compression/model_list.html"
+    return render(request, template, context)
+
+
+@role_required(Role.VIEWER)
+def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
+    model = get_object_or_404(RegisteredModel, pk=model_id)
+    versions = model.versions.select_related("parent", "created_by").order_by("number")
+    return render(request, "compression/model_detail.html", {"model": model, "versions": versions})
+
+
+@role_required(Role.VIEWER)
+def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = get_object_or_404(
+        ModelVersion.objects.select_related("model", "parent", "created_by"), pk=version_id
+    )
+    context = {
+        "version": version,
+        "jobs": version.jobs.all()[:20],
+        "blockers": version.deletion_blockers(),
+        "finished": version.status in (VersionStatus.READY, VersionStatus.FAILED),
+    }
+    if request.htmx:
+        response = render(request, "compression/_version_status.html", context)
+        if context["finished"]:
+            response.status_code = HTMX_STOP_POLLING
+        return response
+    return render(request, "compression/version_detail.html", context)
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def version_delete(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = get_object_or_404(ModelVersion, pk=version_id)
+    model_id = version.model_id
+    try:
+        delete_version(request.user, version)
+    except RegistryError as exc:
+        messages.error(request, str(exc))
+        return redirect("version-detail", version_id=version_id)
+    messages.success(request, f"Deleted version {version.number}.")
+    return redirect("model-detail", model_id=model_id)
+
+
+@role_required(Role.OPERATOR)
+def upload(request: HttpRequest) -> HttpResponse:
+    """GET: the drag-and-drop page. POST (XHR with progress, or a plain form): the upload.
+
+    XHR callers get JSON; a plain form post is redirected to the new version's page.
+    """
+    context = {"tasks": Task.choices, "models": RegisteredModel.objects.order_by("name")}
+    if request.method != "POST":
+        return render(request, "compression/upload.html", context)
+    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    status, payload = _handle_upload(request)
+    if wants_json:
+        return JsonResponse(payload, status=status)
+    if status == 201:
+        return redirect("version-detail", version_id=payload["version"])
+    messages.error(request, payload["error"])
+    return render(request, "compression/upload.html", context, status=status)
+
+
+def _handle_upload(request: HttpRequest) -> tuple[int, dict[str, object]]:
+    if upload_too_large(request):
+        return 413, {"error": too_large_message()}
+    uploaded = request.FILES.get("file")
+    if uploaded is None:
+        return 400, {"error": "choose a model file to upload"}
+    try:
+        version, job = register_upload(
+            user=request.user,
+            name=request.POST.get("name", ""),
+            task=request.POST.get("task", ""),
+            path=Path(uploaded.temporary_file_path()),  # type: ignore[attr-defined]
+            filename=uploaded.name or "upload",
+            sha256=uploaded.sha256,  # type: ignore[attr-defined]
+            size=uploaded.size or 0,
+        )
+    except RegistryError as exc:
+        payload: dict[str, object] = {"error": str(exc)}
+        if hasattr(exc, "existing"):
+            payload["version"] = exc.existing.pk
+            payload["url"] = f"/versions/{exc.existing.pk}/"
+        return exc.status, payload
+    finally:
+        uploaded.close()
+    return 201, {"version": version.pk, "job": job.pk, "url": f"/versions/{version.pk}/"}
+
+
+@role_required(Role.VIEWER)
+def job_list(request: HttpRequest) -> HttpResponse:
+    jobs = Job.objects.select_related("version__model", "created_by")[:200]
+    active = any(not job.is_finished for job in jobs)
+    if request.htmx:
+        response = render(request, "compression/_job_rows.html", {"jobs": jobs})
+        if not active:
+            response.status_code = HTMX_STOP_POLLING
+        return response
+    return render(request, "compression/job_list.html", {"jobs": jobs, "active": active})

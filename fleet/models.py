@@ -1,0 +1,1 @@
+"""Devices, groups, bundles and rollouts live here (see the fleet issues)."""

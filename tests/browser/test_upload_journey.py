@@ -1,0 +1,83 @@
+"""The newcomer's journey in a real browser: log in, drop a model on the upload page,
+watch the progress bar, and see the inspection appear without reloading."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Worker
+from tests.fixtures.tiny_models import build_tiny_bert_onnx
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def _login(page: Any, base: str, username: str) -> None:
+    page.goto(f"{base}/models/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", f"pw-{username}")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/models/")
+
+
+def test_an_operator_uploads_a_model_and_sees_it_inspected(
+    live_server: Any, celery_worker: Worker, alice: Any, page: Any, tmp_path: Path
+) -> None:
+    base = live_server.url
+    _login(page, base, "alice")
+    page.click("text=Upload a model")
+    page.fill("input[name=name]", "browser-bert")
+    page.select_option("select[name=task]", "text-embedding")
+    page.set_input_files("#file-input", str(build_tiny_bert_onnx(tmp_path / "bert.onnx")))
+    assert "bert.onnx" in page.inner_text("#file-name")
+    page.click("#upload-button")
+    page.wait_for_url(f"{base}/versions/*/")
+    status = page.locator("[data-testid=version-status]")
+    status.filter(has_text="ready").wait_for(timeout=60_000)
+    inspection = page.locator("[data-testid=inspection]")
+    assert "input_ids" in inspection.inner_text()
+    assert "MatMul" in inspection.inner_text()
+    page.screenshot(path=str(tmp_path / "version.png"), full_page=True)
+
+
+def test_dropping_a_file_uploads_it_with_progress(
+    live_server: Any, alice: Any, page: Any, tmp_path: Path
+) -> None:
+    base = live_server.url
+    _login(page, base, "alice")
+    page.goto(f"{base}/models/upload/")
+    page.fill("input[name=name]", "dropped")
+    data = base64.b64encode(build_tiny_bert_onnx(tmp_path / "drop.onnx").read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """(b64) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], 'drop.onnx', {type: 'application/octet-stream'}));
+            return dt; }""",
+        data,
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    assert "drop.onnx" in page.inner_text("#file-name")
+    page.click("#upload-button")
+    page.wait_for_url(f"{base}/versions/*/")
+    assert page.locator("h1").inner_text().startswith("dropped v1")
+    assert page.evaluate("document.getElementById('upload-progress') === null")
+
+
+def test_a_bad_file_shows_the_servers_message(
+    live_server: Any, alice: Any, page: Any, tmp_path: Path
+) -> None:
+    base = live_server.url
+    _login(page, base, "alice")
+    page.goto(f"{base}/models/upload/")
+    page.fill("input[name=name]", "junk")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a model" * 100)
+    page.set_input_files("#file-input", str(junk))
+    page.click("#upload-button")
+    message = page.locator("#upload-status.error")
+    message.wait_for()
+    assert "onnx" in message.inner_text().lower()
+    assert page.url.endswith("/models/upload/")

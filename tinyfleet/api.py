@@ -1,0 +1,84 @@
+"""The operator REST API (`/api/v1/`): bearer tokens or a browser session, JSON errors
+of the form {"error": "..."}, OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
+from ninja.security import HttpBearer, django_auth
+
+from accounts.models import ApiToken, has_role
+
+
+class BearerToken(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> Any:
+        found = ApiToken.authenticate(token)
+        if found is None:
+            return None
+        request.user = found.user
+        return found.user
+
+
+def require_role(request: HttpRequest, role: str) -> None:
+    """Raises HttpError(403) unless the caller has at least `role`."""
+    if not has_role(request.user, role):
+        raise HttpError(403, f"this needs the {role} role")
+
+
+api = NinjaAPI(
+    title="tinyfleet API",
+    version="1",
+    description=(
+        "Operator API. Authenticate with `Authorization: Bearer <token>` "
+        '(`python manage.py create_api_token USERNAME`). Errors are `{"error": "..."}`.'
+    ),
+    urls_namespace="api-v1",
+    auth=[BearerToken(), django_auth],  # session auth is CSRF-checked
+)
+
+
+def _error(request: HttpRequest, message: str, status: int, **extra: Any) -> HttpResponse:
+    return api.create_response(request, {"error": message, **extra}, status=status)
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return _error(request, str(exc), exc.status_code)
+
+
+@api.exception_handler(AuthenticationError)
+def on_unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return _error(request, "missing, invalid or revoked API token", 401)
+
+
+@api.exception_handler(AuthorizationError)
+def on_forbidden(request: HttpRequest, exc: AuthorizationError) -> HttpResponse:
+    return _error(request, "not allowed", 403)
+
+
+@api.exception_handler(Http404)
+def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return _error(request, "not found", 404)
+
+
+@api.exception_handler(ValidationError)
+def on_invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    problems = []
+    for item in exc.errors:
+        where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "form"))
+        problems.append(f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg"))
+    return _error(request, "invalid request: " + "; ".join(problems), 400, details=exc.errors)
+
+
+def _register_routers() -> None:
+    from accounts.api import router as accounts_router
+    from compression.api import router as compression_router
+
+    api.add_router("", compression_router)
+    api.add_router("", accounts_router)
+
+
+_register_routers()

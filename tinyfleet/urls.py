@@ -1,0 +1,26 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from accounts import views as account_views
+from compression import views as registry_views
+from tinyfleet.api import api
+from tinyfleet.views import healthz, home
+
+urlpatterns = [
+    path("", home, name="home"),
+    path("healthz", healthz, name="healthz"),
+    path("api/v1/", api.urls),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("models/", registry_views.model_list, name="models"),
+    path("models/upload/", registry_views.upload, name="upload"),
+    path("models/<int:model_id>/", registry_views.model_detail, name="model-detail"),
+    path("versions/<int:version_id>/", registry_views.version_detail, name="version-detail"),
+    path("versions/<int:version_id>/delete/", registry_views.version_delete, name="version-delete"),
+    path("jobs/", registry_views.job_list, name="jobs"),
+    path("tokens/", account_views.token_list, name="tokens"),
+    path("tokens/<int:token_id>/revoke/", account_views.token_revoke, name="token-revoke"),
+    path("audit/", account_views.audit_log, name="audit"),
+    path("admin/", admin.site.urls),
+]
