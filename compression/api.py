@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +11,14 @@ from django.core.files.storage import default_storage
 from django.db.models import Prefetch, Q
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
-from ninja import File, Form, Router, Status
+from ninja import File, Form, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
 from accounts.models import Role
-from compression.models import Job, JobStatus, ModelVersion, RegisteredModel
+from compression.jobs import cancel_job, create_job, register_dataset
+from compression.models import Dataset, Job, JobStatus, ModelVersion, RegisteredModel
+from compression.recipes import CATALOGUE
 from compression.schemas import (
     ConflictOut,
     ErrorOut,
@@ -157,3 +161,129 @@ def list_jobs(
 @router.get("/jobs/{job_id}", response={200: JobOut, **ERRORS})
 def get_job(request: HttpRequest, job_id: int) -> dict[str, Any]:
     return JobOut.from_job(get_object_or_404(Job, pk=job_id))
+
+
+class JobIn(Schema):
+    version: int
+    recipe: str
+    params: dict[str, Any] = {}
+    eval_dataset: int | None = None
+    calibration_dataset: int | None = None
+
+
+class DatasetOut(Schema):
+    id: int
+    name: str
+    kind: str
+    sha256: str
+    size_bytes: int
+    rows: int
+    has_labels: bool
+    created_at: datetime
+
+
+class DatasetList(Schema):
+    items: list[DatasetOut]
+    count: int
+
+
+class RecipeOut(Schema):
+    name: str
+    title: str
+    input_formats: list[str]
+    output_format: str
+    needs_calibration: bool
+    recommended: bool
+    description: str
+
+
+def _dataset_json(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "id": dataset.pk,
+        "name": dataset.name,
+        "kind": dataset.kind,
+        "sha256": dataset.sha256,
+        "size_bytes": dataset.size_bytes,
+        "rows": dataset.rows,
+        "has_labels": dataset.has_labels,
+        "created_at": dataset.created_at,
+    }
+
+
+@router.get(
+    "/recipes", response=list[RecipeOut], summary="Compression recipes and where they apply"
+)
+def list_recipes(request: HttpRequest) -> list[dict[str, Any]]:
+    return [
+        {**dataclasses.asdict(info), "input_formats": sorted(info.input_formats)}
+        for info in CATALOGUE.values()
+    ]
+
+
+@router.post(
+    "/jobs",
+    response={201: JobOut, 409: ErrorOut, **ERRORS},
+    summary="Start a compression or export job on a version",
+)
+def start_job(request: HttpRequest, body: JobIn) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    version = _version(body.version)
+    try:
+        job = create_job(
+            user=request.user,
+            version=version,
+            recipe=body.recipe,
+            params=body.params,
+            eval_dataset=body.eval_dataset,
+            calibration_dataset=body.calibration_dataset,
+        )
+    except RegistryError as exc:
+        return Status(exc.status, {"error": str(exc)})
+    return Status(201, JobOut.from_job(job))
+
+
+@router.post("/jobs/{job_id}/cancel", response={200: JobOut, 409: ErrorOut, **ERRORS})
+def cancel(request: HttpRequest, job_id: int) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    job = get_object_or_404(Job, pk=job_id)
+    try:
+        cancel_job(request.user, job)
+    except RegistryError as exc:
+        return Status(exc.status, {"error": str(exc)})
+    return Status(200, JobOut.from_job(job))
+
+
+@router.post(
+    "/datasets",
+    response={201: DatasetOut, 413: ErrorOut, **ERRORS},
+    summary="Upload an evaluation/calibration dataset (.jsonl or .npz)",
+)
+def upload_dataset(
+    request: HttpRequest,
+    name: Form[str] = "",
+    file: UploadedFile | None = File(None),  # noqa: B008
+) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    if upload_too_large(request):
+        raise HttpError(413, too_large_message())
+    if file is None:
+        raise HttpError(400, "no file in the upload (multipart field 'file')")
+    try:
+        dataset = register_dataset(
+            user=request.user,
+            name=name,
+            path=Path(file.temporary_file_path()),
+            filename=file.name or "dataset",
+            size=file.size or 0,
+        )
+    except RegistryError as exc:
+        return Status(exc.status, {"error": str(exc)})
+    finally:
+        file.close()
+    return Status(201, _dataset_json(dataset))
+
+
+@router.get("/datasets", response=DatasetList)
+def list_datasets(request: HttpRequest) -> dict[str, Any]:
+    datasets = Dataset.objects.all()[:500]
+    return {"items": [_dataset_json(d) for d in datasets], "count": Dataset.objects.count()}

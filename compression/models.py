@@ -71,6 +71,12 @@ class ModelVersion(models.Model):
     error = models.TextField(blank=True)
     inspection = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
+    # How to feed and read the model (tokenizer, pooling, labels); travels into bundles.
+    pipeline = models.JSONField(default=dict, blank=True)
+    # Golden set for the device self-test: storage key of its .npz and its sha256.
+    golden_key = models.CharField(max_length=512, blank=True)
+    golden_sha256 = models.CharField(max_length=64, blank=True)
+    lineage_info = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -116,6 +122,33 @@ class ModelVersion(models.Model):
         return reasons
 
 
+class DatasetKind(models.TextChoices):
+    TEXT = "text-jsonl", "Text (JSONL)"
+    TENSORS = "tensors-npz", "Tensors (.npz)"
+
+
+class Dataset(models.Model):
+    """Evaluation or calibration data: JSONL of {"text", "label"?} or an .npz of tensors."""
+
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=DatasetKind.choices)
+    storage_key = models.CharField(max_length=512)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField()
+    rows = models.PositiveIntegerField()
+    has_labels = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class JobKind(models.TextChoices):
     INSPECT = "inspect"
     COMPRESS = "compress"
@@ -142,6 +175,12 @@ class Job(models.Model):
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="jobs")
     result_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    eval_dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    calibration_dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
     progress = models.FloatField(default=0.0)

@@ -24,6 +24,9 @@ class VersionOut(Schema):
     params: dict[str, Any]
     inspection: dict[str, Any]
     metrics: dict[str, Any]
+    pipeline: dict[str, Any]
+    golden_sha256: str
+    lineage: dict[str, Any]
     created_by: str | None
     created_at: datetime
     file_url: str
@@ -46,6 +49,9 @@ class VersionOut(Schema):
             "params": version.params,
             "inspection": version.inspection,
             "metrics": version.metrics,
+            "pipeline": version.pipeline,
+            "golden_sha256": version.golden_sha256,
+            "lineage": version.lineage_info,
             "created_by": version.created_by.get_username() if version.created_by else None,
             "created_at": version.created_at,
             "file_url": f"/api/v1/versions/{version.pk}/file",
@@ -76,6 +82,8 @@ class JobOut(Schema):
     progress: float
     stage: str
     result_version: int | None
+    eval_dataset: int | None
+    calibration_dataset: int | None
     metrics: dict[str, Any]
     error: str
     log: str
@@ -96,6 +104,8 @@ class JobOut(Schema):
             "progress": job.progress,
             "stage": job.stage,
             "result_version": job.result_version_id,
+            "eval_dataset": job.eval_dataset_id,
+            "calibration_dataset": job.calibration_dataset_id,
             "metrics": job.metrics,
             "error": job.error,
             "log": job.log[-4000:],

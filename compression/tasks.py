@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
@@ -20,8 +21,9 @@ from compression.pipeline.archive import extract_zip
 from compression.pipeline.errors import InvalidModelError
 from compression.pipeline.formats import model_root
 from compression.pipeline.inspect import inspect_model
+from compression.pipeline.runner import ConverterCrashError
 from compression.services import archive_limits
-from compression.storage import local_copy
+from compression.storage import local_copy, store_file
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +98,119 @@ def reap_stale_jobs() -> int:
                 if job.kind == "inspect":
                     _mark_version(job.version, VersionStatus.FAILED, reason)
     return reaped
+
+
+def _recipe_input_name(recipe: str) -> str:
+    """The recipe function's first parameter: the model path it takes."""
+    import inspect as pyinspect
+
+    from compression.pipeline.runner import resolve
+
+    func, _ = resolve(recipe)
+    return next(iter(pyinspect.signature(func).parameters))
+
+
+@shared_task(acks_late=True)
+def run_compression(job_id: int) -> None:
+    job = Job.claim(job_id)
+    if job is None:
+        return
+    try:
+        _compress(job)
+    except JobCancelledError:
+        return
+    except (ConverterCrashError, InvalidModelError, ValueError, OSError) as exc:
+        message = str(exc)
+        tail = getattr(exc, "stderr_tail", "")
+        if tail:
+            job.append_log(tail[-3000:])
+        with transaction.atomic():
+            job.append_log(f"failed: {message}")
+            job.finish(JobStatus.FAILED, error=message)
+    except Exception as exc:
+        log.exception("compression job %s crashed", job.pk)
+        job.finish(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+def _compress(job: Job) -> None:
+    from compression.derive import carry_tokenizer, package, store_derived
+    from compression.pipeline.assess import find_tokenizer
+    from compression.pipeline.runner import run_in_subprocess
+    from compression.recipes import CATALOGUE
+
+    parent = job.version
+    info = CATALOGUE[job.recipe]
+
+    def progress(fraction: float, stage: str, message: str) -> None:
+        # The recipe owns 5-70% of the bar; evaluation and storing the rest.
+        job.report(0.05 + 0.65 * fraction, stage, message)
+
+    with tempfile.TemporaryDirectory(dir=settings.TMP_DIR) as tmp, materialized(parent) as src:
+        work = Path(tmp)
+        out_dir = work / "out"
+        out_dir.mkdir()
+        job.report(0.02, "preparing", f"{job.recipe} on {parent}")
+        kwargs: dict[str, object] = {
+            _recipe_input_name(job.recipe): str(src),
+            "output_dir": str(out_dir),
+            "params": job.params,
+        }
+        if job.calibration_dataset is not None:
+            kwargs["calibration_path"] = _dataset_path(job.calibration_dataset, work)
+            tokenizer = find_tokenizer(src)
+            kwargs["tokenizer_path"] = str(tokenizer) if tokenizer else None
+        result = run_in_subprocess(
+            job.recipe, kwargs, timeout=settings.CELERY_TASK_SOFT_TIME_LIMIT, progress=progress
+        )
+        for line in result.get("log", [])[-50:]:
+            job.append_log(str(line))
+        carry_tokenizer(src, out_dir)
+        job.report(0.72, "evaluating", "measuring fidelity against the parent")
+        golden = work / "golden.npz"
+        eval_path = _dataset_path(job.eval_dataset, work) if job.eval_dataset else None
+        assessment = run_in_subprocess(
+            "assess",
+            {
+                "parent": str(src),
+                "child": str(out_dir),
+                "task": parent.model.task,
+                "golden_path": str(golden),
+                "dataset": eval_path,
+                "dataset_kind": job.eval_dataset.kind if job.eval_dataset else None,
+            },
+            timeout=3600,
+        )
+        job.append_log(f"fidelity: {assessment['fidelity']}")
+        job.report(0.9, "storing")
+        artifact = package(out_dir, work)
+        golden_key = f"golden/{assessment['golden']['sha256']}.npz"
+        store_file(golden_key, golden)
+        metrics = {
+            **result.get("metrics", {}),
+            "fidelity": assessment["fidelity"],
+            "evaluated_on": assessment["inputs"],
+            "examples": assessment["examples"],
+            "size_bytes": artifact.stat().st_size,
+            "size_ratio": artifact.stat().st_size / max(parent.size_bytes, 1),
+        }
+        inspection = inspect_model(Path(result["output_path"]), info.output_format)
+        store_derived(
+            job,
+            artifact,
+            info.output_format,
+            metrics=metrics,
+            pipeline={**parent.pipeline, **result.get("pipeline", {})},
+            golden_key=golden_key,
+            golden_sha256=assessment["golden"]["sha256"],
+            inspection=inspection,
+        )
+
+
+def _dataset_path(dataset: object, work: Path) -> str:
+    from compression.models import Dataset
+
+    assert isinstance(dataset, Dataset)
+    target = work / f"dataset-{dataset.pk}{Path(dataset.storage_key).suffix}"
+    with local_copy(dataset.storage_key) as path:
+        shutil.copyfile(path, target)
+    return str(target)

@@ -3,6 +3,7 @@ fragments answer 286 once there is nothing left to wait for, which stops htmx.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from django.contrib import messages
@@ -14,7 +15,10 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role
 from accounts.permissions import role_required
-from compression.models import Job, ModelVersion, RegisteredModel, Task, VersionStatus
+from compression.compare import comparison_row, recommend
+from compression.jobs import cancel_job, create_job
+from compression.models import Dataset, Job, ModelVersion, RegisteredModel, Task, VersionStatus
+from compression.recipes import CATALOGUE
 from compression.services import RegistryError, delete_version, register_upload
 from compression.uploads import too_large_message, upload_too_large
 
@@ -50,8 +54,11 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
     version = get_object_or_404(
         ModelVersion.objects.select_related("model", "parent", "created_by"), pk=version_id
     )
+    recipes = [r for r in CATALOGUE.values() if version.format in r.input_formats]
     context = {
         "version": version,
+        "recipes": sorted(recipes, key=lambda r: not r.recommended),
+        "datasets": Dataset.objects.all()[:100],
         "jobs": version.jobs.all()[:20],
         "blockers": version.deletion_blockers(),
         "finished": version.status in (VersionStatus.READY, VersionStatus.FAILED),
@@ -134,3 +141,77 @@ def job_list(request: HttpRequest) -> HttpResponse:
             response.status_code = HTMX_STOP_POLLING
         return response
     return render(request, "compression/job_list.html", {"jobs": jobs, "active": active})
+
+
+@role_required(Role.VIEWER)
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(
+        Job.objects.select_related("version__model", "result_version", "created_by"), pk=job_id
+    )
+    context = {"job": job, "log_tail": job.log[-6000:]}
+    if request.htmx:
+        response = render(request, "compression/_job_progress.html", context)
+        if job.is_finished:
+            response.status_code = HTMX_STOP_POLLING
+        return response
+    return render(request, "compression/job_detail.html", context)
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def job_start(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = get_object_or_404(ModelVersion, pk=version_id)
+    try:
+        params = json.loads(request.POST.get("params") or "{}")
+    except json.JSONDecodeError as exc:
+        messages.error(request, f"Parameters are not valid JSON: {exc}")
+        return redirect("version-detail", version_id=version_id)
+
+    def dataset_id(field: str) -> int | None:
+        raw = request.POST.get(field, "")
+        return int(raw) if raw.isdigit() else None
+
+    try:
+        job = create_job(
+            user=request.user,
+            version=version,
+            recipe=request.POST.get("recipe", ""),
+            params=params,
+            eval_dataset=dataset_id("eval_dataset"),
+            calibration_dataset=dataset_id("calibration_dataset"),
+        )
+    except RegistryError as exc:
+        messages.error(request, str(exc))
+        return redirect("version-detail", version_id=version_id)
+    return redirect("job-detail", job_id=job.pk)
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=job_id)
+    try:
+        cancel_job(request.user, job)
+    except RegistryError as exc:
+        messages.error(request, str(exc))
+    return redirect("job-detail", job_id=job_id)
+
+
+@role_required(Role.VIEWER)
+def model_compare(request: HttpRequest, model_id: int) -> HttpResponse:
+    """All ready variants side by side, with the recommended one marked."""
+    model = get_object_or_404(RegisteredModel, pk=model_id)
+    versions = list(model.versions.filter(status=VersionStatus.READY).order_by("number"))
+    rows = [comparison_row(v) for v in versions]
+    recommended = recommend(rows)
+    for row in rows:
+        row["recommended"] = row["id"] == recommended
+    return render(
+        request,
+        "compression/compare.html",
+        {
+            "model": model,
+            "rows": rows,
+            "chart_data": rows,
+        },
+    )

@@ -202,3 +202,10 @@ SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- fleet ----------------------------------------------------------------------------
+DEVICE_POLL_INTERVAL = env_int("TINYFLEET_DEVICE_POLL_INTERVAL", 30, minimum=1)
+# A device is online while it polled within this many seconds, offline up to the stale
+# limit, and stale beyond it.
+DEVICE_ONLINE_SECONDS = env_int("TINYFLEET_DEVICE_ONLINE_SECONDS", 120, minimum=1)
+DEVICE_STALE_SECONDS = env_int("TINYFLEET_DEVICE_STALE_SECONDS", 24 * 3600, minimum=1)

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol, runtime_checkable
 
 from ._internal.errors import (
     BadSignatureError,
@@ -85,6 +85,7 @@ __all__ = [
     "PayloadTamperedError",
     "PayloadTruncatedError",
     "PipelineSpec",
+    "Readable",
     "RollbackError",
     "TrustedState",
     "WrongDeviceError",
@@ -105,16 +106,26 @@ __all__ = [
     "wrap_key",
 ]
 
+
+@runtime_checkable
+class Readable(Protocol):
+    """A binary stream: a file, an HTTP response body."""
+
+    def read(self, size: int, /) -> bytes:
+        """Return up to `size` bytes; b"" at the end."""
+        ...
+
+
 generate_content_key = generate_key
 encrypt_bundle = encrypt_file
 decrypt_bundle = decrypt_file
 
 
-def _blocks(source: Iterable[bytes] | BinaryIO, max_length: int, block: int) -> Iterable[bytes]:
-    read = getattr(source, "read", None)
-    if read is None:
+def _blocks(source: Iterable[bytes] | Readable, max_length: int, block: int) -> Iterable[bytes]:
+    if not isinstance(source, Readable):
         yield from source
         return
+    read = source.read
     remaining = max_length + 1
     while True:
         # Ask for at most one byte past the cap: enough to detect an overrun
@@ -127,7 +138,7 @@ def _blocks(source: Iterable[bytes] | BinaryIO, max_length: int, block: int) -> 
 
 
 def download_capped(
-    source: Iterable[bytes] | BinaryIO,
+    source: Iterable[bytes] | Readable,
     dst: Path,
     max_length: int,
     *,

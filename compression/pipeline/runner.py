@@ -76,6 +76,7 @@ RECIPES: dict[str, str] = {
 _EXTRA_FUNCS: dict[str, str] = {
     "benchmark": "compression.pipeline.benchmark:_benchmark_in_process",
     "crash-for-test": "compression.pipeline.runner:_crash_for_test",
+    "assess": "compression.pipeline.assess:assess",
 }
 
 
@@ -115,7 +116,9 @@ def _call(name: str, kwargs: Mapping[str, Any], progress: ProgressFn) -> Any:
         kw["params"] = params_cls(**kw.get("params", {}))
         kw["progress"] = progress
     result = func(**kw)
-    return result.to_dict() if isinstance(result, RecipeResult) else result
+    # Under `python -m` this module is __main__, so the recipe's RecipeResult class is a
+    # different object than ours: test for the method, not the class.
+    return result.to_dict() if hasattr(result, "to_dict") else result
 
 
 def _tail(text: str, lines: int = 40) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from securesystemslib.signer import Signature
+from securesystemslib.signer import Signature  # type: ignore[attr-defined, unused-ignore]
 from tinyfleet_agent.bundle import (
     Assignment,
     BadSignatureError,
@@ -46,7 +46,13 @@ from tinyfleet_agent.bundle import (
     verify_image_metadata,
     wrap_key,
 )
-from tuf.api.metadata import Metadata, Root, TargetFile, Targets
+from tuf.api.metadata import (  # type: ignore[attr-defined, unused-ignore]
+    Metadata,
+    Root,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
 
 from .tuf_fixtures import CHUNK, NOW, Bundle, Device, World, make_root, new_signers, sign
 
@@ -191,7 +197,7 @@ def test_payload_tampering_appended(
 # --- metadata attacks ---------------------------------------------------------
 
 
-def _leaves(obj: Any, path: tuple = ()) -> Iterator[tuple]:
+def _leaves(obj: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
     if isinstance(obj, dict):
         for key, value in obj.items():
             yield from _leaves(value, (*path, key))
@@ -212,7 +218,7 @@ def _mutated(value: Any) -> Any:
     return "x"
 
 
-def _tamper(data: bytes, path: tuple) -> bytes:
+def _tamper(data: bytes, path: tuple[Any, ...]) -> bytes:
     obj = json.loads(data)
     node = obj["signed"]
     for key in path[:-1]:
@@ -423,7 +429,7 @@ def test_endless_data_download_stops_at_signed_length(world: World) -> None:
 
     body = EndlessBody()
     with pytest.raises(LengthExceededError):
-        download_capped(body, world.tmp / "dl", 10_000)  # type: ignore[arg-type]
+        download_capped(body, world.tmp / "dl", 10_000)
     assert body.served == 10_001
     assert not (world.tmp / "dl").exists() and leftovers(world.tmp) == []
 
@@ -531,7 +537,9 @@ def test_wrapped_key_replay_other_device(world: World, bundle: Bundle) -> None:
         (("cipher", "chunk_size"), 1),
     ],
 )
-def test_malformed_signed_record_refused(bundle: Bundle, path: tuple, value: object) -> None:
+def test_malformed_signed_record_refused(
+    bundle: Bundle, path: tuple[str, ...], value: object
+) -> None:
     data = bundle.record.to_dict()
     node = data
     for key in path[:-1]:
@@ -560,3 +568,30 @@ def test_every_error_has_a_stable_reason() -> None:
         "length-exceeded",
         "key-unwrap-failed",
     } <= set(reasons)
+
+
+def test_inconsistent_snapshot_pin_refused(world: World, bundle: Bundle) -> None:
+    # Holder of the online timestamp key pins the right bytes under a wrong
+    # version, or pins no hash at all: the chain must not verify.
+    ts_bytes, snap, tgt = world.image.published
+    timestamp: Metadata[Timestamp] = Metadata.from_bytes(ts_bytes)
+    timestamp.signed.snapshot_meta.version += 1
+    forged = sign(timestamp, world.image.keys["timestamp"])
+    with pytest.raises(InconsistentMetadataError) as err:
+        verify_image_metadata(world.state, forged, snap, tgt, NOW)
+    assert err.value.reason == "inconsistent-metadata"
+    timestamp.signed.snapshot_meta.version -= 1
+    timestamp.signed.snapshot_meta.hashes = None
+    forged = sign(timestamp, world.image.keys["timestamp"])
+    with pytest.raises(InconsistentMetadataError):
+        verify_image_metadata(world.state, forged, snap, tgt, NOW)
+    verify_image_metadata(world.state, ts_bytes, snap, tgt, NOW)
+
+
+def test_oversized_metadata_refused_before_parsing(world: World, bundle: Bundle) -> None:
+    _, snap, tgt = world.image.published
+    huge = b"{" + b" " * (17 * 1024) + b"}"
+    with pytest.raises(LengthExceededError):
+        verify_image_metadata(world.state, huge, snap, tgt, NOW)
+    with pytest.raises(LengthExceededError):
+        verify_director_targets(world.state, b" " * (65 * 1024), "dev-alice", NOW)

@@ -49,8 +49,8 @@ def test_it_wraps_with_a_fresh_ephemeral_key_each_time() -> None:
         (("a", 256, "b"), ("a", 1, "b")),
     ],
 )
-def test_it_encodes_info_injectively(a: tuple, b: tuple) -> None:
-    def info(t: tuple) -> bytes:
+def test_it_encodes_info_injectively(a: tuple[str, int, str], b: tuple[str, int, str]) -> None:
+    def info(t: tuple[str, int, str]) -> bytes:
         return key_info(bundle_id=t[0], release=t[1], device_id=t[2])
 
     assert info(a) != info(b)
@@ -89,7 +89,7 @@ def test_it_refuses_another_devices_private_key() -> None:
         {"bundle_id": "b", "release": 1, "device_id": "x" * 256},
     ],
 )
-def test_it_rejects_bad_bindings(binding: dict) -> None:
+def test_it_rejects_bad_bindings(binding: dict[str, Any]) -> None:
     public = X25519PrivateKey.generate().public_key()
     with pytest.raises(ValueError):
         wrap_key(generate_content_key(), public, **binding)

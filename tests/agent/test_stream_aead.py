@@ -33,7 +33,9 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _encrypt(tmp_path: Path, data: bytes, cipher: str = "aes-256-gcm", chunk: int = CHUNK):
+def _encrypt(
+    tmp_path: Path, data: bytes, cipher: str = "aes-256-gcm", chunk: int = CHUNK
+) -> tuple[bytes, Path, CipherParams]:
     key = generate_content_key()
     src = _write(tmp_path / "model.bin", data)
     enc = tmp_path / "model.enc"
@@ -222,7 +224,7 @@ class _FailingOut:
 
 
 def test_it_reports_a_write_failure_from_the_writer_thread() -> None:
-    writer = stream_aead._ChunkWriter(_FailingOut(), 16)  # type: ignore[arg-type]
+    writer = stream_aead._ChunkWriter(_FailingOut(), 16)  # type: ignore[arg-type, unused-ignore]
     with pytest.raises(OSError, match="No space"), writer:
         for _ in range(10):
             writer.submit(writer.buffer(), 16)

@@ -12,9 +12,10 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined, unused-ignore]
 from tinyfleet_agent.bundle import (
     BundleRecord,
     CipherParams,
@@ -26,7 +27,7 @@ from tinyfleet_agent.bundle import (
     image_target_custom,
     wrap_key,
 )
-from tuf.api.metadata import (
+from tuf.api.metadata import (  # type: ignore[attr-defined, unused-ignore]
     Metadata,
     MetaFile,
     Root,
@@ -47,7 +48,7 @@ def new_signers(n: int = 1) -> list[CryptoSigner]:
     return [CryptoSigner.generate_ed25519() for _ in range(n)]
 
 
-def sign(md: Metadata, signers: list[CryptoSigner]) -> bytes:
+def sign(md: Metadata[Any], signers: list[CryptoSigner]) -> bytes:
     """Replace `md`'s signatures with `signers`' and return its bytes."""
     md.signatures.clear()
     for signer in signers:
@@ -90,7 +91,7 @@ class ImageRepo:
         repo.publish()
         return repo
 
-    def add_target(self, path: str, length: int, sha256: str, custom: dict) -> TargetFile:
+    def add_target(self, path: str, length: int, sha256: str, custom: dict[str, Any]) -> TargetFile:
         """Add (or replace) a target; call `publish()` afterwards."""
         target = TargetFile(length, {"sha256": sha256}, path, {"custom": custom})
         self.targets.signed.targets[path] = target
@@ -166,7 +167,7 @@ class DirectorRepo:
         self,
         device_id: str,
         target: TargetFile,
-        custom: dict,
+        custom: dict[str, Any],
         *,
         expires: datetime = LATER,
         signers: list[CryptoSigner] | None = None,

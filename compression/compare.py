@@ -1,0 +1,59 @@
+"""Numbers for the variant comparison page and the recommendation rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compression.models import ModelVersion
+
+# The bar a recommended variant must clear (DESIGN: honest numbers, fidelity first).
+MIN_COSINE = 0.998
+MAX_ACCURACY_DROP_POINTS = 1.0
+
+
+def _fidelity_score(fidelity: dict[str, Any]) -> float | None:
+    for key in ("cosine_mean", "agreement"):
+        if key in fidelity:
+            return float(fidelity[key])
+    return None
+
+
+def comparison_row(version: ModelVersion) -> dict[str, Any]:
+    metrics = version.metrics or {}
+    fidelity = metrics.get("fidelity", {})
+    bench = metrics.get("benchmark", {})
+    return {
+        "id": version.pk,
+        "number": version.number,
+        "recipe": version.recipe or "upload",
+        "format": version.format,
+        "size_bytes": version.size_bytes,
+        "size_mb": round(version.size_bytes / 1e6, 2),
+        "fidelity": _fidelity_score(fidelity),
+        "cosine_min": fidelity.get("cosine_min"),
+        "nn_agreement": fidelity.get("nn_agreement"),
+        "accuracy_drop_points": fidelity.get("accuracy_drop_points"),
+        "latency_ms": bench.get("latency_p50_ms"),
+        "latency_ratio": metrics.get("latency_ratio"),
+        "rss_mb": bench.get("peak_rss_mb"),
+        "parent": version.parent_id,
+    }
+
+
+def meets_target(row: dict[str, Any]) -> bool:
+    if row["parent"] is None:
+        return False  # the original is the reference, not a candidate
+    drop = row.get("accuracy_drop_points")
+    if drop is not None:
+        return float(drop) <= MAX_ACCURACY_DROP_POINTS
+    score = row.get("fidelity")
+    return score is not None and score >= MIN_COSINE
+
+
+def recommend(rows: list[dict[str, Any]]) -> int | None:
+    """The smallest, then fastest, derived variant that meets the fidelity target."""
+    eligible = [r for r in rows if meets_target(r)]
+    if not eligible:
+        return None
+    best = min(eligible, key=lambda r: (r["latency_ms"] or float("inf"), r["size_bytes"]))
+    return int(best["id"])

@@ -1,0 +1,173 @@
+"""Creating and cancelling compression jobs, and registering datasets."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from accounts.models import audit
+from compression.models import (
+    ACTIVE_JOB_STATUSES,
+    Dataset,
+    DatasetKind,
+    Job,
+    JobKind,
+    JobStatus,
+    ModelVersion,
+    VersionStatus,
+)
+from compression.pipeline.textdata import DatasetError, load_jsonl, load_npz
+from compression.recipes import RecipeError, check_params, check_recipe
+from compression.services import RegistryError
+from compression.storage import safe_filename, store_file
+
+MAX_DATASET_ROWS = 100_000
+
+
+class JobConflictError(RegistryError):
+    status = 409
+
+
+def _dataset(dataset_id: int | None, role: str) -> Dataset | None:
+    if dataset_id is None:
+        return None
+    found = Dataset.objects.filter(pk=dataset_id).first()
+    if found is None:
+        raise RegistryError(f"{role} dataset {dataset_id} does not exist")
+    return found
+
+
+def create_job(
+    *,
+    user: Any,
+    version: ModelVersion,
+    recipe: str,
+    params: dict[str, Any] | None = None,
+    eval_dataset: int | None = None,
+    calibration_dataset: int | None = None,
+) -> Job:
+    """Validate and queue a compression job.
+
+    Raises:
+        RegistryError: the version is not ready, the recipe does not apply, a parameter
+            or dataset is wrong (400), or the same job is already queued or running (409).
+    """
+    if version.status != VersionStatus.READY:
+        raise RegistryError(
+            f"version {version.pk} is {version.status}; only ready versions compress"
+        )
+    try:
+        info = check_recipe(recipe, version.format)
+        clean_params = check_params(recipe, params or {})
+    except RecipeError as exc:
+        raise RegistryError(str(exc)) from exc
+    evaluation = _dataset(eval_dataset, "evaluation")
+    calibration = _dataset(calibration_dataset, "calibration")
+    if info.needs_calibration and calibration is None:
+        raise RegistryError(f"recipe {recipe!r} needs a calibration_dataset")
+    with transaction.atomic():
+        # Lock the version row so two identical requests cannot both pass the check.
+        ModelVersion.objects.select_for_update().get(pk=version.pk)
+        twin = Job.objects.filter(
+            version=version,
+            recipe=recipe,
+            params=clean_params,
+            status__in=ACTIVE_JOB_STATUSES,
+            eval_dataset=evaluation,
+            calibration_dataset=calibration,
+        ).first()
+        if twin is not None:
+            raise JobConflictError(f"the same job is already {twin.status} (job {twin.pk})")
+        job = Job.objects.create(
+            kind=JobKind.COMPRESS,
+            recipe=recipe,
+            params=clean_params,
+            version=version,
+            eval_dataset=evaluation,
+            calibration_dataset=calibration,
+            created_by=user,
+        )
+        audit(user, "job.create", job, recipe=recipe, version=version.pk)
+        transaction.on_commit(lambda: _enqueue(job.pk))
+    return job
+
+
+def _enqueue(job_id: int) -> None:
+    from compression.tasks import run_compression
+
+    run_compression.delay(job_id)
+
+
+def cancel_job(user: Any, job: Job) -> Job:
+    """Cancel a queued or running job; a running converter is stopped at its next report.
+
+    Raises:
+        JobConflictError: the job already finished.
+    """
+    with transaction.atomic():
+        job.append_log(f"cancelled by {user.get_username()}")
+        if not job.finish(JobStatus.CANCELLED, error="cancelled by the operator"):
+            job.refresh_from_db()
+            raise JobConflictError(f"job {job.pk} already {job.status}")
+        audit(user, "job.cancel", job)
+    return job
+
+
+def register_dataset(*, user: Any, name: str, path: Path, filename: str, size: int) -> Dataset:
+    """Validate and store an evaluation/calibration dataset.
+
+    Raises:
+        RegistryError: empty, malformed, too many rows, or an unknown file type.
+    """
+    name = (name or "").strip() or Path(filename).stem
+    if size == 0:
+        raise RegistryError("the dataset file is empty")
+    suffix = Path(filename).suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            examples = load_jsonl(path)
+            kind, rows = DatasetKind.TEXT, len(examples)
+            has_labels = rows > 0 and all(e.label is not None for e in examples)
+        elif suffix == ".npz":
+            arrays = load_npz(path)
+            kind, rows, has_labels = DatasetKind.TENSORS, len(next(iter(arrays.values()))), False
+        else:
+            raise RegistryError('datasets are .jsonl ({"text", "label"?} per line) or .npz')
+    except DatasetError as exc:
+        # Name the user's file, not our temporary path.
+        message = str(exc).replace(str(path), Path(filename).name)
+        raise RegistryError(f"invalid dataset: {message}") from exc
+    if rows > MAX_DATASET_ROWS:
+        raise RegistryError(f"dataset has {rows} rows; the limit is {MAX_DATASET_ROWS}")
+    digest = _sha256(path)
+    key = f"datasets/{digest}/{safe_filename(filename)}"
+    newly = store_file(key, path)
+    try:
+        dataset = Dataset.objects.create(
+            name=name[:100],
+            kind=kind,
+            storage_key=key,
+            sha256=digest,
+            size_bytes=size,
+            rows=rows,
+            has_labels=has_labels,
+            created_by=user,
+        )
+    except BaseException:
+        if newly:
+            default_storage.delete(key)
+        raise
+    audit(user, "dataset.upload", dataset, rows=rows)
+    return dataset
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,115 @@
+"""The server's view of the compression recipes: which formats each applies to, what it
+produces, and validation of its parameters before a job is queued."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from compression.models import Format
+from compression.pipeline.runner import RECIPES, resolve
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    name: str
+    title: str
+    input_formats: frozenset[str]
+    output_format: str
+    needs_calibration: bool = False
+    recommended: bool = False
+    description: str = ""
+
+
+CATALOGUE: dict[str, RecipeInfo] = {
+    info.name: info
+    for info in (
+        RecipeInfo(
+            "onnx-int8-auto",
+            "INT8, accuracy-aware (recommended)",
+            frozenset({Format.ONNX}),
+            Format.ONNX,
+            recommended=True,
+            description="Tries int8 schemes and keeps the fastest that meets the fidelity target.",
+        ),
+        RecipeInfo(
+            "onnx-int8-dynamic",
+            "INT8 dynamic (per-channel)",
+            frozenset({Format.ONNX}),
+            Format.ONNX,
+            description="onnxruntime quantize_dynamic.",
+        ),
+        RecipeInfo(
+            "onnx-int8-static",
+            "INT8 static (QDQ, calibrated)",
+            frozenset({Format.ONNX}),
+            Format.ONNX,
+            needs_calibration=True,
+            description="Needs a calibration dataset; best on NPUs/accelerators.",
+        ),
+        RecipeInfo(
+            "onnx-fp16",
+            "FP16",
+            frozenset({Format.ONNX}),
+            Format.ONNX,
+            description="Half-precision weights; float32 inputs and outputs kept.",
+        ),
+        RecipeInfo(
+            "export-onnx",
+            "Export to ONNX",
+            frozenset({Format.HF_DIR}),
+            Format.ONNX,
+            description="Hugging Face directory to ONNX (opset 17).",
+        ),
+    )
+    if info.name in RECIPES
+}
+
+
+class RecipeError(ValueError):
+    """A job request that cannot run; the message says why."""
+
+
+def check_recipe(recipe: str, version_format: str) -> RecipeInfo:
+    """Raises RecipeError when the recipe is unknown or does not apply to the format."""
+    info = CATALOGUE.get(recipe)
+    if info is None:
+        raise RecipeError(f"unknown recipe {recipe!r}; choose one of: {', '.join(CATALOGUE)}")
+    if version_format not in info.input_formats:
+        accepted = ", ".join(sorted(info.input_formats))
+        raise RecipeError(f"recipe {recipe!r} applies to {accepted} models, not {version_format!r}")
+    return info
+
+
+def check_params(recipe: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Build the recipe's parameter dataclass to validate names, types and values.
+
+    Returns the parameters with defaults filled in, as recorded in the lineage.
+    Raises RecipeError with the parameter's problem.
+    """
+    if not isinstance(params, dict):
+        raise RecipeError("params must be a JSON object")
+    _, params_cls = resolve(recipe)
+    if params_cls is None:
+        return dict(params)
+    known = {f.name for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise RecipeError(
+            f"unknown parameter(s) for {recipe}: {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    try:
+        built = params_cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"invalid parameters for {recipe}: {exc}") from exc
+    return _jsonable(dataclasses.asdict(built))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,1 +1,0 @@
-"""Devices, groups, bundles and rollouts live here (see the fleet issues)."""

@@ -1,0 +1,6 @@
+"""Fleet models: devices, groups and enrollment here; bundles, keys and rollouts in
+their own modules (imported below so Django finds them)."""
+
+from fleet.models.devices import Device, DeviceStatus, EnrollmentToken, Group
+
+__all__ = ["Device", "DeviceStatus", "EnrollmentToken", "Group"]
