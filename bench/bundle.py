@@ -100,22 +100,24 @@ def no_disk_flush() -> Iterator[None]:
         yield
     finally:
         os.fsync, stream_aead._fdatasync = real_fsync, real_fdatasync
-    os.sync()  # untimed: leave no dirty pages to slow the next run down
 
 
 def interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, list[float]]:
     """Time each function once per round, `runs` rounds after a warm-up round.
 
     Interleaving exposes every variant to the same background load, so the
-    per-round ratios stay meaningful on a shared machine.
+    per-round ratios stay meaningful on a shared machine. Dirty pages are
+    flushed between runs, untimed, so no run pays for the previous one's.
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(runs + 1):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
+            elapsed = time.perf_counter() - start
+            os.sync()
             if round_:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(elapsed)
     return times
 
 

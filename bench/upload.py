@@ -1,6 +1,6 @@
 """Benchmark model uploads through the real server; writes bench/reports/upload.md.
 
-    python bench/upload.py [--size-mib 256,1024] [--runs 3]
+    python bench/upload.py [--size-mib 256,1024] [--runs 3] [--server-env NAME=VALUE]
 
 What it does, per size (fresh gunicorn each time, same data dir):
 * builds a valid upload without holding it in memory: a zipped Hugging Face folder
@@ -581,6 +581,16 @@ def render(info: dict[str, str], results: list[SizeResult], runs: int, gen: dict
             f"{_mib(r.idle_kib)}, at the end {_mib(r.end_rss_kib)}; lifetime VmHWM "
             f"{_mib(r.end_hwm_kib)}. Benchmark client VmHWM so far: {_mib(r.client_hwm_kib)}."
         )
+    for r in results:
+        gib = sum(run.size for run in r.runs) / 1024**3
+        user = sum(run.cpu_user for run in r.runs) / gib
+        system = sum(run.cpu_sys for run in r.runs) / gib
+        faults = sum(run.minor_faults for run in r.runs) / (gib * 1024)
+        lines.append(
+            f"- {r.size / MIB:,.0f} MiB uploads: the worker spent {user:.1f} s user + "
+            f"{system:.1f} s system CPU per GiB and took {faults:,.0f} minor page faults "
+            "per MiB received."
+        )
     if len(results) >= 2:
         small, big = results[0], results[-1]
         g_small = max(run.peak_worker_kib - run.baseline_kib for run in small.runs)
@@ -646,6 +656,10 @@ def render(info: dict[str, str], results: list[SizeResult], runs: int, gen: dict
         "(a) to the page cache only, (b) followed by `fdatasync`. The server does not "
         "fsync, and it writes each byte twice (temporary file, then storage), so (a) is the "
         "fairer floor. `os.sync()` runs (untimed) before every timed operation.",
+        "- *CPU and page faults*: the worker's user and system CPU time and minor page "
+        "faults (`/proc/PID/stat`) over each upload. `--server-env NAME=VALUE` runs the "
+        "same benchmark with extra server environment (e.g. glibc `MALLOC_*` tunables) "
+        "to diagnose where that time goes.",
         "- The machine is shared with other work (2 cores for client and server together); "
         "medians absorb some of that noise.",
         "",

@@ -8,7 +8,8 @@ from typing import Any
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
-from ninja.security import HttpBearer, django_auth
+from ninja.security import HttpBearer
+from ninja.security.session import SessionAuth
 
 from accounts.models import ApiToken, has_role
 
@@ -20,6 +21,16 @@ class BearerToken(HttpBearer):
             return None
         request.user = found.user
         return found.user
+
+
+class BrowserSession(SessionAuth):
+    """The logged-in browser session, CSRF-checked. Requests without a session skip the
+    CSRF check so that a missing token is answered 401, not 'CSRF check failed'."""
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        if not getattr(request, "user", None) or not request.user.is_authenticated:
+            return None
+        return super()._get_key(request)
 
 
 def require_role(request: HttpRequest, role: str) -> None:
@@ -36,7 +47,7 @@ api = NinjaAPI(
         '(`python manage.py create_api_token USERNAME`). Errors are `{"error": "..."}`.'
     ),
     urls_namespace="api-v1",
-    auth=[BearerToken(), django_auth],  # session auth is CSRF-checked
+    auth=[BearerToken(), BrowserSession()],
 )
 
 
@@ -76,8 +87,10 @@ def on_invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
 def _register_routers() -> None:
     from accounts.api import router as accounts_router
     from compression.api import router as compression_router
+    from fleet.api import router as fleet_router
 
     api.add_router("", compression_router)
+    api.add_router("", fleet_router)
     api.add_router("", accounts_router)
 
 

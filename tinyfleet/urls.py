@@ -4,6 +4,7 @@ from django.urls import path
 
 from accounts import views as account_views
 from compression import views as registry_views
+from fleet.device_api import device_api
 from tinyfleet.api import api
 from tinyfleet.views import healthz, home
 
@@ -11,6 +12,7 @@ urlpatterns = [
     path("", home, name="home"),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", api.urls),
+    path("api/device/v1/", device_api.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("models/", registry_views.model_list, name="models"),

@@ -150,21 +150,22 @@ def download_capped(
     `source` is an iterable of byte chunks (an HTTP body iterator) or a binary
     file-like object. The file appears at `dst` atomically, and only when the
     stream ended within the cap and, if given, its SHA-256 equals
-    `expected_sha256` (pass the signed target length and hash). Returns the
-    number of bytes written.
+    `expected_sha256` (pass the signed target length and hash). Space for
+    `max_length` bytes is reserved first, so a full disk fails at once.
+    Returns the number of bytes written.
 
     Raises:
         LengthExceededError: the source sent more than `max_length` bytes; the
             stream is abandoned at once and nothing is left on disk.
         PayloadTruncatedError: with `expected_sha256`, fewer bytes arrived.
         PayloadTamperedError: with `expected_sha256`, the digest differs.
-        OSError: writing failed.
+        OSError: writing failed (ENOSPC: not enough space for `max_length`).
     """
     if type(max_length) is not int or max_length < 0:
         raise ValueError("max_length must be an integer >= 0")
     digest = hashlib.sha256()
     written = 0
-    with atomic_output(Path(dst)) as out:
+    with atomic_output(Path(dst), max_length) as out:
         for data in _blocks(source, max_length, limits.download_block_size):
             written += len(data)
             if written > max_length:

@@ -115,7 +115,9 @@ def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> Embeddin
     _check_pair(reference, candidate)
     if reference.ndim != 2 or reference.shape[0] < 2:
         raise ShapeMismatchError(f"need [n>=2, d] embeddings, got {reference.shape}")
-    cos = (l2_normalize(reference.astype(np.float64)) * l2_normalize(candidate.astype(np.float64))).sum(1)
+    cos = (
+        l2_normalize(reference.astype(np.float64)) * l2_normalize(candidate.astype(np.float64))
+    ).sum(1)
     agree = nearest_neighbours(reference) == nearest_neighbours(candidate)
     return EmbeddingFidelity(
         cosine_mean=float(cos.mean()),
@@ -159,7 +161,9 @@ def tensor_fidelity(reference: np.ndarray, candidate: np.ndarray) -> TensorFidel
     _check_pair(reference, candidate)
     err = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     return TensorFidelity(
-        max_abs_error=float(err.max()), mean_abs_error=float(err.mean()), count=int(reference.shape[0])
+        max_abs_error=float(err.max()),
+        mean_abs_error=float(err.mean()),
+        count=int(reference.shape[0]),
     )
 
 
@@ -181,7 +185,9 @@ def onnx_outputs(session: Any, encoded: Encoded, batch_size: int = 32) -> list[n
     outs = []
     for start in range(0, encoded.input_ids.shape[0], batch_size):
         sl = slice(start, start + batch_size)
-        part = Encoded(encoded.input_ids[sl], encoded.attention_mask[sl], encoded.token_type_ids[sl])
+        part = Encoded(
+            encoded.input_ids[sl], encoded.attention_mask[sl], encoded.token_type_ids[sl]
+        )
         outs.append(session.run(None, part.feeds(names))[0])
     return outs
 

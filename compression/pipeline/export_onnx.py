@@ -84,8 +84,13 @@ def export_onnx(
     output_dir: str,
     params: ExportParams = ExportParams(),
     progress: ProgressFn = no_progress,
+    calibration_path: str | None = None,
+    tokenizer_path: str | None = None,
 ) -> RecipeResult:
     """Export ``model_dir`` (config.json + safetensors) to ``output_dir/model.onnx``.
+
+    ``calibration_path``/``tokenizer_path`` are accepted (and unused) so every
+    recipe takes the same keyword arguments.
 
     Raises:
         ExportError: missing config/weights or an unsupported task.

@@ -245,7 +245,7 @@ def main() -> int:
     sys.stdout = sys.stderr
     try:
         result = _call(request["func"], request.get("kwargs", {}), progress)
-    except Exception as exc:  # noqa: BLE001 - report every failure to the parent
+    except Exception as exc:
         import traceback
 
         traceback.print_exc()

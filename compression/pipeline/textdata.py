@@ -217,7 +217,9 @@ def load_jsonl(path: str | Path) -> list[TextExample]:
         raise DatasetError(f"{path}: dataset is empty")
     labelled = sum(e.label is not None for e in examples)
     if 0 < labelled < len(examples):
-        raise DatasetError(f"{path}: {labelled} of {len(examples)} lines have a label; need all or none")
+        raise DatasetError(
+            f"{path}: {labelled} of {len(examples)} lines have a label; need all or none"
+        )
     return examples
 
 

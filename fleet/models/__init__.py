@@ -2,5 +2,13 @@
 their own modules (imported below so Django finds them)."""
 
 from fleet.models.devices import Device, DeviceStatus, EnrollmentToken, Group
+from fleet.models.telemetry import DeviceEvent, TelemetryBatch
 
-__all__ = ["Device", "DeviceStatus", "EnrollmentToken", "Group"]
+__all__ = [
+    "Device",
+    "DeviceEvent",
+    "DeviceStatus",
+    "EnrollmentToken",
+    "Group",
+    "TelemetryBatch",
+]

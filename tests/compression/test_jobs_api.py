@@ -30,7 +30,7 @@ def _start(api: Any, **body: Any) -> Any:
 
 
 def test_it_lists_recipes_with_the_formats_they_apply_to(alice_api: Any) -> None:
-    recipes = {r["name"]: r for r in alice_api.get("/api/v1/recipes").json()}
+    recipes = {r["name"]: r for r in alice_api.get("/api/v1/recipes").json()["items"]}
     assert recipes["export-onnx"]["input_formats"] == ["hf-dir"]
     assert "onnx" in recipes["onnx-int8-auto"]["input_formats"]
     assert recipes["onnx-int8-auto"]["recommended"] is True

@@ -251,3 +251,16 @@ def test_it_publishes_an_openapi_document_with_the_core_routes(client: Any) -> N
     docs = client.get("/api/v1/docs")
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower()
+
+
+def test_it_reads_no_upload_bytes_from_a_viewer(bob_api: Any, tiny_onnx: Path) -> None:
+    before = temp_files()
+    response = upload(bob_api, tiny_onnx)
+    assert response.status_code == 403
+    assert temp_files() == before  # refused before the body was spooled to disk
+
+
+def test_a_missing_token_on_a_post_is_401_not_a_csrf_error(client: Any) -> None:
+    response = client.post("/api/v1/tokens", {"name": "x"}, content_type="application/json")
+    assert response.status_code == 401
+    assert "token" in response.json()["error"]

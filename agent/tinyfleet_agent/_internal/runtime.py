@@ -184,7 +184,8 @@ def _fit_one(spec: TensorSpec, value: np.ndarray, key: str) -> np.ndarray:
         # A [batch, seq] 0/1 mask for a graph that wants the additive 4-D form.
         value = ((1.0 - value.astype(np.float32)) * _MASK_NEGATIVE)[:, None, None, :]
     if value.ndim != len(spec.shape):
-        raise ValueError(f"input {spec.name!r} has rank {value.ndim}, model wants {len(spec.shape)}")
+        wanted = len(spec.shape)
+        raise ValueError(f"input {spec.name!r} has rank {value.ndim}, model wants {wanted}")
     value = value.astype(dtype, copy=False)
     if spec.is_static and value.shape != spec.shape:
         value = _pad_or_truncate(value, spec.shape, spec.name)
@@ -195,12 +196,11 @@ def _pad_or_truncate(value: np.ndarray, shape: tuple[int | None, ...], name: str
     """Fit the last axis (the sequence) to a fixed-shape model; zeros = padding."""
     target = tuple(d or 0 for d in shape)
     if value.shape[:-1] != target[:-1]:
-        # Only the sequence axis may differ; anything else is a real mismatch.
-        if not (value.ndim == 4 and value.shape[:2] == target[:2]):
-            raise ValueError(f"input {name!r} shape {value.shape} does not fit {target}")
+        # Only the sequence (last) axis may differ; anything else is a real mismatch.
+        raise ValueError(f"input {name!r} shape {value.shape} does not fit {target}")
     length = target[-1]
     fill = _MASK_NEGATIVE if value.ndim == 4 and value.dtype.kind == "f" else 0
-    out = np.full(value.shape[:-1] + (length,), fill, dtype=value.dtype)
+    out = np.full((*value.shape[:-1], length), fill, dtype=value.dtype)
     keep = min(length, value.shape[-1])
     out[..., :keep] = value[..., :keep]
     return out

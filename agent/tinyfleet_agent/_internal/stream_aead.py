@@ -14,6 +14,7 @@ under another record.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -210,24 +211,43 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _preallocate(fd: int, size: int) -> None:
+    # Reserving the blocks up front fails fast on a full disk, before any
+    # work, and spares the filesystem delayed allocation at rename/fsync time.
+    if size <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+        # Filesystems without fallocate: plain writes work as well.
+
+
 @contextmanager
-def atomic_output(dst: Path) -> Iterator[BinaryIO]:
+def atomic_output(dst: Path, size_hint: int = 0) -> Iterator[BinaryIO]:
     """Yield a temp file beside `dst`; on clean exit fsync and rename it over `dst`.
 
     On any exception the temp file is deleted and `dst` is left untouched, so a
-    crash or a failed verification never leaves a partial file behind.
+    crash or a failed verification never leaves a partial file behind. A
+    `size_hint` preallocates the file (the final size is what was written), so
+    a full disk fails before any work.
 
     Raises:
-        OSError: the temp file cannot be created, written or renamed.
+        OSError: the temp file cannot be created, preallocated, written or
+            renamed (ENOSPC when the disk lacks `size_hint` bytes).
     """
     dst = Path(dst)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
+            _preallocate(fd, size_hint)
             yield out
             out.flush()
-            os.fsync(out.fileno())
+            # Drop any preallocated tail beyond what was written.
+            os.ftruncate(fd, out.tell())
+            os.fsync(fd)
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -469,7 +489,7 @@ def decrypt_file(
     ct_hash = hashlib.sha256() if check_ciphertext_hash else None
     with open(src, "rb", buffering=0) as f:
         _check_ciphertext_size(f, params)
-        with atomic_output(Path(dst)) as out:
+        with atomic_output(Path(dst), params.plaintext_length) as out:
             digest = _decrypt_chunks(f, out, aead, params, ct_hash)
             if not hmac.compare_digest(digest.hex(), params.plaintext_sha256):
                 raise PayloadTamperedError("plaintext digest differs from the signed one")

@@ -1,0 +1,213 @@
+"""Operator API for the fleet: groups, enrollment tokens, devices."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from ninja import Router, Schema, Status
+from ninja.errors import HttpError
+
+from accounts.models import Role, audit
+from fleet.models import Device, EnrollmentToken, Group
+from fleet.models.devices import SelectorError, check_labels, parse_selector
+from tinyfleet.api import require_role
+
+router = Router(tags=["fleet"])
+
+
+class GroupIn(Schema):
+    name: str
+    selector: str = ""
+    description: str = ""
+
+
+class GroupOut(Schema):
+    id: int
+    name: str
+    selector: str
+    description: str
+    devices: int
+    created_at: datetime
+
+
+class GroupList(Schema):
+    items: list[GroupOut]
+    count: int
+
+
+class EnrollmentTokenIn(Schema):
+    group: int
+    name: str = ""
+    max_uses: int | None = None
+    expires_in_hours: int | None = 24
+    labels: dict[str, str] = {}
+
+
+class EnrollmentTokenOut(Schema):
+    id: int
+    group: int
+    token: str
+    max_uses: int | None
+    expires_at: datetime | None
+    command: str
+
+
+class DeviceOut(Schema):
+    id: str
+    name: str
+    status: str
+    labels: dict[str, str]
+    facts: dict[str, Any]
+    groups: list[int]
+    active_bundle: str | None
+    last_seen_at: datetime | None
+    enrolled_at: datetime
+    state: dict[str, Any]
+
+
+class DeviceList(Schema):
+    items: list[DeviceOut]
+    count: int
+
+
+class LabelsIn(Schema):
+    labels: dict[str, str]
+
+
+def group_json(group: Group) -> dict[str, Any]:
+    return {
+        "id": group.pk, "name": group.name, "selector": group.selector,
+        "description": group.description, "devices": group.members().count(),
+        "created_at": group.created_at,
+    }
+
+
+def device_json(device: Device) -> dict[str, Any]:
+    return {
+        "id": str(device.pk), "name": device.name, "status": device.status,
+        "labels": device.labels, "facts": device.facts,
+        "groups": [g.pk for g in Group.objects.all() if g.matches(device)],
+        "active_bundle": device.state.get("active_bundle"),
+        "last_seen_at": device.last_seen_at, "enrolled_at": device.enrolled_at,
+        "state": device.state,
+    }
+
+
+def enroll_command(raw_token: str) -> str:
+    return (
+        "pip install 'tinyfleet-agent[onnx]' && "
+        f"tinyfleet-agent enroll --server {settings.SITE_URL} --token {raw_token} && "
+        "tinyfleet-agent run"
+    )
+
+
+@router.post("/groups", response={201: GroupOut, 409: dict, 400: dict, 403: dict})
+def create_group(request: HttpRequest, body: GroupIn) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    name = body.name.strip()
+    if not name or len(name) > 100:
+        raise HttpError(400, "name must be 1-100 characters")
+    try:
+        parse_selector(body.selector)
+    except SelectorError as exc:
+        raise HttpError(400, str(exc)) from exc
+    try:
+        with transaction.atomic():
+            group = Group.objects.create(name=name, selector=body.selector.strip(),
+                                         description=body.description, created_by=request.user)
+    except IntegrityError:
+        return Status(409, {"error": f"a group named {name!r} already exists"})
+    audit(request.user, "group.create", group, selector=group.selector)
+    return Status(201, group_json(group))
+
+
+@router.get("/groups", response=GroupList)
+def list_groups(request: HttpRequest) -> dict[str, Any]:
+    groups = list(Group.objects.all())
+    return {"items": [group_json(g) for g in groups], "count": len(groups)}
+
+
+@router.post("/enrollment-tokens", response={201: EnrollmentTokenOut, 400: dict, 403: dict})
+def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    group = Group.objects.filter(pk=body.group).first()
+    if group is None:
+        raise HttpError(400, f"group {body.group} does not exist")
+    if body.max_uses is not None and body.max_uses < 1:
+        raise HttpError(400, "max_uses must be at least 1")
+    if body.expires_in_hours is not None and not 0 < body.expires_in_hours <= 24 * 365:
+        raise HttpError(400, "expires_in_hours must be between 1 and 8760")
+    try:
+        labels = check_labels(body.labels)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from exc
+    ttl = timedelta(hours=body.expires_in_hours) if body.expires_in_hours else None
+    token, raw = EnrollmentToken.issue(group, user=request.user, max_uses=body.max_uses,
+                                       ttl=ttl, name=body.name, labels=labels)
+    audit(request.user, "enrollment-token.create", token, group=group.name)
+    return Status(201, {"id": token.pk, "group": group.pk, "token": raw,
+                        "max_uses": token.max_uses, "expires_at": token.expires_at,
+                        "command": enroll_command(raw)})
+
+
+@router.get("/devices", response=DeviceList)
+def list_devices(
+    request: HttpRequest, group: int | None = None, status: str = "", label: str = ""
+) -> dict[str, Any]:
+    devices = list(Device.objects.prefetch_related("groups"))
+    if group is not None:
+        member_ids = set(get_object_or_404(Group, pk=group).members().values_list("pk", flat=True))
+        devices = [d for d in devices if d.pk in member_ids]
+    if status:
+        devices = [d for d in devices if d.status == status]
+    if label:
+        try:
+            terms = parse_selector(label)
+        except SelectorError as exc:
+            raise HttpError(400, str(exc)) from exc
+        from fleet.models.devices import selector_matches
+
+        devices = [d for d in devices if selector_matches(terms, d.labels)]
+    return {"items": [device_json(d) for d in devices], "count": len(devices)}
+
+
+@router.get("/devices/{device_id}", response=DeviceOut)
+def get_device(request: HttpRequest, device_id: str) -> dict[str, Any]:
+    return device_json(_device(device_id))
+
+
+def _device(device_id: str) -> Device:
+    try:
+        return get_object_or_404(Device, pk=device_id)
+    except Exception as exc:  # a malformed UUID is simply not found
+        raise HttpError(404, "not found") from exc
+
+
+@router.put("/devices/{device_id}/labels", response={200: DeviceOut, 400: dict, 403: dict})
+def relabel(request: HttpRequest, device_id: str, body: LabelsIn) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    device = _device(device_id)
+    try:
+        device.labels = check_labels(body.labels)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from exc
+    device.save(update_fields=["labels"])
+    audit(request.user, "device.relabel", device, labels=device.labels)
+    return Status(200, device_json(device))
+
+
+@router.post("/devices/{device_id}/revoke", response={200: DeviceOut, 403: dict})
+def revoke(request: HttpRequest, device_id: str) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    device = _device(device_id)
+    if device.revoked_at is None:
+        device.revoked_at = timezone.now()
+        device.save(update_fields=["revoked_at"])
+        audit(request.user, "device.revoke", device)
+    return Status(200, device_json(device))

@@ -1,0 +1,39 @@
+"""What devices report: state-transition events and aggregated telemetry batches."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from fleet.models.devices import Device
+
+
+class DeviceEvent(models.Model):
+    """An update-state transition: downloading, verifying, installing, self-test, active,
+    failed (with reason), rolled-back."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="events")
+    bundle = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=32)
+    reason = models.CharField(max_length=500, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    device_time = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+
+class TelemetryBatch(models.Model):
+    """One aggregated batch as the device sent it (kept raw for a retention period)."""
+
+    batch_id = models.UUIDField(unique=True)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="telemetry")
+    bundle = models.CharField(max_length=64, blank=True)
+    period_start = models.DateTimeField(null=True, blank=True)
+    period_end = models.DateTimeField(null=True, blank=True)
+    body = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-received_at"]
