@@ -210,14 +210,18 @@ def _dataset_json(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-@router.get(
-    "/recipes", response=list[RecipeOut], summary="Compression recipes and where they apply"
-)
-def list_recipes(request: HttpRequest) -> list[dict[str, Any]]:
-    return [
+class RecipeList(Schema):
+    items: list[RecipeOut]
+    count: int
+
+
+@router.get("/recipes", response=RecipeList, summary="Compression recipes and where they apply")
+def list_recipes(request: HttpRequest) -> dict[str, Any]:
+    items = [
         {**dataclasses.asdict(info), "input_formats": sorted(info.input_formats)}
         for info in CATALOGUE.values()
     ]
+    return {"items": items, "count": len(items)}
 
 
 @router.post(

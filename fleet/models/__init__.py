@@ -1,14 +1,23 @@
 """Fleet models: devices, groups and enrollment here; bundles, keys and rollouts in
 their own modules (imported below so Django finds them)."""
 
+from fleet.models.bundles import Assignment, Bundle, BundleStatus
 from fleet.models.devices import Device, DeviceStatus, EnrollmentToken, Group
+from fleet.models.keys import KeyStatus, SigningKey, TufMetadata, TufRepository
 from fleet.models.telemetry import DeviceEvent, TelemetryBatch
 
 __all__ = [
+    "Assignment",
+    "Bundle",
+    "BundleStatus",
     "Device",
     "DeviceEvent",
     "DeviceStatus",
     "EnrollmentToken",
     "Group",
+    "KeyStatus",
+    "SigningKey",
     "TelemetryBatch",
+    "TufMetadata",
+    "TufRepository",
 ]
