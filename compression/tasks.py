@@ -181,6 +181,8 @@ def _compress(job: Job) -> None:
             timeout=3600,
         )
         job.append_log(f"fidelity: {assessment['fidelity']}")
+        job.report(0.8, "benchmarking", "latency, throughput and memory in a fresh process")
+        speed = _benchmark(parent, src, Path(result["output_path"]), job)
         job.report(0.9, "storing")
         artifact = package(out_dir, work)
         golden_key = f"golden/{assessment['golden']['sha256']}.npz"
@@ -214,3 +216,61 @@ def _dataset_path(dataset: object, work: Path) -> str:
     with local_copy(dataset.storage_key) as path:
         shutil.copyfile(path, target)
     return str(target)
+
+
+def summarize_benchmark(raw: dict[str, object]) -> dict[str, object]:
+    """The headline numbers (batch 1, sequence 64 for text) plus the full measurement."""
+    latency = raw.get("latency_batch1") or {}
+    assert isinstance(latency, dict)
+    headline = latency.get("64") or next(iter(latency.values()), {})
+    rss = raw.get("peak_rss_bytes") or 0
+    assert isinstance(rss, int)
+    return {
+        "latency_p50_ms": headline.get("p50_ms"),
+        "latency_p95_ms": headline.get("p95_ms"),
+        "load_s": raw.get("load_s"),
+        "throughput_items_per_s": raw.get("throughput_items_per_s"),
+        "peak_rss_mb": round(rss / 2**20, 1),
+        "detail": raw,
+    }
+
+
+def _benchmark(parent: ModelVersion, parent_path: Path, child_file: Path, job: Job) -> dict[str, object]:
+    """Benchmark the child in a fresh process; time it against the parent interleaved."""
+    from compression.pipeline.assess import onnx_model_file
+    from compression.pipeline.benchmark import benchmark_model
+    from compression.pipeline.runner import run_in_subprocess
+
+    if child_file.suffix != ".onnx":
+        return {}
+    speed: dict[str, object] = {"benchmark": summarize_benchmark(_bench(child_file, job))}
+    if parent.format == "onnx":
+        if not parent.metrics.get("benchmark"):
+            parent_raw = _bench(Path(onnx_model_file(parent_path)), job)
+            ModelVersion.objects.filter(pk=parent.pk).update(
+                metrics={**parent.metrics, "benchmark": summarize_benchmark(parent_raw)})
+        ratio = run_in_subprocess("compare-latency", {
+            "parent": str(parent_path), "child": str(child_file)}, timeout=1800)
+        speed["latency_ratio"] = round(ratio["ratio"], 4)
+        job.append_log(f"latency vs parent (interleaved, batch 1): {ratio['ratio']:.3f}x")
+    return speed
+
+
+BENCH_SEQUENCES = ((16, 64, 128), (16, 64), (16,))
+
+
+def _bench(model_file: Path, job: Job) -> dict[str, object]:
+    """Benchmark at the usual sequence lengths, dropping those the model cannot take
+    (short position tables); the job log says which were skipped."""
+    from compression.pipeline.benchmark import benchmark_model
+
+    error: Exception | None = None
+    for sequences in BENCH_SEQUENCES:
+        try:
+            result: dict[str, object] = benchmark_model(model_file, sequences=sequences)
+            return result
+        except ConverterCrashError as exc:
+            error = exc
+            job.append_log(f"benchmark at sequences {sequences} failed; trying shorter ones")
+    assert error is not None
+    raise error

@@ -7,10 +7,12 @@ CELERY_BROKER_URL (Redis) and TINYFLEET_S3_BUCKET (S3 or MinIO).
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from tinyfleet.env import env_bool, env_int, env_list, env_path, env_size, env_str
 
@@ -46,6 +48,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
     "django_htmx",
     "ninja",
     "accounts",
@@ -209,3 +212,49 @@ DEVICE_POLL_INTERVAL = env_int("TINYFLEET_DEVICE_POLL_INTERVAL", 30, minimum=1)
 # limit, and stale beyond it.
 DEVICE_ONLINE_SECONDS = env_int("TINYFLEET_DEVICE_ONLINE_SECONDS", 120, minimum=1)
 DEVICE_STALE_SECONDS = env_int("TINYFLEET_DEVICE_STALE_SECONDS", 24 * 3600, minimum=1)
+
+# --- bundle security: keys, TUF metadata, encryption ---------------------------------
+# Every private signing key and bundle content key is sealed under this master key.
+# Production must provide it (TINYFLEET_MASTER_KEY or TINYFLEET_MASTER_KEY_FILE: 32+
+# random bytes as 64 hex characters or base64); the embedded default generates one once
+# into MASTER_KEY_PATH (0600) and logs a warning.
+MASTER_KEY = env_str("TINYFLEET_MASTER_KEY")
+MASTER_KEY_PATH = DATA_DIR / "master.key"
+MASTER_KEY_SOURCE = (
+    "TINYFLEET_MASTER_KEY_FILE"
+    if os.environ.get("TINYFLEET_MASTER_KEY_FILE")
+    else "TINYFLEET_MASTER_KEY"
+    if MASTER_KEY
+    else "generated"
+)
+# k-of-n root keys for the image repository and for the director.
+ROOT_KEYS = env_int("TINYFLEET_ROOT_KEYS", 3, minimum=1)
+ROOT_THRESHOLD = env_int("TINYFLEET_ROOT_THRESHOLD", 2, minimum=1)
+if ROOT_THRESHOLD > ROOT_KEYS:
+    raise ImproperlyConfigured("TINYFLEET_ROOT_THRESHOLD must not exceed TINYFLEET_ROOT_KEYS")
+# Lifetimes of signed metadata, in seconds. The beat task re-signs a role once less than
+# half of its lifetime is left, and the timestamp whenever it is older than
+# TIMESTAMP_REFRESH, so devices that can reach the server never see expired metadata.
+METADATA_EXPIRY = {
+    "root": env_int("TINYFLEET_ROOT_EXPIRY", 365 * 86400, minimum=3600),
+    "targets": env_int("TINYFLEET_TARGETS_EXPIRY", 90 * 86400, minimum=3600),
+    "snapshot": env_int("TINYFLEET_SNAPSHOT_EXPIRY", 7 * 86400, minimum=600),
+    "timestamp": env_int("TINYFLEET_TIMESTAMP_EXPIRY", 86400, minimum=300),
+    "director-targets": env_int("TINYFLEET_DIRECTOR_TARGETS_EXPIRY", 7 * 86400, minimum=600),
+}
+TIMESTAMP_REFRESH = env_int("TINYFLEET_TIMESTAMP_REFRESH", 3600, minimum=60)
+METADATA_REFRESH_INTERVAL = env_int("TINYFLEET_METADATA_REFRESH_INTERVAL", 600, minimum=10)
+CELERY_BEAT_SCHEDULE["refresh-tuf-metadata"] = {
+    "task": "fleet.tasks.refresh_metadata",
+    "schedule": float(METADATA_REFRESH_INTERVAL),
+}
+# How bundles are encrypted and which CPUs they claim to run on (the agent refuses others).
+BUNDLE_CIPHER = env_str("TINYFLEET_BUNDLE_CIPHER", "aes-256-gcm")
+if BUNDLE_CIPHER not in ("aes-256-gcm", "chacha20-poly1305"):
+    raise ImproperlyConfigured("TINYFLEET_BUNDLE_CIPHER must be aes-256-gcm or chacha20-poly1305")
+BUNDLE_CHUNK_SIZE = env_size("TINYFLEET_BUNDLE_CHUNK_SIZE", 1024 * 1024)
+BUNDLE_ARCH = env_list("TINYFLEET_BUNDLE_ARCH", ["x86_64", "aarch64"])
+BUNDLE_MIN_RUNTIME = {
+    "onnxruntime": env_str("TINYFLEET_MIN_ONNXRUNTIME", "1.17"),
+    "litert": env_str("TINYFLEET_MIN_LITERT", "1.0"),
+}

@@ -206,3 +206,18 @@ def assess(
 
 
 __all__ = ["assess", "find_tokenizer", "write_golden"]
+
+
+def onnx_model_file(path: str | Path) -> str:
+    """The .onnx file of a model path (the file itself or the one in its folder)."""
+    return str(_onnx_file(Path(path)))
+
+
+def compare_latency_json(parent: str, child: str, threads: int = 1) -> dict[str, float]:
+    """Child/parent batch-1 latency ratio, both timed interleaved in one process."""
+    from compression.pipeline.benchmark import compare_latency
+
+    paths = [onnx_model_file(parent), onnx_model_file(child)]
+    medians = compare_latency(paths, threads=threads)
+    parent_s, child_s = medians[paths[0]], medians[paths[1]]
+    return {"parent_s": parent_s, "child_s": child_s, "ratio": child_s / parent_s}

@@ -102,6 +102,11 @@ DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("smoothquant-0.8-uint8", smooth_alpha=_ALL, weight_type="uint8"),
     Candidate("smoothquant-0.8-outliers-down8", smooth_alpha=_ALL, outliers={"down": 8}),
     Candidate(
+        "smoothquant-0.7-outliers-down16",
+        smooth_alpha={k: 0.7 for k in KINDS},
+        outliers={"down": 16},
+    ),
+    Candidate(
         "smoothquant-0.65-outliers-down8-up4",
         smooth_alpha={k: 0.65 for k in KINDS},
         outliers={"down": 8, "up": 4, "shared": 4},
@@ -720,4 +725,3 @@ def _add_latency(model_path: str, rows: list[dict[str, Any]], params: AutoInt8Pa
     base = med[str(model_path)]
     for r in rows:
         r["latency_ratio"] = med[r["path"]] / base
-

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["benchmark_model", "compare_latency", "peak_rss_bytes", "synthetic_feeds"]
+__all__ = ["benchmark_model", "compare_latency", "peak_rss_bytes", "synthetic_feeds", "vocab_size"]
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -41,11 +41,28 @@ def _input_specs(session: Any) -> list[tuple[str, list[Any], str]]:
     return [(i.name, list(i.shape), i.type) for i in session.get_inputs()]
 
 
+def vocab_size(model_path: str | Path) -> int | None:
+    """Rows of the embedding table that ``input_ids`` indexes, if there is one."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and node.input[1] == "input_ids" and node.input[0] in dims:
+            return int(dims[node.input[0]][0])
+    return None
+
+
 def synthetic_feeds(
-    session: Any, batch: int, sequence: int, seed: int = 0
+    session: Any, batch: int, sequence: int, seed: int = 0, vocab: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Inputs of the right names/types: token ids for text models, noise otherwise."""
+    """Inputs of the right names/types: token ids for text models, noise otherwise.
+
+    Token ids stay below ``vocab`` (default 1000-2000, ordinary word pieces
+    in BERT vocabularies) so small models get valid indices.
+    """
     rng = np.random.default_rng(seed)
+    low, high = (1000, 2000) if vocab is None or vocab > 2000 else (0, vocab)
     feeds: dict[str, np.ndarray] = {}
     for name, shape, type_ in _input_specs(session):
         dims = [
@@ -53,8 +70,9 @@ def synthetic_feeds(
             for i, d in enumerate(shape)
         ]
         if name == "input_ids":
-            ids = rng.integers(1000, 2000, dims)
-            ids[:, 0], ids[:, -1] = 101, 102
+            ids = rng.integers(low, high, dims)
+            if high > 102:
+                ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
             feeds[name] = ids.astype(np.int64)
         elif name == "attention_mask":
             feeds[name] = np.ones(dims, dtype=np.int64)
@@ -91,7 +109,11 @@ def compare_latency(
     clock = time.thread_time if cpu_time and threads == 1 else time.perf_counter
     keys = [str(p) for p in paths]
     sessions = {k: _open(k, threads) for k in keys}
-    inputs = dict(feeds) if feeds is not None else synthetic_feeds(sessions[keys[0]], 1, sequence)
+    inputs = (
+        dict(feeds)
+        if feeds is not None
+        else synthetic_feeds(sessions[keys[0]], 1, sequence, vocab=vocab_size(keys[0]))
+    )
     for s in sessions.values():
         for _ in range(3):
             s.run(None, inputs)
@@ -135,12 +157,13 @@ def _benchmark_in_process(
     session = _open(model_path, threads)
     load_s = time.perf_counter() - start
     is_text = any(i.name == "input_ids" for i in session.get_inputs())
+    vocab = vocab_size(model_path)
     seqs = list(sequences) if is_text else [0]
     latency: dict[str, dict[str, float]] = {}
     for seq in seqs:
-        p50, p95 = _latency(session, synthetic_feeds(session, 1, seq), runs)
+        p50, p95 = _latency(session, synthetic_feeds(session, 1, seq, vocab=vocab), runs)
         latency[str(seq) if is_text else "default"] = {"p50_ms": p50 * 1e3, "p95_ms": p95 * 1e3}
-    big = synthetic_feeds(session, throughput_batch, throughput_sequence)
+    big = synthetic_feeds(session, throughput_batch, throughput_sequence, vocab=vocab)
     p50, _ = _latency(session, big, throughput_runs)
     return {
         "model_path": model_path,

@@ -130,7 +130,7 @@ def export_onnx(
         if name == "attention_mask"
         else torch.zeros((1, n), dtype=torch.int64)
         if name == "token_type_ids"
-        else torch.randint(1000, 2000, (1, n), dtype=torch.int64)
+        else torch.randint(0, int(config.get("vocab_size", 100)), (1, n), dtype=torch.int64)
         for name in input_names
     )
     out_dir = Path(output_dir)

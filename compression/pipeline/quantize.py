@@ -344,22 +344,23 @@ def convert_fp16(
 ) -> RecipeResult:
     """Float16 weights and compute, float32 inputs/outputs (``keep_io_types``).
 
+    Uses onnxruntime's maintained copy of the onnxconverter-common converter:
+    the original mis-types Cast nodes on BERT attention masks (the model then
+    fails to load with "bound to different types").
+
     Raises:
         QuantizeError: invalid model.
     """
-    from onnxconverter_common import float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model_path = str(_check_model(model_path))
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / params.output_name
     progress(0.2, "convert", "float16 conversion")
-    model = onnx.load(model_path)
-    # Range and shape arithmetic must stay in their original types; the
-    # converter's default block list covers most, these trip it on BERT graphs.
-    block = list(float16.DEFAULT_OP_BLOCK_LIST) + list(params.op_block_list)
-    fp16 = float16.convert_float_to_float16(
-        model, keep_io_types=params.keep_io_types, op_block_list=block, disable_shape_infer=False
+    block = list(DEFAULT_OP_BLOCK_LIST) + list(params.op_block_list)
+    fp16 = convert_float_to_float16(
+        onnx.load(model_path), keep_io_types=params.keep_io_types, op_block_list=block
     )
     onnx.save(fp16, str(out_path))
     copy_sidecars(model_path, out_dir)

@@ -17,6 +17,8 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +79,7 @@ _EXTRA_FUNCS: dict[str, str] = {
     "benchmark": "compression.pipeline.benchmark:_benchmark_in_process",
     "crash-for-test": "compression.pipeline.runner:_crash_for_test",
     "assess": "compression.pipeline.assess:assess",
+    "compare-latency": "compression.pipeline.assess:compare_latency_json",
 }
 
 
@@ -148,8 +151,10 @@ def run_in_subprocess(
     """Run ``func_name(**kwargs)`` in ``python -m compression.pipeline.runner``.
 
     ``kwargs`` must be JSON-serialisable; a recipe's ``params`` is passed as a
-    dict and rebuilt into its dataclass in the child.  Returns the function's
-    result (a recipe's ``RecipeResult`` as a dict).
+    dict and rebuilt into its dataclass in the child.  Progress lines are
+    relayed to ``progress`` as they arrive; if ``progress`` raises (e.g. the
+    job was cancelled) the child is killed and the exception propagates.
+    Returns the function's result (a recipe's ``RecipeResult`` as a dict).
 
     Raises:
         ConverterTimeoutError: the child ran longer than ``timeout`` seconds.
@@ -162,30 +167,57 @@ def run_in_subprocess(
     child_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (repo_root, child_env.get("PYTHONPATH", "")) if p
     )
-    try:
-        proc = subprocess.run(
+    # stderr goes to a file, not a pipe: a chatty converter must not block on
+    # a full pipe while we are reading stdout.
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as err:
+        proc = subprocess.Popen(
             [sys.executable, "-m", "compression.pipeline.runner"],
-            input=payload,
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
             text=True,
-            timeout=timeout,
             env=child_env,
             preexec_fn=_limit_memory(memory_limit),
         )
-    except subprocess.TimeoutExpired as exc:
-        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        expired = threading.Event()
+
+        def kill_on_timeout() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill_on_timeout)
+        timer.start()
+        try:
+            final = _relay(proc, payload, progress)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+        err.seek(0)
+        tail = _tail(err.read())
+    if expired.is_set():
         raise ConverterTimeoutError(
-            f"{func_name} timed out after {timeout:.0f}s", stderr_tail=_tail(err)
-        ) from None
-    return _parse_child_output(func_name, proc, progress)
+            f"{func_name} timed out after {timeout:.0f}s",
+            stderr_tail=tail,
+            returncode=proc.returncode,
+        )
+    return _result(func_name, final, proc.returncode, tail)
 
 
-def _parse_child_output(
-    func_name: str, proc: subprocess.CompletedProcess[str], progress: ProgressFn
-) -> Any:
-    tail = _tail(proc.stderr)
+def _relay(
+    proc: subprocess.Popen[str], payload: str, progress: ProgressFn
+) -> dict[str, Any] | None:
+    """Send the request, relay progress lines, return the final message."""
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(payload)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the child died at once; its exit status tells why
     final: dict[str, Any] | None = None
-    for line in proc.stdout.splitlines():
+    for line in proc.stdout:
         try:
             msg = json.loads(line)
         except json.JSONDecodeError:
@@ -195,15 +227,20 @@ def _parse_child_output(
             progress(float(p[0]), str(p[1]), str(p[2]))
         elif isinstance(msg, dict) and ("result" in msg or "error" in msg):
             final = msg
+    proc.wait()
+    return final
+
+
+def _result(func_name: str, final: dict[str, Any] | None, returncode: int, tail: str) -> Any:
     if final is not None and "error" in final:
         raise ConverterCrashError(
-            f"{func_name} failed: {final['error']}", stderr_tail=tail, returncode=proc.returncode
+            f"{func_name} failed: {final['error']}", stderr_tail=tail, returncode=returncode
         )
-    if proc.returncode != 0 or final is None:
-        how = _describe_exit(proc.returncode)
+    if returncode != 0 or final is None:
+        how = _describe_exit(returncode)
         detail = f"\n{tail}" if tail else ""
         raise ConverterCrashError(
-            f"{func_name} converter {how}{detail}", stderr_tail=tail, returncode=proc.returncode
+            f"{func_name} converter {how}{detail}", stderr_tail=tail, returncode=returncode
         )
     return final["result"]
 
@@ -224,6 +261,10 @@ def _crash_for_test(mode: str = "raise", message: str = "boom") -> None:
         sys.stderr.write(f"converter: {message}\n")
         sys.stderr.flush()
         os._exit(3)
+    if mode == "sleep":
+        import time
+
+        time.sleep(600)
     if mode == "abort":
         sys.stderr.write(f"converter: {message}\n")
         sys.stderr.flush()

@@ -81,3 +81,26 @@ def test_a_bad_file_shows_the_servers_message(
     message.wait_for()
     assert "onnx" in message.inner_text().lower()
     assert page.url.endswith("/models/upload/")
+
+
+def test_an_operator_compresses_a_model_and_compares_variants(
+    live_server: Any, celery_worker: Worker, alice: Any, page: Any, tmp_path: Path
+) -> None:
+    base = live_server.url
+    _login(page, base, "alice")
+    page.goto(f"{base}/models/upload/")
+    page.fill("input[name=name]", "to-compress")
+    page.set_input_files("#file-input", str(build_tiny_bert_onnx(tmp_path / "c.onnx", hidden=64)))
+    page.click("#upload-button")
+    page.wait_for_url(f"{base}/versions/*/")
+    # The job form arrives with the inspection result, without a reload.
+    page.select_option("select[name=recipe]", "onnx-int8-dynamic", timeout=60_000)
+    page.click("text=Start job")
+    page.wait_for_url(f"{base}/jobs/*/")
+    page.locator("[data-testid=job-status]").filter(has_text="succeeded").wait_for(timeout=120_000)
+    assert "cosine_mean" in page.inner_text("#job-progress")
+    page.click("text=compare variants")
+    table = page.locator("[data-testid=compare-table]")
+    assert "onnx-int8-dynamic" in table.inner_text()
+    assert page.evaluate("typeof Chart") == "function"
+    page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)

@@ -50,6 +50,11 @@ def test_it_quantizes_to_a_derived_version_with_fidelity_and_golden_set(
     fidelity = child.metrics["fidelity"]
     assert 0.9 < fidelity["cosine_mean"] <= 1.0 + 1e-6
     assert child.metrics["evaluated_on"] == "synthetic tensors"
+    bench = child.metrics["benchmark"]
+    assert bench["latency_p50_ms"] > 0 and bench["peak_rss_mb"] > 0
+    assert bench["throughput_items_per_s"] > 0
+    assert 0 < child.metrics["latency_ratio"] < 10
+    assert ModelVersion.objects.get(pk=parent["id"]).metrics["benchmark"]["latency_p50_ms"] > 0
     assert (
         "DynamicQuantizeLinear" in child.inspection["ops"]
         or "MatMulInteger" in child.inspection["ops"]
