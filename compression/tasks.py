@@ -189,6 +189,7 @@ def _compress(job: Job) -> None:
         store_file(golden_key, golden)
         metrics = {
             **result.get("metrics", {}),
+            **speed,
             "fidelity": assessment["fidelity"],
             "evaluated_on": assessment["inputs"],
             "examples": assessment["examples"],
@@ -235,10 +236,11 @@ def summarize_benchmark(raw: dict[str, object]) -> dict[str, object]:
     }
 
 
-def _benchmark(parent: ModelVersion, parent_path: Path, child_file: Path, job: Job) -> dict[str, object]:
+def _benchmark(
+    parent: ModelVersion, parent_path: Path, child_file: Path, job: Job
+) -> dict[str, object]:
     """Benchmark the child in a fresh process; time it against the parent interleaved."""
     from compression.pipeline.assess import onnx_model_file
-    from compression.pipeline.benchmark import benchmark_model
     from compression.pipeline.runner import run_in_subprocess
 
     if child_file.suffix != ".onnx":
@@ -248,9 +250,11 @@ def _benchmark(parent: ModelVersion, parent_path: Path, child_file: Path, job: J
         if not parent.metrics.get("benchmark"):
             parent_raw = _bench(Path(onnx_model_file(parent_path)), job)
             ModelVersion.objects.filter(pk=parent.pk).update(
-                metrics={**parent.metrics, "benchmark": summarize_benchmark(parent_raw)})
-        ratio = run_in_subprocess("compare-latency", {
-            "parent": str(parent_path), "child": str(child_file)}, timeout=1800)
+                metrics={**parent.metrics, "benchmark": summarize_benchmark(parent_raw)}
+            )
+        ratio = run_in_subprocess(
+            "compare-latency", {"parent": str(parent_path), "child": str(child_file)}, timeout=1800
+        )
         speed["latency_ratio"] = round(ratio["ratio"], 4)
         job.append_log(f"latency vs parent (interleaved, batch 1): {ratio['ratio']:.3f}x")
     return speed

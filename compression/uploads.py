@@ -38,7 +38,11 @@ class HashingCappedUploadHandler(TemporaryFileUploadHandler):
     chunk_size = 1024 * 1024
 
     def handle_raw_input(  # type: ignore[override]
-        self, input_data: Any, META: Any, content_length: int, boundary: Any,  # noqa: N803
+        self,
+        input_data: Any,
+        META: Any,
+        content_length: int,
+        boundary: Any,
         encoding: str | None = None,
     ) -> tuple[QueryDict, MultiValueDict[str, Any]] | None:
         """Read nothing when the caller may not upload at all: the view answers 403."""

@@ -82,19 +82,26 @@ class LabelsIn(Schema):
 
 def group_json(group: Group) -> dict[str, Any]:
     return {
-        "id": group.pk, "name": group.name, "selector": group.selector,
-        "description": group.description, "devices": group.members().count(),
+        "id": group.pk,
+        "name": group.name,
+        "selector": group.selector,
+        "description": group.description,
+        "devices": group.members().count(),
         "created_at": group.created_at,
     }
 
 
 def device_json(device: Device) -> dict[str, Any]:
     return {
-        "id": str(device.pk), "name": device.name, "status": device.status,
-        "labels": device.labels, "facts": device.facts,
+        "id": str(device.pk),
+        "name": device.name,
+        "status": device.status,
+        "labels": device.labels,
+        "facts": device.facts,
         "groups": [g.pk for g in Group.objects.all() if g.matches(device)],
         "active_bundle": device.state.get("active_bundle"),
-        "last_seen_at": device.last_seen_at, "enrolled_at": device.enrolled_at,
+        "last_seen_at": device.last_seen_at,
+        "enrolled_at": device.enrolled_at,
         "state": device.state,
     }
 
@@ -119,8 +126,12 @@ def create_group(request: HttpRequest, body: GroupIn) -> Status[Any]:
         raise HttpError(400, str(exc)) from exc
     try:
         with transaction.atomic():
-            group = Group.objects.create(name=name, selector=body.selector.strip(),
-                                         description=body.description, created_by=request.user)
+            group = Group.objects.create(
+                name=name,
+                selector=body.selector.strip(),
+                description=body.description,
+                created_by=request.user,
+            )
     except IntegrityError:
         return Status(409, {"error": f"a group named {name!r} already exists"})
     audit(request.user, "group.create", group, selector=group.selector)
@@ -148,12 +159,21 @@ def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn) -> St
     except ValueError as exc:
         raise HttpError(400, str(exc)) from exc
     ttl = timedelta(hours=body.expires_in_hours) if body.expires_in_hours else None
-    token, raw = EnrollmentToken.issue(group, user=request.user, max_uses=body.max_uses,
-                                       ttl=ttl, name=body.name, labels=labels)
+    token, raw = EnrollmentToken.issue(
+        group, user=request.user, max_uses=body.max_uses, ttl=ttl, name=body.name, labels=labels
+    )
     audit(request.user, "enrollment-token.create", token, group=group.name)
-    return Status(201, {"id": token.pk, "group": group.pk, "token": raw,
-                        "max_uses": token.max_uses, "expires_at": token.expires_at,
-                        "command": enroll_command(raw)})
+    return Status(
+        201,
+        {
+            "id": token.pk,
+            "group": group.pk,
+            "token": raw,
+            "max_uses": token.max_uses,
+            "expires_at": token.expires_at,
+            "command": enroll_command(raw),
+        },
+    )
 
 
 @router.get("/devices", response=DeviceList)

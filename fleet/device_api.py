@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import NinjaAPI, Router, Schema, Status
@@ -22,12 +23,20 @@ from ninja.security import HttpBearer
 from fleet.enrollment import EnrollmentError, enroll
 from fleet.models import Device, DeviceEvent, TelemetryBatch
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
+from fleet.rollout_tasks import nudge
 
 MAX_EVENTS = 100
 MAX_TELEMETRY_BYTES = 64 * 1024
 EVENT_STATES = {
-    "downloading", "verifying", "installing", "self-test", "active", "failed", "rolled-back",
-    "refused", "frozen",
+    "downloading",
+    "verifying",
+    "installing",
+    "self-test",
+    "active",
+    "failed",
+    "rolled-back",
+    "refused",
+    "frozen",
 }
 LAST_SEEN_WRITE_INTERVAL = 10  # seconds: polls must stay reads
 
@@ -108,19 +117,28 @@ def enroll_device(request: HttpRequest, body: EnrollIn) -> Status[Any]:
 
     try:
         device, credential = enroll(
-            token=body.token, name=body.name, labels=body.labels, facts=body.facts,
+            token=body.token,
+            name=body.name,
+            labels=body.labels,
+            facts=body.facts,
             identity_public_key=body.identity_public_key,
-            encryption_public_key=body.encryption_public_key, proof=body.proof,
+            encryption_public_key=body.encryption_public_key,
+            proof=body.proof,
         )
     except EnrollmentError as exc:
         return Status(exc.status, {"error": str(exc)})
     roots = trusted_roots()
-    return Status(201, {
-        "device_id": str(device.pk), "credential": credential,
-        "poll_interval": settings.DEVICE_POLL_INTERVAL,
-        "image_root": roots["image"], "director_root": roots["director"],
-        "server_time": timezone.now(),
-    })
+    return Status(
+        201,
+        {
+            "device_id": str(device.pk),
+            "credential": credential,
+            "poll_interval": settings.DEVICE_POLL_INTERVAL,
+            "image_root": roots["image"],
+            "director_root": roots["director"],
+            "server_time": timezone.now(),
+        },
+    )
 
 
 class EventIn(Schema):
@@ -145,26 +163,43 @@ def report_events(request: HttpRequest, body: EventsIn) -> Status[Any]:
             raise HttpError(400, f"unknown state {event.state!r}")
         if len(json.dumps(event.detail)) > 4096:
             raise HttpError(400, "event detail is too large")
-    DeviceEvent.objects.bulk_create([
-        DeviceEvent(device=device, bundle=e.bundle[:64], state=e.state, reason=e.reason[:500],
-                    detail=e.detail, device_time=e.at)
-        for e in body.events
-    ])
-    _remember_state(device, body.events[-1])
+    DeviceEvent.objects.bulk_create(
+        [
+            DeviceEvent(
+                device=device,
+                bundle=e.bundle[:64],
+                state=e.state,
+                reason=e.reason[:500],
+                detail=e.detail,
+                device_time=e.at,
+            )
+            for e in body.events
+        ]
+    )
+    for event in body.events:
+        _remember_state(device, event)
+    transaction.on_commit(nudge)
     return Status(202, {"accepted": len(body.events)})
 
 
 def _remember_state(device: Device, event: EventIn) -> None:
     state = dict(device.state)
-    state["update"] = {"state": event.state, "bundle": event.bundle, "reason": event.reason,
-                       "at": timezone.now().isoformat()}
+    state["update"] = {
+        "state": event.state,
+        "bundle": event.bundle,
+        "reason": event.reason,
+        "at": timezone.now().isoformat(),
+    }
     if event.state == "active" and event.bundle:
         if state.get("active_bundle") and state["active_bundle"] != event.bundle:
             state["previous_bundle"] = state["active_bundle"]
         state["active_bundle"] = event.bundle
     if event.state in ("failed", "refused"):
-        state["last_error"] = {"bundle": event.bundle, "reason": event.reason,
-                               "at": timezone.now().isoformat()}
+        state["last_error"] = {
+            "bundle": event.bundle,
+            "reason": event.reason,
+            "at": timezone.now().isoformat(),
+        }
     Device.objects.filter(pk=device.pk).update(state=state)
     device.state = state
 
@@ -184,14 +219,67 @@ def ingest_telemetry(request: HttpRequest) -> Status[Any]:
     if TelemetryBatch.objects.filter(batch_id=batch["batch_id"]).exists():
         return Status(200, {"duplicate": True})
     TelemetryBatch.objects.create(
-        batch_id=batch["batch_id"], device=device, bundle=batch.get("bundle") or "",
-        period_start=batch.get("period_start"), period_end=batch.get("period_end"), body=batch,
+        batch_id=batch["batch_id"],
+        device=device,
+        bundle=batch.get("bundle") or "",
+        period_start=batch.get("period_start"),
+        period_end=batch.get("period_end"),
+        body=_jsonable(batch),
     )
+    transaction.on_commit(nudge)
     return Status(202, {"accepted": True})
+
+
+def _jsonable(batch: dict[str, Any]) -> dict[str, Any]:
+    clean = {k: v for k, v in batch.items() if k not in ("period_start", "period_end")}
+    clean["batch_id"] = str(batch["batch_id"])
+    return clean
 
 
 def state_etag(body: dict[str, Any]) -> str:
     return '"' + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32] + '"'
 
 
-device_api.add_router("", router)
+class StateOut(Schema):
+    device_id: str
+    poll_interval: int
+    desired: dict[str, Any]
+    revoked: bool
+
+
+@router.get("/state", response={200: StateOut, 304: None})
+def desired_state(request: HttpRequest) -> HttpResponse:
+    """What the device should run. Answered from the database alone (no broker), with an
+    ETag so unchanged polls cost a 304."""
+    from fleet.security.director import current_assignment
+
+    device: Device = request.auth  # type: ignore[attr-defined]
+    assignment = current_assignment(device)
+    body = {
+        "device_id": str(device.pk),
+        "poll_interval": settings.DEVICE_POLL_INTERVAL,
+        "desired": {
+            "bundle": assignment.bundle_id if assignment else None,
+            "release": assignment.bundle.release if assignment else None,
+            "assigned_at": assignment.created_at.isoformat() if assignment else None,
+        },
+        "revoked": False,
+    }
+    etag = state_etag(body)
+    if request.headers.get("If-None-Match") == etag:
+        response = HttpResponse(status=304)
+    else:
+        response = device_api.create_response(request, body, status=200)
+    response["ETag"] = etag
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+def _mount() -> None:
+    from fleet.device_security_api import router as security_router
+
+    device_api.add_router("", router)
+    device_api.add_router("", security_router)
+
+
+_mount()

@@ -64,8 +64,14 @@ def check_proof(token: str, identity_key: str, encryption_key: str, name: str, p
 
 
 def enroll(
-    *, token: str, name: str, labels: dict[str, Any], facts: dict[str, Any],
-    identity_public_key: str, encryption_public_key: str, proof: str,
+    *,
+    token: str,
+    name: str,
+    labels: dict[str, Any],
+    facts: dict[str, Any],
+    identity_public_key: str,
+    encryption_public_key: str,
+    proof: str,
 ) -> tuple[Device, str]:
     """Create a device for a valid token; returns it and its credential (shown once).
 
@@ -95,10 +101,13 @@ def enroll(
         try:
             with transaction.atomic():
                 device = Device.objects.create(
-                    name=name, labels={**record.labels, **labels}, facts=facts,
+                    name=name,
+                    labels={**record.labels, **labels},
+                    facts=facts,
                     identity_public_key=identity_public_key.lower(),
                     encryption_public_key=encryption_public_key.lower(),
-                    credential_digest=digest(credential), enrolled_with=record,
+                    credential_digest=digest(credential),
+                    enrolled_with=record,
                 )
         except IntegrityError as exc:
             raise AlreadyEnrolledError("this identity key is already enrolled") from exc

@@ -4,6 +4,7 @@ from django.urls import path
 
 from accounts import views as account_views
 from compression import views as registry_views
+from fleet import views as fleet_views
 from fleet.device_api import device_api
 from tinyfleet.api import api
 from tinyfleet.views import healthz, home
@@ -25,6 +26,10 @@ urlpatterns = [
     path("jobs/", registry_views.job_list, name="jobs"),
     path("jobs/<int:job_id>/", registry_views.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/cancel/", registry_views.job_cancel, name="job-cancel"),
+    path("versions/<int:version_id>/publish/", fleet_views.version_publish, name="version-publish"),
+    path("bundles/", fleet_views.bundle_list, name="bundles"),
+    path("bundles/<str:bundle_id>/", fleet_views.bundle_detail, name="bundle-detail"),
+    path("security/", fleet_views.security, name="security"),
     path("tokens/", account_views.token_list, name="tokens"),
     path("tokens/<int:token_id>/revoke/", account_views.token_revoke, name="token-revoke"),
     path("audit/", account_views.audit_log, name="audit"),

@@ -137,6 +137,7 @@ class LocalApi:
         max_body_bytes: int = 1 << 20,
         feedback_capacity: int = 10_000,
         max_concurrency: int = 8,
+        poll_interval: float = 0.5,
     ) -> None:
         self.telemetry = telemetry or Telemetry(agent_version=__version__)
         self.max_body_bytes = max_body_bytes
@@ -149,6 +150,9 @@ class LocalApi:
         self._compute = threading.BoundedSemaphore(max_concurrency)
         self._started = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._serving = threading.Event()
+        # How often serve_forever wakes to notice shutdown(): the stop latency.
+        self._poll_interval = poll_interval
         self._server = self._bind(listen, unix_socket, allow_non_loopback)
 
     def _bind(
@@ -196,15 +200,20 @@ class LocalApi:
             self._health.update(values)
 
     def start(self) -> None:
+        self._serving.set()  # before the thread runs: shutdown() must wait for it
         self._thread = threading.Thread(target=self.serve_forever, name="local-api", daemon=True)
         self._thread.start()
 
     def serve_forever(self) -> None:
         log.info("listening", extra=fields(address=self.address))
-        self._server.serve_forever(poll_interval=0.2)
+        self._serving.set()
+        self._server.serve_forever(poll_interval=self._poll_interval)
 
     def shutdown(self) -> None:
-        self._server.shutdown()
+        """Stop serving (if started) and release the address or socket file."""
+        if self._serving.is_set():
+            # BaseServer.shutdown() waits for serve_forever: never call it otherwise.
+            self._server.shutdown()
         self._server.server_close()
         if isinstance(self._server, _UnixServer):
             self._server.path.unlink(missing_ok=True)
@@ -380,7 +389,11 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # never let a handler bug kill the connection silently
             log.exception("request failed", extra=fields(path=path))
             status, payload = 500, {"error": "internal error"}
-        self._send(status, payload)
+        try:
+            data = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
+        except ValueError:  # NaN/inf from a broken model: JSON cannot carry it
+            status, data = 500, b'{"error":"the model produced non-finite output"}'
+        self._send(status, data)
 
     def _check_origin(self) -> None:
         if not self.api.check_host:
@@ -409,8 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "body is not valid JSON") from None
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
+    def _send(self, status: int, data: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

@@ -4,9 +4,13 @@ their own modules (imported below so Django finds them)."""
 from fleet.models.bundles import Assignment, Bundle, BundleStatus
 from fleet.models.devices import Device, DeviceStatus, EnrollmentToken, Group
 from fleet.models.keys import KeyStatus, SigningKey, TufMetadata, TufRepository
+from fleet.models.rollouts import Rollout, RolloutEvent, RolloutStatus
 from fleet.models.telemetry import DeviceEvent, TelemetryBatch
 
 __all__ = [
+    "Rollout",
+    "RolloutEvent",
+    "RolloutStatus",
     "Assignment",
     "Bundle",
     "BundleStatus",

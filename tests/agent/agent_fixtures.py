@@ -25,10 +25,11 @@ from tinyfleet_agent._internal.stream_aead import CipherParams, ciphertext_lengt
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = (
+_WORDS = (
     "turn the lights on off play some music stop what is weather today in paris "
     "hello world set a timer for five minutes call mom open door lock close ##s ##ing"
-).split()
+)
+WORDS = _WORDS.split()
 VOCAB = SPECIALS + WORDS
 HIDDEN = 16
 LABELS = ("lights", "music", "other")

@@ -434,6 +434,12 @@ def test_endless_data_download_stops_at_signed_length(world: World) -> None:
     assert not (world.tmp / "dl").exists() and leftovers(world.tmp) == []
 
 
+def test_it_keeps_exactly_what_was_sent_below_the_cap(world: World) -> None:
+    # Space for the cap is reserved up front; the file must not keep the tail.
+    assert download_capped(iter([b"abc", b"de"]), world.tmp / "dl", 1000) == 5
+    assert (world.tmp / "dl").read_bytes() == b"abcde"
+
+
 def test_online_key_compromise_director_alone_cannot_install(world: World, bundle: Bundle) -> None:
     attacker_key = generate_content_key()
     wrapped = wrap_key(

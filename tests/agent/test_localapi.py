@@ -29,7 +29,7 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
 
 @pytest.fixture
 def api(predictor: Predictor) -> Iterator[LocalApi]:
-    service = LocalApi("127.0.0.1:0", max_body_bytes=4096)
+    service = LocalApi("127.0.0.1:0", max_body_bytes=4096, poll_interval=0.01)
     service.set_predictor(predictor, META)
     service.start()
     yield service
@@ -81,7 +81,7 @@ def test_it_predicts_takes_feedback_and_reports_health_and_model(api: LocalApi) 
 
 
 def test_it_answers_503_until_a_model_is_installed() -> None:
-    service = LocalApi("127.0.0.1:0")
+    service = LocalApi("127.0.0.1:0", poll_interval=0.01)
     service.start()
     try:
         client = Client(service.address)
@@ -160,7 +160,7 @@ def test_it_counts_feedback_only_once(api: LocalApi) -> None:
     assert client.call("POST", "/v1/feedback", feedback)[0] == 404
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "8.8.8.8", "::"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "8.8.8.8", "::"])  # noqa: S104
 def test_it_refuses_to_listen_beyond_loopback(host: str) -> None:
     with pytest.raises(NonLoopbackError, match="not a loopback"):
         LocalApi((host, 0))
@@ -176,7 +176,7 @@ def test_it_listens_on_localhost_ipv6_loopback_or_when_forced() -> None:
 
 def test_it_serves_on_a_unix_socket(predictor: Predictor, tmp_path: Path) -> None:
     path = tmp_path / "agent.sock"
-    service = LocalApi(unix_socket=path)
+    service = LocalApi(unix_socket=path, poll_interval=0.01)
     service.set_predictor(predictor, META)
     service.start()
     try:
@@ -184,7 +184,8 @@ def test_it_serves_on_a_unix_socket(predictor: Predictor, tmp_path: Path) -> Non
             sock.connect(str(path))
             body = json.dumps({"inputs": ["open door"]}).encode()
             request = (
-                b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\n"
                 b"Content-Length: "
                 + str(len(body)).encode()
                 + b"\r\nConnection: close\r\n\r\n"
@@ -213,8 +214,12 @@ def test_it_swaps_the_model_while_serving_and_closes_the_old_one(tmp_path: Path)
         models.append(Predictor(directory, F.spec("text-classification")))
     closed: list[int] = []
     for index, model in enumerate(models):
-        model.close = lambda i=index: closed.append(i)  # type: ignore[method-assign]
-    service = LocalApi("127.0.0.1:0")
+
+        def close(i: int = index) -> None:
+            closed.append(i)
+
+        model.close = close  # type: ignore[method-assign]
+    service = LocalApi("127.0.0.1:0", poll_interval=0.01)
     service.set_predictor(models[0], {**META, "bundle": "r1"})
     service.start()
     statuses: list[tuple[int, str]] = []
@@ -244,3 +249,18 @@ def test_it_swaps_the_model_while_serving_and_closes_the_old_one(tmp_path: Path)
     assert statuses and {s for s, _ in statuses} == {200}
     assert {b for _, b in statuses} == {"r1", "r2"}
     assert closed  # a replaced model is closed once its last request finished
+
+
+def test_it_answers_500_not_a_broken_stream_when_a_model_overflows(tmp_path: Path) -> None:
+    F.build_tensor_onnx(tmp_path / "model.onnx")
+    service = LocalApi("127.0.0.1:0", poll_interval=0.01)
+    service.set_predictor(Predictor(tmp_path, F.spec("tensor")), META)
+    service.start()
+    try:
+        client = Client(service.address)
+        status, body = client.call("POST", "/v1/predict", {"inputs": [{"x": [3e38] * 4}]})
+        assert status == 500 and "non-finite" in body["error"]
+        status, body = client.call("POST", "/v1/predict", {"inputs": [{"x": [1, 0, 0, 0]}]})
+        assert status == 200 and body["outputs"][0]["y"][0][0] == pytest.approx(1.0)
+    finally:
+        service.shutdown()

@@ -67,7 +67,7 @@ def test_it_lists_runtimes_without_importing_them() -> None:
 
 def test_it_refuses_a_runtime_older_than_the_bundle_needs(tmp_path: Path) -> None:
     record = F.fake_record(min_runtime_version="99.0")
-    with pytest.raises(UnsupportedRuntimeError, match="older than 99.0"):
+    with pytest.raises(UnsupportedRuntimeError, match=r"older than 99\.0"):
         Predictor(model_dir(tmp_path, "text-classification"), record)
     with pytest.raises(UnsupportedRuntimeError, match="not installed"):
         check_runtime("tflite-runtime")

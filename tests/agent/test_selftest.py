@@ -99,6 +99,7 @@ def test_it_fails_when_the_runtime_raises(tmp_path: Path) -> None:
 def test_it_reports_partial_agreement_against_a_threshold(tmp_path: Path) -> None:
     path, _ = golden(tmp_path, "text-classification")
     refs = references(path)
+
     def runtime() -> FakeRuntime:
         return FakeRuntime(lambda i, feeds: refs[i] + (0.5 if i == 2 else 0.0))
 
@@ -160,3 +161,23 @@ def test_it_fails_on_a_file_that_is_not_a_golden_set(tmp_path: Path) -> None:
     assert not result.passed and result.reason.startswith("golden-unusable")
     missing = run_golden_selftest(FakeRuntime(lambda i, f: np.ones(1)), tmp_path / "nope.npz")
     assert not missing.passed
+
+
+def test_it_gates_activation_on_the_golden_test(tmp_path: Path) -> None:
+    """The updater's recipe: install to the inactive slot, load, self-test, then switch."""
+    from tinyfleet_agent._internal.payload import extract_payload
+    from tinyfleet_agent._internal.slots import SlotStore
+
+    state = tmp_path / "state"
+    F.install(state, tmp_path / "w1", release=1)
+    store = SlotStore(state)
+    for perturb, expected in ((0.5, "intent-r1"), (0.0, "intent-r2")):
+        payload, golden_sha = F.build_payload(tmp_path / f"w2-{perturb}", perturb=perturb)
+        directory = store.prepare_inactive()
+        extracted = extract_payload(payload, directory, golden_sha256=golden_sha)
+        meta = F.slot_meta("text-classification", "intent-r2", 2)
+        candidate = Predictor(directory, meta.pipeline_spec(), runtime=meta.runtime)
+        if run_golden_selftest(candidate, extracted.golden).passed:
+            store.activate(meta)
+        candidate.close()
+        assert store.active().meta.bundle == expected  # type: ignore[union-attr]

@@ -123,7 +123,8 @@ import os, signal, sys
 from pathlib import Path
 sys.path[:0] = [{agent!r}, {root!r}]
 from tests.agent.agent_fixtures import install_steps
-state, payload, golden, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+state, payload, golden = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+kill_at = int(sys.argv[4])
 calls = []
 print("ready", flush=True)
 def hook(name):

@@ -33,7 +33,9 @@ class FakeDevice:
 
     def enroll_body(self, token: str, **overrides: Any) -> dict[str, Any]:
         body = {
-            "token": token, "name": self.name, "labels": {"site": "lab"},
+            "token": token,
+            "name": self.name,
+            "labels": {"site": "lab"},
             "facts": {"arch": "x86_64", "runtimes": {"onnxruntime": "1.31.1"}},
             "identity_public_key": self.identity_hex,
             "encryption_public_key": self.encryption_hex,
@@ -42,8 +44,9 @@ class FakeDevice:
         return {**body, **overrides}
 
     def enroll(self, client: Client, token: str) -> Any:
-        response = client.post("/api/device/v1/enroll", self.enroll_body(token),
-                               content_type="application/json")
+        response = client.post(
+            "/api/device/v1/enroll", self.enroll_body(token), content_type="application/json"
+        )
         if response.status_code == 201:
             self.credential = response.json()["credential"]
             self.device_id = response.json()["device_id"]

@@ -33,7 +33,9 @@ def token(alice_api: Any, group: dict[str, Any]) -> str:
     return raw
 
 
-def test_a_device_enrolls_with_its_own_keys(client: Client, token: str, group: dict[str, Any]) -> None:
+def test_a_device_enrolls_with_its_own_keys(
+    client: Client, token: str, group: dict[str, Any]
+) -> None:
     device = FakeDevice()
     response = device.enroll(client, token)
     assert response.status_code == 201, response.content
@@ -80,18 +82,25 @@ def test_enrollment_refuses_an_unusable_token(client: Client, token: str, proble
 def test_the_same_identity_cannot_enroll_twice(client: Client, token: str) -> None:
     device = FakeDevice()
     assert device.enroll(client, token).status_code == 201
-    again = client.post("/api/device/v1/enroll", device.enroll_body(token),
-                        content_type="application/json")
+    again = client.post(
+        "/api/device/v1/enroll", device.enroll_body(token), content_type="application/json"
+    )
     assert again.status_code == 409
     assert Device.objects.count() == 1
 
 
 def test_enrollment_refuses_malformed_keys_and_labels(client: Client, token: str) -> None:
     device = FakeDevice()
-    for override in ({"encryption_public_key": "zz"}, {"labels": {"Bad Key": "x"}},
-                     {"identity_public_key": "00" * 31}):
-        response = client.post("/api/device/v1/enroll", device.enroll_body(token, **override),
-                               content_type="application/json")
+    for override in (
+        {"encryption_public_key": "zz"},
+        {"labels": {"Bad Key": "x"}},
+        {"identity_public_key": "00" * 31},
+    ):
+        response = client.post(
+            "/api/device/v1/enroll",
+            device.enroll_body(token, **override),
+            content_type="application/json",
+        )
         assert response.status_code == 400, override
     assert not Device.objects.exists()
 
@@ -125,22 +134,34 @@ def test_revoking_a_device_locks_it_out_at_once(alice_api: Any, client: Client, 
     device = FakeDevice()
     device.enroll(client, token)
     events = {"events": [{"state": "downloading", "bundle": "b-1"}]}
-    assert device.client().post("/api/device/v1/events", events,
-                                content_type="application/json").status_code == 202
+    assert (
+        device.client()
+        .post("/api/device/v1/events", events, content_type="application/json")
+        .status_code
+        == 202
+    )
     revoked = alice_api.post(f"/api/v1/devices/{device.device_id}/revoke")
     assert revoked.json()["status"] == "revoked"
-    response = device.client().post("/api/device/v1/events", events, content_type="application/json")
+    response = device.client().post(
+        "/api/device/v1/events", events, content_type="application/json"
+    )
     assert response.status_code == 401
 
 
 def test_relabelling_validates_labels(alice_api: Any, client: Client, token: str) -> None:
     device = FakeDevice()
     device.enroll(client, token)
-    ok = alice_api.client.put(f"/api/v1/devices/{device.device_id}/labels",
-                              {"labels": {"site": "plant-9"}}, content_type="application/json")
+    ok = alice_api.client.put(
+        f"/api/v1/devices/{device.device_id}/labels",
+        {"labels": {"site": "plant-9"}},
+        content_type="application/json",
+    )
     assert ok.status_code == 200 and ok.json()["labels"] == {"site": "plant-9"}
-    bad = alice_api.client.put(f"/api/v1/devices/{device.device_id}/labels",
-                               {"labels": {"site": "has space"}}, content_type="application/json")
+    bad = alice_api.client.put(
+        f"/api/v1/devices/{device.device_id}/labels",
+        {"labels": {"site": "has space"}},
+        content_type="application/json",
+    )
     assert bad.status_code == 400
     assert Device.objects.get().labels == {"site": "plant-9"}
 
@@ -148,15 +169,28 @@ def test_relabelling_validates_labels(alice_api: Any, client: Client, token: str
 def test_events_update_the_devices_state(client: Client, token: str, alice_api: Any) -> None:
     device = FakeDevice()
     device.enroll(client, token)
-    device.client().post("/api/device/v1/events", {"events": [
-        {"state": "active", "bundle": "b-1"},
-        {"state": "failed", "bundle": "b-2", "reason": "golden self-test failed: agreement 0.12"},
-    ]}, content_type="application/json")
+    device.client().post(
+        "/api/device/v1/events",
+        {
+            "events": [
+                {"state": "active", "bundle": "b-1"},
+                {
+                    "state": "failed",
+                    "bundle": "b-2",
+                    "reason": "golden self-test failed: agreement 0.12",
+                },
+            ]
+        },
+        content_type="application/json",
+    )
     state = alice_api.get(f"/api/v1/devices/{device.device_id}").json()["state"]
     assert state["active_bundle"] == "b-1"
     assert "golden" in state["last_error"]["reason"]
-    bad = device.client().post("/api/device/v1/events", {"events": [{"state": "exploded"}]},
-                               content_type="application/json")
+    bad = device.client().post(
+        "/api/device/v1/events",
+        {"events": [{"state": "exploded"}]},
+        content_type="application/json",
+    )
     assert bad.status_code == 400
     assert DeviceEvent.objects.count() == 2
 
@@ -164,19 +198,34 @@ def test_events_update_the_devices_state(client: Client, token: str, alice_api: 
 def test_telemetry_is_validated_and_deduplicated(client: Client, token: str) -> None:
     device = FakeDevice()
     device.enroll(client, token)
-    batch = {"batch_id": str(uuid.uuid4()), "bundle": "b-1",
-             "period": {"start": "2026-11-22T01:00:00+00:00", "end": "2026-11-22T01:05:00+00:00"},
-             "requests": 10, "latency_ms": {"counts": [0, 3, 7]}}
+    batch = {
+        "batch_id": str(uuid.uuid4()),
+        "bundle": "b-1",
+        "period": {"start": "2026-11-22T01:00:00+00:00", "end": "2026-11-22T01:05:00+00:00"},
+        "requests": 10,
+        "latency_ms": {"counts": [0, 3, 7]},
+    }
     post = device.client().post
-    assert post("/api/device/v1/telemetry", batch, content_type="application/json").status_code == 202
+    assert (
+        post("/api/device/v1/telemetry", batch, content_type="application/json").status_code == 202
+    )
     replay = post("/api/device/v1/telemetry", batch, content_type="application/json")
     assert replay.status_code == 200 and replay.json() == {"duplicate": True}
-    for bad in ({"batch_id": "nope"}, {**batch, "batch_id": str(uuid.uuid4()), "x": "y" * 500},
-                {**batch, "batch_id": str(uuid.uuid4()), "period": {"start": "yesterday"}}):
-        assert post("/api/device/v1/telemetry", bad, content_type="application/json").status_code == 400
+    for bad in (
+        {"batch_id": "nope"},
+        {**batch, "batch_id": str(uuid.uuid4()), "x": "y" * 500},
+        {**batch, "batch_id": str(uuid.uuid4()), "period": {"start": "yesterday"}},
+    ):
+        assert (
+            post("/api/device/v1/telemetry", bad, content_type="application/json").status_code
+            == 400
+        )
     garbage = post("/api/device/v1/telemetry", b"\x00\xff", content_type="application/json")
     assert garbage.status_code == 400
-    huge = post("/api/device/v1/telemetry", {"batch_id": str(uuid.uuid4()), "pad": [1] * 40000},
-                content_type="application/json")
+    huge = post(
+        "/api/device/v1/telemetry",
+        {"batch_id": str(uuid.uuid4()), "pad": [1] * 40000},
+        content_type="application/json",
+    )
     assert huge.status_code == 413
     assert TelemetryBatch.objects.count() == 1

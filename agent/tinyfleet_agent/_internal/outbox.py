@@ -84,11 +84,14 @@ class Outbox:
             raise ValueError(f"batch is larger than {MAX_BATCH_BYTES} bytes")
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            known = "SELECT 1 FROM batches WHERE batch_id = ?"
+            if self._db.execute(known, (batch_id,)).fetchone():
+                return 0  # already queued (a retried put): store it once
             excess = self._count() + 1 - self.capacity
             dropped_now = self._drop_oldest(excess) if excess > 0 else 0
             carried = self._counter("pending_dropped")
             self._db.execute(
-                "INSERT OR IGNORE INTO batches (batch_id, body, dropped) VALUES (?, ?, ?)",
+                "INSERT INTO batches (batch_id, body, dropped) VALUES (?, ?, ?)",
                 (batch_id, body, carried),
             )
             self._set_counter("pending_dropped", 0)

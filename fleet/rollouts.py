@@ -1,0 +1,246 @@
+"""The rollout engine: waves over a group, gates on in-field evidence, and the operator
+actions (start, pause, resume, promote, rollback, cancel). Every transition is written to
+the rollout's event list and the audit log, with who, why and the numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import audit
+from fleet.models import Bundle, Device, Group, Rollout, RolloutEvent, RolloutStatus
+from fleet.models.rollouts import ACTIVE_ROLLOUT_STATUSES, DEFAULT_GATES
+from fleet.security import director
+
+GATE_NAMES = set(DEFAULT_GATES)
+
+
+class RolloutError(Exception):
+    status = 400
+
+
+class RolloutConflictError(RolloutError):
+    status = 409
+
+
+def check_plan(waves: Any, gates: Any, soak_seconds: Any) -> tuple[list[int], dict[str, Any]]:
+    """Raises RolloutError unless waves are increasing percents ending at 100."""
+    if not isinstance(waves, list) or not waves or len(waves) > 10:
+        raise RolloutError("waves must be a list of 1-10 percents, e.g. [1, 10, 50, 100]")
+    if any(not isinstance(w, int) or not 0 < w <= 100 for w in waves):
+        raise RolloutError("each wave is a whole percent between 1 and 100")
+    if waves != sorted(set(waves)) or waves[-1] != 100:
+        raise RolloutError("waves must increase and end at 100")
+    if not isinstance(gates, dict) or set(gates) - GATE_NAMES:
+        raise RolloutError(
+            f"unknown gates: {sorted(set(gates) - GATE_NAMES)}; known: {sorted(GATE_NAMES)}"
+        )
+    if gates.get("on_failure", "rollback") not in ("rollback", "pause"):
+        raise RolloutError("on_failure must be 'rollback' or 'pause'")
+    if not isinstance(soak_seconds, int) or not 0 <= soak_seconds <= 30 * 86400:
+        raise RolloutError("soak_seconds must be between 0 and 2592000")
+    return waves, gates
+
+
+def _record(
+    rollout: Rollout,
+    actor: Any,
+    action: str,
+    reason: str = "",
+    numbers: dict[str, Any] | None = None,
+) -> None:
+    name = actor.get_username() if getattr(actor, "is_authenticated", False) else "tinyfleet"
+    RolloutEvent.objects.create(
+        rollout=rollout, actor=name, action=action, reason=reason, numbers=numbers or {}
+    )
+    audit(actor, f"rollout.{action}", rollout, reason=reason, **(numbers or {}))
+
+
+def create(
+    *,
+    user: Any,
+    bundle: Bundle,
+    group: Group,
+    waves: list[int],
+    gates: dict[str, Any],
+    soak_seconds: int = 600,
+    start: bool = True,
+) -> Rollout:
+    """Create (and by default start) a rollout.
+
+    Raises:
+        RolloutError: bad plan or an unpublished bundle; RolloutConflictError: the group
+            already has an active rollout.
+    """
+    check_plan(waves, gates, soak_seconds)
+    if not bundle.is_published:
+        raise RolloutError(f"bundle {bundle.pk} is not published")
+    with transaction.atomic():
+        Group.objects.select_for_update().get(pk=group.pk)
+        active = Rollout.objects.filter(group=group, status__in=ACTIVE_ROLLOUT_STATUSES).first()
+        if active is not None:
+            raise RolloutConflictError(
+                f"group {group.name!r} already has an active rollout ({active.pk}); "
+                "finish, cancel or roll it back first"
+            )
+        rollout = Rollout.objects.create(
+            bundle=bundle,
+            group=group,
+            waves=waves,
+            gates=gates,
+            soak_seconds=soak_seconds,
+            created_by=user,
+        )
+        _record(rollout, user, "create", numbers={"waves": waves})
+        if start:
+            _start(rollout, user)
+    return rollout
+
+
+def _start(rollout: Rollout, user: Any) -> None:
+    now = timezone.now()
+    rollout.status, rollout.current_wave = RolloutStatus.RUNNING, 0
+    rollout.started_at = rollout.wave_started_at = now
+    rollout.save(update_fields=["status", "current_wave", "started_at", "wave_started_at"])
+    _record(rollout, user, "start", numbers={"wave": 0, "percent": rollout.wave_percent})
+    apply_wave(rollout)
+
+
+def _order(rollout: Rollout, device: Device) -> str:
+    # A stable, rollout-specific shuffle: waves are a random sample, and a device's place
+    # never changes, so devices joining mid-rollout slot in without reshuffling others.
+    return hashlib.sha256(f"{rollout.pk}:{device.pk}".encode()).hexdigest()
+
+
+def wave_devices(rollout: Rollout) -> list[Device]:
+    """The group's active members that the current wave covers."""
+    members = sorted(
+        rollout.group.members().filter(revoked_at__isnull=True), key=lambda d: _order(rollout, d)
+    )
+    count = math.ceil(len(members) * rollout.wave_percent / 100)
+    return members[:count]
+
+
+def apply_wave(rollout: Rollout) -> int:
+    """Assign the bundle to every device the wave covers (idempotent); returns how many
+    devices got a new assignment."""
+    changed = 0
+    previous = dict(rollout.previous)
+    for device in wave_devices(rollout):
+        current = director.current_assignment(device)
+        if current is not None and current.bundle_id == rollout.bundle_id:
+            continue
+        previous.setdefault(str(device.pk), current.bundle_id if current else None)
+        director.assign(device, rollout.bundle)
+        changed += 1
+    if previous != rollout.previous:
+        Rollout.objects.filter(pk=rollout.pk).update(previous=previous)
+        rollout.previous = previous
+    return changed
+
+
+def _locked(rollout_id: int) -> Rollout:
+    return Rollout.objects.select_for_update().select_related("bundle", "group").get(pk=rollout_id)
+
+
+def pause(rollout: Rollout, user: Any, reason: str = "") -> Rollout:
+    with transaction.atomic():
+        rollout = _locked(rollout.pk)
+        if rollout.status != RolloutStatus.RUNNING:
+            raise RolloutConflictError(f"rollout is {rollout.status}, not running")
+        rollout.status, rollout.reason = RolloutStatus.PAUSED, reason
+        rollout.save(update_fields=["status", "reason"])
+        _record(rollout, user, "pause", reason)
+    return rollout
+
+
+def resume(rollout: Rollout, user: Any) -> Rollout:
+    with transaction.atomic():
+        rollout = _locked(rollout.pk)
+        if rollout.status != RolloutStatus.PAUSED:
+            raise RolloutConflictError(f"rollout is {rollout.status}, not paused")
+        rollout.status, rollout.wave_started_at = RolloutStatus.RUNNING, timezone.now()
+        rollout.save(update_fields=["status", "wave_started_at"])
+        _record(rollout, user, "resume")
+        apply_wave(rollout)
+    return rollout
+
+
+def promote(rollout: Rollout, user: Any, reason: str = "promoted by hand") -> Rollout:
+    """Move to the next wave now (or finish after the last)."""
+    with transaction.atomic():
+        rollout = _locked(rollout.pk)
+        if rollout.status not in ACTIVE_ROLLOUT_STATUSES:
+            raise RolloutConflictError(f"rollout is {rollout.status}; it cannot be promoted")
+        _advance(rollout, user, reason)
+    return rollout
+
+
+def _advance(
+    rollout: Rollout, actor: Any, reason: str, numbers: dict[str, Any] | None = None
+) -> None:
+    if rollout.current_wave + 1 >= len(rollout.waves):
+        rollout.status, rollout.finished_at = RolloutStatus.SUCCEEDED, timezone.now()
+        rollout.save(update_fields=["status", "finished_at"])
+        _record(rollout, actor, "succeed", reason, numbers)
+        return
+    rollout.current_wave += 1
+    rollout.status, rollout.wave_started_at = RolloutStatus.RUNNING, timezone.now()
+    rollout.save(update_fields=["current_wave", "status", "wave_started_at"])
+    _record(
+        rollout,
+        actor,
+        "promote",
+        reason,
+        {**(numbers or {}), "wave": rollout.current_wave, "percent": rollout.wave_percent},
+    )
+    apply_wave(rollout)
+
+
+def rollback(
+    rollout: Rollout,
+    user: Any,
+    reason: str = "rolled back by hand",
+    numbers: dict[str, Any] | None = None,
+) -> Rollout:
+    """Put every device this rollout touched back on what it ran before."""
+    with transaction.atomic():
+        rollout = _locked(rollout.pk)
+        if rollout.status not in ACTIVE_ROLLOUT_STATUSES:
+            raise RolloutConflictError(f"rollout is {rollout.status}; it cannot be rolled back")
+        _restore_previous(rollout)
+        rollout.status, rollout.reason = RolloutStatus.ROLLED_BACK, reason
+        rollout.finished_at = timezone.now()
+        rollout.save(update_fields=["status", "reason", "finished_at"])
+        _record(rollout, user, "rollback", reason, numbers)
+    return rollout
+
+
+def _restore_previous(rollout: Rollout) -> None:
+    for device_id, bundle_id in rollout.previous.items():
+        device = Device.objects.filter(pk=device_id, revoked_at__isnull=True).first()
+        if device is None:
+            continue
+        current = director.current_assignment(device)
+        if current is None or current.bundle_id != rollout.bundle_id:
+            continue  # something newer took over this device; leave it alone
+        if bundle_id is None:
+            director.unassign(device)
+        else:
+            director.assign(device, Bundle.objects.get(pk=bundle_id))
+
+
+def cancel(rollout: Rollout, user: Any) -> Rollout:
+    """Stop where it is: devices keep what they have; no further waves."""
+    with transaction.atomic():
+        rollout = _locked(rollout.pk)
+        if rollout.status not in ACTIVE_ROLLOUT_STATUSES:
+            raise RolloutConflictError(f"rollout is {rollout.status}; it cannot be cancelled")
+        rollout.status, rollout.finished_at = RolloutStatus.CANCELLED, timezone.now()
+        rollout.save(update_fields=["status", "finished_at"])
+        _record(rollout, user, "cancel")
+    return rollout

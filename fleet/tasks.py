@@ -1,0 +1,51 @@
+"""Celery tasks of the fleet app: publishing bundles and keeping metadata fresh.
+
+Tasks take primary keys and keep their state in the database; publishing is
+idempotent (a redelivered message re-runs it from the start or finds it done).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(acks_late=True)
+def publish_bundle(bundle_id: str) -> str:
+    from fleet.security.publish import run_publish
+
+    return run_publish(bundle_id)
+
+
+def _fail_stuck_publishing() -> int:
+    """Fail bundles whose publishing task died without redelivery (worker lost)."""
+    from fleet.models import Bundle, BundleStatus
+
+    cutoff = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 600)
+    stuck = Bundle.objects.filter(status=BundleStatus.PUBLISHING, created_at__lt=cutoff)
+    return stuck.update(
+        status=BundleStatus.FAILED, error="publishing stopped responding (worker lost)"
+    )
+
+
+@shared_task
+def refresh_metadata() -> dict[str, Any]:
+    """Re-sign timestamp, snapshot, targets, roots and director metadata before expiry."""
+    from fleet.models.keys import Repo
+    from fleet.security import director, image_repo
+
+    image_repo.ensure_repositories()
+    result: dict[str, Any] = {"image": image_repo.refresh_image()}
+    result["roots"] = [repo for repo in Repo.values if image_repo.refresh_root(repo)]
+    result["director"] = director.refresh_director()
+    result["failed_publishing"] = _fail_stuck_publishing()
+    if any(result.values()):
+        log.info("refreshed metadata: %s", result)
+    return result
