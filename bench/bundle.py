@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "agent"), str(ROOT)]
@@ -63,7 +63,7 @@ RATIO_TARGET, MEMORY_TARGET_MB, WRAP_TARGET_S = 1.5, 40, 2.0
 _MEMORY_CHILD = r"""
 import json, sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 sys.path[:0] = [sys.argv[2]]
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tinyfleet_agent.bundle import TrustedState, decrypt_bundle, resolve_assignment, unwrap_key
@@ -110,12 +110,12 @@ def _null_output() -> Iterator[None]:
     real_chunks, real_replace = stream_aead._decrypt_chunks, os.replace
 
     def chunks(f: Any, out: Any, *args: Any) -> bytes:
-        return real_chunks(f, _NullSink(), *args)
+        return real_chunks(f, cast(BinaryIO, _NullSink()), *args)
 
     def drop(src: Any, dst: Any) -> None:
         os.unlink(src)
 
-    stream_aead._decrypt_chunks = chunks
+    stream_aead._decrypt_chunks = chunks  # type: ignore[assignment, unused-ignore]
     os.replace = drop  # type: ignore[assignment]
     try:
         yield

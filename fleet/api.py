@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
@@ -16,6 +15,7 @@ from ninja.errors import HttpError
 from accounts.models import Role, audit
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import SelectorError, check_labels, parse_selector
+from fleet.presenters import device_json, enroll_command, group_json
 from tinyfleet.api import require_role
 
 router = Router(tags=["fleet"])
@@ -78,40 +78,6 @@ class DeviceList(Schema):
 
 class LabelsIn(Schema):
     labels: dict[str, str]
-
-
-def group_json(group: Group) -> dict[str, Any]:
-    return {
-        "id": group.pk,
-        "name": group.name,
-        "selector": group.selector,
-        "description": group.description,
-        "devices": group.members().count(),
-        "created_at": group.created_at,
-    }
-
-
-def device_json(device: Device) -> dict[str, Any]:
-    return {
-        "id": str(device.pk),
-        "name": device.name,
-        "status": device.status,
-        "labels": device.labels,
-        "facts": device.facts,
-        "groups": [g.pk for g in Group.objects.all() if g.matches(device)],
-        "active_bundle": device.state.get("active_bundle"),
-        "last_seen_at": device.last_seen_at,
-        "enrolled_at": device.enrolled_at,
-        "state": device.state,
-    }
-
-
-def enroll_command(raw_token: str) -> str:
-    return (
-        "pip install 'tinyfleet-agent[onnx]' && "
-        f"tinyfleet-agent enroll --server {settings.SITE_URL} --token {raw_token} && "
-        "tinyfleet-agent run"
-    )
 
 
 @router.post("/groups", response={201: GroupOut, 409: dict, 400: dict, 403: dict})
@@ -231,3 +197,17 @@ def revoke(request: HttpRequest, device_id: str) -> Status[Any]:
         device.save(update_fields=["revoked_at"])
         audit(request.user, "device.revoke", device)
     return Status(200, device_json(device))
+
+
+@router.get("/metrics", summary="Fleet overview, or one bundle's hourly in-field series")
+def metrics(
+    request: HttpRequest, bundle: str = "", group: int | None = None, hours: int = 24
+) -> dict[str, Any]:
+    from fleet.monitoring import bundle_series, overview
+
+    if not 1 <= hours <= 24 * 30:
+        raise HttpError(400, "hours must be between 1 and 720")
+    if not bundle:
+        return overview()
+    chosen = get_object_or_404(Group, pk=group) if group is not None else None
+    return {"bundle": bundle, "group": group, "series": bundle_series(bundle, hours, chosen)}

@@ -4,6 +4,7 @@ from django.urls import path
 
 from accounts import views as account_views
 from compression import views as registry_views
+from fleet import pages as fleet_pages
 from fleet import views as fleet_views
 from fleet.device_api import device_api
 from tinyfleet.api import api
@@ -30,6 +31,18 @@ urlpatterns = [
     path("bundles/", fleet_views.bundle_list, name="bundles"),
     path("bundles/<str:bundle_id>/", fleet_views.bundle_detail, name="bundle-detail"),
     path("security/", fleet_views.security, name="security"),
+    path("fleet/", fleet_pages.overview, name="fleet"),
+    path("devices/", fleet_pages.device_list, name="devices"),
+    path("devices/<uuid:device_id>/", fleet_pages.device_detail, name="device-detail"),
+    path("devices/<uuid:device_id>/revoke/", fleet_pages.device_revoke, name="device-revoke"),
+    path("groups/", fleet_pages.group_list, name="groups"),
+    path("rollouts/", fleet_pages.rollout_list, name="rollouts"),
+    path("rollouts/new/", fleet_pages.rollout_create, name="rollout-create"),
+    path("rollouts/<int:rollout_id>/", fleet_pages.rollout_detail, name="rollout-detail"),
+    path("rollouts/<int:rollout_id>/<str:action>/", fleet_pages.rollout_action,
+         name="rollout-action"),
+    path("bundles/<str:bundle_id>/monitor/", fleet_pages.bundle_monitor, name="bundle-monitor"),
+    path("metrics", fleet_pages.prometheus, name="prometheus"),
     path("tokens/", account_views.token_list, name="tokens"),
     path("tokens/<int:token_id>/revoke/", account_views.token_revoke, name="token-revoke"),
     path("audit/", account_views.audit_log, name="audit"),

@@ -52,4 +52,4 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def home(request: HttpRequest) -> object:
-    return redirect("models")
+    return redirect("fleet")

@@ -1,0 +1,227 @@
+"""Fleet pages: overview, devices, groups and enrollment, rollouts, in-field monitoring."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts.models import ApiToken, Role, audit, has_role
+from accounts.permissions import role_required
+from fleet import monitoring, rollouts
+from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
+from fleet.models.devices import SelectorError, parse_selector
+from fleet.presenters import device_json, enroll_command
+
+HTMX_STOP_POLLING = 286
+
+
+@role_required(Role.VIEWER)
+def overview(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "fleet/overview.html",
+        {
+            "numbers": monitoring.overview(),
+            "rollouts": Rollout.objects.filter(status__in=("running", "paused")).select_related(
+                "bundle", "group"
+            ),
+        },
+    )
+
+
+@role_required(Role.VIEWER)
+def device_list(request: HttpRequest) -> HttpResponse:
+    devices = list(Device.objects.all())
+    status = request.GET.get("status", "")
+    if status:
+        devices = [d for d in devices if d.status == status]
+    group_id = request.GET.get("group", "")
+    if group_id.isdigit():
+        members = set(get_object_or_404(Group, pk=group_id).members().values_list("pk", flat=True))
+        devices = [d for d in devices if d.pk in members]
+    return render(
+        request,
+        "fleet/device_list.html",
+        {
+            "devices": devices,
+            "groups": Group.objects.all(),
+            "status": status,
+            "group_id": group_id,
+        },
+    )
+
+
+@role_required(Role.VIEWER)
+def device_detail(request: HttpRequest, device_id: str) -> HttpResponse:
+    device = get_object_or_404(Device, pk=device_id)
+    return render(
+        request,
+        "fleet/device_detail.html",
+        {
+            "device": device,
+            "info": device_json(device),
+            "events": DeviceEvent.objects.filter(device=device)[:50],
+        },
+    )
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def device_revoke(request: HttpRequest, device_id: str) -> HttpResponse:
+    from django.utils import timezone
+
+    device = get_object_or_404(Device, pk=device_id)
+    if device.revoked_at is None:
+        device.revoked_at = timezone.now()
+        device.save(update_fields=["revoked_at"])
+        audit(request.user, "device.revoke", device)
+        messages.success(request, f"Revoked {device.name}; it is locked out on its next request.")
+    return redirect("device-detail", device_id=device.pk)
+
+
+@role_required(Role.VIEWER)
+def group_list(request: HttpRequest) -> HttpResponse:
+    new_command = None
+    if request.method == "POST":
+        if not has_role(request.user, Role.OPERATOR):
+            return HttpResponse("This needs the operator role.", status=403)
+        new_command = _group_post(request)
+    groups = [(g, g.members().count()) for g in Group.objects.all()]
+    return render(request, "fleet/groups.html", {"groups": groups, "new_command": new_command})
+
+
+def _group_post(request: HttpRequest) -> str | None:
+    if request.POST.get("action") == "token":
+        group = get_object_or_404(Group, pk=request.POST.get("group"))
+        token, raw = EnrollmentToken.issue(group, user=request.user, ttl=timedelta(hours=24))
+        audit(request.user, "enrollment-token.create", token, group=group.name)
+        return enroll_command(raw)
+    name, selector = request.POST.get("name", "").strip(), request.POST.get("selector", "").strip()
+    try:
+        parse_selector(selector)
+    except SelectorError as exc:
+        messages.error(request, str(exc))
+        return None
+    if not name or Group.objects.filter(name=name).exists():
+        messages.error(request, "Give the group a new, non-empty name.")
+        return None
+    group = Group.objects.create(name=name[:100], selector=selector, created_by=request.user)
+    audit(request.user, "group.create", group, selector=selector)
+    messages.success(request, f"Created group {name}.")
+    return None
+
+
+@role_required(Role.VIEWER)
+def rollout_list(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "fleet/rollout_list.html",
+        {
+            "rollouts": Rollout.objects.select_related("bundle", "group")[:200],
+            "bundles": Bundle.objects.filter(status="published")[:200],
+            "groups": Group.objects.all(),
+        },
+    )
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def rollout_create(request: HttpRequest) -> HttpResponse:
+    bundle = get_object_or_404(Bundle, pk=request.POST.get("bundle", ""))
+    group = get_object_or_404(Group, pk=request.POST.get("group", "0") or 0)
+    try:
+        waves = [int(w) for w in request.POST.get("waves", "10,50,100").split(",") if w.strip()]
+        soak = int(request.POST.get("soak_seconds", "600"))
+        gates = {"on_failure": request.POST.get("on_failure", "rollback")}
+        rollout = rollouts.create(
+            user=request.user,
+            bundle=bundle,
+            group=group,
+            waves=waves,
+            gates=gates,
+            soak_seconds=soak,
+        )
+    except ValueError as exc:
+        messages.error(request, f"Waves and soak time must be whole numbers ({exc}).")
+        return redirect("rollouts")
+    except rollouts.RolloutError as exc:
+        messages.error(request, str(exc))
+        return redirect("rollouts")
+    return redirect("rollout-detail", rollout_id=rollout.pk)
+
+
+@role_required(Role.VIEWER)
+def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
+    rollout = get_object_or_404(Rollout.objects.select_related("bundle", "group"), pk=rollout_id)
+    context = {
+        "rollout": rollout,
+        "events": rollout.events.all()[:50],
+        "wave_devices": rollouts.wave_devices(rollout) if rollout.is_active else [],
+        "gates": rollout.last_evaluation.get("gates", []),
+    }
+    if request.htmx:
+        response = render(request, "fleet/_rollout_status.html", context)
+        if not rollout.is_active:
+            response.status_code = HTMX_STOP_POLLING
+        return response
+    return render(request, "fleet/rollout_detail.html", context)
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpResponse:
+    rollout = get_object_or_404(Rollout, pk=rollout_id)
+    reason = request.POST.get("reason", "")[:500]
+    handlers = {
+        "pause": lambda: rollouts.pause(rollout, request.user, reason),
+        "resume": lambda: rollouts.resume(rollout, request.user),
+        "promote": lambda: rollouts.promote(rollout, request.user, reason or "promoted by hand"),
+        "rollback": lambda: rollouts.rollback(
+            rollout, request.user, reason or "rolled back by hand"
+        ),
+        "cancel": lambda: rollouts.cancel(rollout, request.user),
+    }
+    if action not in handlers:
+        return HttpResponse("Unknown action.", status=404)
+    try:
+        handlers[action]()
+        messages.success(request, f"Rollout {action} done.")
+    except rollouts.RolloutError as exc:
+        messages.error(request, str(exc))
+    return redirect("rollout-detail", rollout_id=rollout_id)
+
+
+@role_required(Role.VIEWER)
+def bundle_monitor(request: HttpRequest, bundle_id: str) -> HttpResponse:
+    bundle = get_object_or_404(Bundle.objects.select_related("version__model"), pk=bundle_id)
+    hours = int(request.GET.get("hours", "24")) if request.GET.get("hours", "").isdigit() else 24
+    groups = Group.objects.all()
+    per_group = [(g, monitoring.bundle_series(bundle.pk, hours, g)) for g in groups]
+    return render(
+        request,
+        "fleet/monitor.html",
+        {
+            "bundle": bundle,
+            "series": monitoring.bundle_series(bundle.pk, min(hours, 720)),
+            "per_group": [(g, s[-1]) for g, s in per_group if s],
+            "hours": hours,
+        },
+    )
+
+
+def prometheus(request: HttpRequest) -> HttpResponse:
+    """Prometheus scrape endpoint; needs a viewer session or API token."""
+    user = request.user
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        token = ApiToken.authenticate(header[7:].strip())
+        user = token.user if token else None
+    if not has_role(user, Role.VIEWER):
+        return HttpResponse("authentication required\n", status=401, content_type="text/plain")
+    return HttpResponse(
+        monitoring.prometheus_text(), content_type="text/plain; version=0.0.4; charset=utf-8"
+    )
