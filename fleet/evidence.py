@@ -81,8 +81,10 @@ def _add_section(ev: BundleEvidence, device: str, edges: list[float], s: dict[st
     if edges and s.get("latency_ms"):
         ev.add_latency(edges, [int(c) for c in s["latency_ms"]])
     golden = s.get("golden") or {}
-    if golden.get("agreement") is not None:
-        ev.golden[device] = float(golden["agreement"])
+    # The agent reports min/last agreement of its periodic golden self-tests.
+    agreement = golden.get("min_agreement", golden.get("agreement"))
+    if agreement is not None:
+        ev.golden[device] = min(float(agreement), ev.golden.get(device, 1.0))
     for item in s.get("feedback") or []:
         count = int(item.get("count") or 0)
         ev.feedback_total += count

@@ -276,7 +276,11 @@ def _make_api(config: AgentConfig) -> LocalApi:
     )
 
 
-def serve(config: AgentConfig, tick: Callable[[], None] | None = None) -> int:
+def serve(
+    config: AgentConfig,
+    tick: Callable[[], None] | None = None,
+    attach: Callable[[LocalApi], Any] | None = None,
+) -> int:
     """Serve the active slot on the local API until SIGTERM/SIGINT.
 
     `tick()` runs about once a second on the main thread (the `run` command
@@ -308,12 +312,21 @@ def serve(config: AgentConfig, tick: Callable[[], None] | None = None) -> int:
     pid_file = config.state_dir / PID_FILE
     pid_file.write_text(str(os.getpid()))
     api.start()
+    # `attach` (the `run` command) links to the server once the API exists; serving
+    # never waits for it and keeps going whatever it does.
+    link = attach(api) if attach is not None else None
+    if link is not None:
+        link.start()
     try:
         while not stop.wait(1.0):
             follower.poll()
             if tick is not None:
                 tick()
+            if link is not None:
+                link.tick()
     finally:
+        if link is not None:
+            link.close()
         api.shutdown()
         pid_file.unlink(missing_ok=True)
         log.info("stopped")
@@ -330,13 +343,35 @@ def _not_available(name: str) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace, config: AgentConfig) -> int:
-    """Enroll with the server (placeholder: implemented with the device API)."""
-    return _not_available("enroll")
+    """Generate this device's keys, enroll with the server, keep the trusted roots."""
+    from .fleet import EnrollError, enroll
+
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"--label {item!r} must be KEY=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        labels[key] = value
+    try:
+        device = enroll(config.state_dir, args.server, args.token, name=args.name,
+                        labels=labels, pin=getattr(args, "root_fingerprint", None))
+    except EnrollError as e:
+        print(f"tinyfleet-agent enroll: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(device, indent=2))
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
-    """Serve + update loop (placeholder: implemented with the device API)."""
-    return _not_available("run")
+    """Serve the active model and follow the server: updates, events, telemetry."""
+    from .fleet import FleetLink
+
+    if not (config.state_dir / "device.json").exists():
+        print("tinyfleet-agent run: not enrolled; run `tinyfleet-agent enroll` first",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return serve(config, attach=lambda api: FleetLink(config, api))
 
 
 def cmd_verify(args: argparse.Namespace, config: AgentConfig) -> int:
@@ -384,6 +419,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--token", required=True)
     p.add_argument("--name")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
+    p.add_argument("--root-fingerprint", help="sha256 of the image root to pin (out of band)")
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("run", help="serve and follow the server's rollouts")

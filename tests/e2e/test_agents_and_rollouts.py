@@ -1,0 +1,299 @@
+"""End to end: a live server, a real Celery worker, and real `tinyfleet-agent` processes.
+
+A model goes upload -> compression job (real worker) -> bundle -> rollout. Agents enroll
+with a token, install the bundle (verify, download, decrypt, self-test, switch) and serve
+it on their loopback API. A second bundle whose weights were corrupted after its golden
+set was recorded (what a broken converter does, cf. tflite-runtime 2.14 on MiniLM) fails
+the canary's self-test, and the rollout rolls itself back.
+
+The one stand-in: rollout gates are evaluated by calling the same function Celery beat
+runs (`gates.step_all`) from the test loop, instead of waiting for a beat process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from onnx import numpy_helper
+
+from compression.models import Job, ModelVersion
+from fleet import gates
+from fleet.models import Device, Rollout
+from fleet.security.publish import request_publish, run_publish
+from tests.compression.helpers import upload
+from tests.conftest import ROOT, Worker, wait_for
+from tests.fixtures.tiny_models import build_tiny_bert_onnx, build_tiny_hf_dir
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Agent:
+    def __init__(self, name: str, state_dir: Path) -> None:
+        self.name, self.state_dir, self.port = name, state_dir, _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT / 'agent'}",
+            "TINYFLEET_AGENT_TELEMETRY_INTERVAL_S": "1",
+        }
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tinyfleet_agent.cli",
+                "--state-dir",
+                str(self.state_dir),
+                *args,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        log = (self.state_dir.parent / f"{self.name}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tinyfleet_agent.cli",
+                "--state-dir",
+                str(self.state_dir),
+                "run",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: Any) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
+            return json.loads(r.read())
+
+    def serving(self) -> str | None:
+        try:
+            return str(self.get("/v1/model").get("bundle"))
+        except (OSError, ValueError):
+            return None
+
+    def log(self) -> str:
+        path = self.state_dir.parent / f"{self.name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[list[Agent]]:
+    fleet = [Agent(f"agent-{i}", tmp_path / f"agent-{i}") for i in range(3)]
+    yield fleet
+    for agent in fleet:
+        agent.stop()
+
+
+def _text_model_zip(tmp: Path) -> Path:
+    """A tiny BERT encoder with a real WordPiece tokenizer, zipped like an upload."""
+    folder = tmp / "upload"
+    build_tiny_bert_onnx(folder / "model.onnx", hidden=32)
+    hf = build_tiny_hf_dir(tmp / "hf")
+    (folder / "tokenizer.json").write_bytes((hf / "tokenizer.json").read_bytes())
+    archive = tmp / "tiny-embedder.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in folder.iterdir():
+            zf.write(file, file.name)
+    return archive
+
+
+def _derive(api: Any, version_id: int, recipe: str) -> ModelVersion:
+    job = api.post("/api/v1/jobs", {"version": version_id, "recipe": recipe}).json()
+    done = wait_for(lambda: (j := Job.objects.get(pk=job["id"])).is_finished and j, timeout=180)
+    assert done.status == "succeeded", (done.error, done.log)
+    return ModelVersion.objects.get(pk=done.result_version_id)
+
+
+def _corrupted_twin(good: ModelVersion, tmp: Path) -> ModelVersion:
+    """Same golden set as `good`, but weights scrambled: it must fail its self-test."""
+    with default_storage.open(good.storage_key) as handle:
+        data = handle.read()
+    src = tmp / "good.zip"
+    src.write_bytes(data)
+    out = tmp / "bad.zip"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+        for name in zin.namelist():
+            member = zin.read(name)
+            if name.endswith(".onnx"):
+                model = onnx.load_from_string(member)
+                rng = np.random.default_rng(3)
+                for init in model.graph.initializer:
+                    array = numpy_helper.to_array(init)
+                    if array.dtype == np.float32 and array.size > 64:
+                        init.CopyFrom(
+                            numpy_helper.from_array(
+                                rng.standard_normal(array.shape).astype(np.float32), init.name
+                            )
+                        )
+                member = model.SerializeToString()
+            zout.writestr(name, member)
+    import hashlib
+
+    raw = out.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    key = default_storage.save(f"models/{sha[:2]}/{sha}/bad.zip", ContentFile(raw))
+    return ModelVersion.objects.create(
+        model=good.model,
+        number=good.number + 1,
+        format=good.format,
+        storage_key=key,
+        original_filename="bad.zip",
+        size_bytes=len(raw),
+        sha256=sha,
+        parent=good.parent,
+        recipe=good.recipe,
+        status="ready",
+        inspection=good.inspection,
+        metrics=good.metrics,
+        pipeline=good.pipeline,
+        golden_key=good.golden_key,
+        golden_sha256=good.golden_sha256,
+        lineage_info=good.lineage_info,
+    )
+
+
+def _publish(version: ModelVersion) -> str:
+    bundle, _ = request_publish(version, None)
+    run_publish(bundle.pk)
+    bundle.refresh_from_db()
+    assert bundle.status == "published", bundle.error
+    return str(bundle.pk)
+
+
+def _settle(rollout_id: int, until: Any, agents: list[Agent], timeout: float = 120) -> Rollout:
+    def check() -> Rollout | None:
+        gates.step_all()
+        rollout = Rollout.objects.get(pk=rollout_id)
+        return rollout if until(rollout) else None
+
+    try:
+        result: Rollout = wait_for(check, timeout=timeout, interval=1.0)
+    except AssertionError:
+        raise AssertionError("\n\n".join(a.log() for a in agents)) from None
+    return result
+
+
+def test_agents_install_serve_and_a_bad_canary_rolls_back(
+    live_server: Any,
+    celery_worker: Worker,
+    alice_api: Any,
+    agents: list[Agent],
+    tmp_path: Path,
+    settings: Any,
+) -> None:
+    settings.DEVICE_POLL_INTERVAL = 1
+    settings.SITE_URL = live_server.url
+    uploaded = upload(alice_api, _text_model_zip(tmp_path), name="tiny-embedder")
+    assert uploaded.status_code == 201, uploaded.content
+    wait_for(lambda: ModelVersion.objects.get(pk=uploaded.json()["id"]).status == "ready")
+    good = _derive(alice_api, uploaded.json()["id"], "onnx-int8-dynamic")
+    assert good.metrics["evaluated_on"] == "built-in sentences"
+    good_bundle = _publish(good)
+    bad_bundle = _publish(_corrupted_twin(good, tmp_path))
+
+    group = alice_api.post("/api/v1/groups", {"name": "lab", "selector": "site=lab"}).json()
+    token = alice_api.post("/api/v1/enrollment-tokens", {"group": group["id"]}).json()["token"]
+    for agent in agents:
+        enrolled = agent.cli(
+            "enroll",
+            "--server",
+            live_server.url,
+            "--token",
+            token,
+            "--name",
+            agent.name,
+            "--label",
+            "site=lab",
+        )
+        assert json.loads(enrolled.stdout)["device_id"]
+        assert (agent.state_dir / "identity.key").stat().st_mode & 0o777 == 0o600
+        agent.start()
+    assert Device.objects.count() == 3
+
+    # A good bundle promotes through every wave.
+    first = alice_api.post(
+        "/api/v1/rollouts",
+        {
+            "bundle": good_bundle,
+            "group": group["id"],
+            "waves": [34, 100],
+            "soak_seconds": 0,
+            "gates": {"min_devices_reporting": 1},
+        },
+    ).json()
+    done = _settle(first["id"], lambda r: r.status != "running", agents)
+    assert done.status == "succeeded", (done.reason, done.last_evaluation)
+    wait_for(lambda: all(a.serving() == good_bundle for a in agents), timeout=60)
+    answer = agents[0].post("/v1/predict", {"inputs": ["the pump is vibrating", "all good"]})
+    assert answer["bundle"] == good_bundle and len(answer["outputs"]) == 2
+    assert abs(float(np.linalg.norm(answer["outputs"][0]["embedding"])) - 1.0) < 1e-3
+
+    # A bundle that computes garbage fails the canary's self-test and rolls back.
+    second = alice_api.post(
+        "/api/v1/rollouts",
+        {"bundle": bad_bundle, "group": group["id"], "waves": [34, 100], "soak_seconds": 0},
+    ).json()
+    rolled = _settle(second["id"], lambda r: r.status != "running", agents)
+    assert rolled.status == "rolled_back", (rolled.reason, rolled.last_evaluation)
+    assert "install_failure_rate" in rolled.reason
+    failed = [d for d in Device.objects.all() if "self-test" in str(d.state.get("last_error"))]
+    assert len(failed) == 1, [d.state for d in Device.objects.all()]
+    time.sleep(3)
+    assert all(a.serving() == good_bundle for a in agents), [a.log() for a in agents]
+    assert alice_api.get(f"/api/v1/devices/{failed[0].pk}").json()["active_bundle"] == good_bundle
+
+    # Telemetry reached the server and merges into the in-field view.
+    wait_for(
+        lambda: alice_api.get(f"/api/v1/metrics?bundle={good_bundle}").json()["series"], timeout=30
+    )
