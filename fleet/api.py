@@ -16,6 +16,7 @@ from accounts.models import Role, audit
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import SelectorError, check_labels, parse_selector
 from fleet.presenters import device_json, enroll_command, group_json
+from fleet.security import director
 from tinyfleet.api import require_role
 
 router = Router(tags=["fleet"])
@@ -195,6 +196,7 @@ def revoke(request: HttpRequest, device_id: str) -> Status[Any]:
     if device.revoked_at is None:
         device.revoked_at = timezone.now()
         device.save(update_fields=["revoked_at"])
+        director.unassign(device)  # no wrapped keys for it any more, and tidy history
         audit(request.user, "device.revoke", device)
     return Status(200, device_json(device))
 

@@ -12,12 +12,14 @@ import json
 import tarfile
 import tempfile
 import time
+import uuid
 from datetime import datetime
 from typing import IO, Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
@@ -138,7 +140,7 @@ def _published(bundle_id: str) -> Bundle:
 
 
 @router.get("/bundles/{bundle_id}/ciphertext", response={200: None, 206: None, **ERRORS})
-def ciphertext(request: HttpRequest, bundle_id: str) -> HttpResponse:
+def ciphertext(request: HttpRequest, bundle_id: str) -> HttpResponseBase:
     """The encrypted payload (HTTP Range; a presigned redirect on object storage)."""
     require_role(request, Role.OPERATOR)
     bundle = _published(bundle_id)
@@ -146,7 +148,7 @@ def ciphertext(request: HttpRequest, bundle_id: str) -> HttpResponse:
 
 
 @router.get("/bundles/{bundle_id}/export", response={200: None, **ERRORS})
-def export(request: HttpRequest, bundle_id: str, device: str = "") -> HttpResponse:
+def export(request: HttpRequest, bundle_id: str, device: str = "") -> HttpResponseBase:
     """A tar for offline checks: root chains, image metadata, ciphertext and, with
     `?device=ID`, that device's director targets (`tinyfleet-agent verify`)."""
     require_role(request, Role.OPERATOR)
@@ -169,8 +171,6 @@ def _export_device(device_id: str, bundle: Bundle) -> Device:
 
 
 def _is_uuid(value: str) -> bool:
-    import uuid
-
     try:
         uuid.UUID(value)
     except ValueError:

@@ -10,6 +10,7 @@ The device API has already authenticated the device (`request.auth`). Devices fe
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from ninja import Router
 from ninja.errors import HttpError
 
@@ -65,7 +66,7 @@ def director_metadata(request: HttpRequest, name: str) -> HttpResponse:
     response={200: None, 206: None, 302: None, 403: dict, 404: dict, 416: None},
     summary="The encrypted payload of a bundle assigned to this device (HTTP Range)",
 )
-def bundle_payload(request: HttpRequest, bundle_id: str) -> HttpResponse:
+def bundle_payload(request: HttpRequest, bundle_id: str) -> HttpResponseBase:
     device = _device(request)
     try:
         bundle = assigned_bundle(device, bundle_id)

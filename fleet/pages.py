@@ -15,6 +15,7 @@ from fleet import monitoring, rollouts
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
 from fleet.presenters import device_json, enroll_command
+from fleet.security import director
 
 HTMX_STOP_POLLING = 286
 
@@ -78,6 +79,7 @@ def device_revoke(request: HttpRequest, device_id: str) -> HttpResponse:
     if device.revoked_at is None:
         device.revoked_at = timezone.now()
         device.save(update_fields=["revoked_at"])
+        director.unassign(device)
         audit(request.user, "device.revoke", device)
         messages.success(request, f"Revoked {device.name}; it is locked out on its next request.")
     return redirect("device-detail", device_id=device.pk)

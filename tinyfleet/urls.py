@@ -39,8 +39,9 @@ urlpatterns = [
     path("rollouts/", fleet_pages.rollout_list, name="rollouts"),
     path("rollouts/new/", fleet_pages.rollout_create, name="rollout-create"),
     path("rollouts/<int:rollout_id>/", fleet_pages.rollout_detail, name="rollout-detail"),
-    path("rollouts/<int:rollout_id>/<str:action>/", fleet_pages.rollout_action,
-         name="rollout-action"),
+    path(
+        "rollouts/<int:rollout_id>/<str:action>/", fleet_pages.rollout_action, name="rollout-action"
+    ),
     path("bundles/<str:bundle_id>/monitor/", fleet_pages.bundle_monitor, name="bundle-monitor"),
     path("metrics", fleet_pages.prometheus, name="prometheus"),
     path("tokens/", account_views.token_list, name="tokens"),

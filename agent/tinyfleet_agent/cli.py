@@ -354,8 +354,14 @@ def cmd_enroll(args: argparse.Namespace, config: AgentConfig) -> int:
             return EXIT_USAGE
         labels[key] = value
     try:
-        device = enroll(config.state_dir, args.server, args.token, name=args.name,
-                        labels=labels, pin=getattr(args, "root_fingerprint", None))
+        device = enroll(
+            config.state_dir,
+            args.server,
+            args.token,
+            name=args.name,
+            labels=labels,
+            pin=getattr(args, "root_fingerprint", None),
+        )
     except EnrollError as e:
         print(f"tinyfleet-agent enroll: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -368,8 +374,9 @@ def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
     from .fleet import FleetLink
 
     if not (config.state_dir / "device.json").exists():
-        print("tinyfleet-agent run: not enrolled; run `tinyfleet-agent enroll` first",
-              file=sys.stderr)
+        print(
+            "tinyfleet-agent run: not enrolled; run `tinyfleet-agent enroll` first", file=sys.stderr
+        )
         return EXIT_USAGE
     return serve(config, attach=lambda api: FleetLink(config, api))
 

@@ -64,6 +64,7 @@ def _synthetic_feeds(session: Any, rows: int, seed: int = 7) -> list[dict[str, n
                 for i, d in enumerate(spec.shape)
             ]
             if spec.type in _INT_DTYPES:
+                value: np.ndarray
                 if "mask" in spec.name:
                     value = np.ones(shape)
                 elif "type" in spec.name:
@@ -167,7 +168,7 @@ def write_golden(
     meta = {"task": task, "count": len(feeds), "tolerance": tolerance, "format": 1}
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     with path.open("wb") as handle:
-        np.savez(handle, **arrays)  # not compressed: devices read it cheaply
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # uncompressed: cheap on devices
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -7,54 +7,110 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0002_bundles_and_keys'),
+        ("fleet", "0002_bundles_and_keys"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Rollout',
+            name="Rollout",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('waves', models.JSONField(default=list)),
-                ('soak_seconds', models.PositiveIntegerField(default=600)),
-                ('gates', models.JSONField(default=dict)),
-                ('status', models.CharField(choices=[('draft', 'Draft'), ('running', 'Running'), ('paused', 'Paused'), ('succeeded', 'Succeeded'), ('rolled_back', 'Rolled Back'), ('cancelled', 'Cancelled')], default='draft', max_length=16)),
-                ('current_wave', models.PositiveSmallIntegerField(default=0)),
-                ('wave_started_at', models.DateTimeField(blank=True, null=True)),
-                ('previous', models.JSONField(blank=True, default=dict)),
-                ('last_evaluation', models.JSONField(blank=True, default=dict)),
-                ('reason', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('bundle', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='rollouts', to='fleet.bundle')),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('group', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='rollouts', to='fleet.group')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("waves", models.JSONField(default=list)),
+                ("soak_seconds", models.PositiveIntegerField(default=600)),
+                ("gates", models.JSONField(default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("draft", "Draft"),
+                            ("running", "Running"),
+                            ("paused", "Paused"),
+                            ("succeeded", "Succeeded"),
+                            ("rolled_back", "Rolled Back"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="draft",
+                        max_length=16,
+                    ),
+                ),
+                ("current_wave", models.PositiveSmallIntegerField(default=0)),
+                ("wave_started_at", models.DateTimeField(blank=True, null=True)),
+                ("previous", models.JSONField(blank=True, default=dict)),
+                ("last_evaluation", models.JSONField(blank=True, default=dict)),
+                ("reason", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "bundle",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="rollouts",
+                        to="fleet.bundle",
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "group",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="rollouts",
+                        to="fleet.group",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='RolloutEvent',
+            name="RolloutEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('actor', models.CharField(max_length=150)),
-                ('action', models.CharField(max_length=32)),
-                ('reason', models.TextField(blank=True)),
-                ('numbers', models.JSONField(blank=True, default=dict)),
-                ('rollout', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='fleet.rollout')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("actor", models.CharField(max_length=150)),
+                ("action", models.CharField(max_length=32)),
+                ("reason", models.TextField(blank=True)),
+                ("numbers", models.JSONField(blank=True, default=dict)),
+                (
+                    "rollout",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="fleet.rollout",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
+                "ordering": ["-at", "-id"],
             },
         ),
         migrations.AddConstraint(
-            model_name='rollout',
-            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ('running', 'paused'))), fields=('group',), name='rollout_one_active_per_group'),
+            model_name="rollout",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status__in", ("running", "paused"))),
+                fields=("group",),
+                name="rollout_one_active_per_group",
+            ),
         ),
     ]

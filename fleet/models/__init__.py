@@ -8,9 +8,6 @@ from fleet.models.rollouts import Rollout, RolloutEvent, RolloutStatus
 from fleet.models.telemetry import DeviceEvent, TelemetryBatch
 
 __all__ = [
-    "Rollout",
-    "RolloutEvent",
-    "RolloutStatus",
     "Assignment",
     "Bundle",
     "BundleStatus",
@@ -20,6 +17,9 @@ __all__ = [
     "EnrollmentToken",
     "Group",
     "KeyStatus",
+    "Rollout",
+    "RolloutEvent",
+    "RolloutStatus",
     "SigningKey",
     "TelemetryBatch",
     "TufMetadata",

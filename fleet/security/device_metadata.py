@@ -21,6 +21,7 @@ from django.http import (
     HttpResponseRedirect,
     StreamingHttpResponse,
 )
+from django.http.response import HttpResponseBase
 
 from fleet.models import Bundle, BundleStatus, Device
 from fleet.models.keys import KeyRole, Repo
@@ -155,7 +156,7 @@ def _segment(path: str, start: int, length: int) -> Iterator[bytes]:
             yield block
 
 
-def serve_stored(request: HttpRequest, key: str, filename: str) -> HttpResponse:
+def serve_stored(request: HttpRequest, key: str, filename: str) -> HttpResponseBase:
     """Stream a stored file with Range support, or redirect to a presigned URL."""
     try:
         path = default_storage.path(key)
@@ -166,11 +167,12 @@ def serve_stored(request: HttpRequest, key: str, filename: str) -> HttpResponse:
     try:
         span = _byte_range(request.headers.get("Range", ""), size)
     except ValueError:
-        response = HttpResponse(status=416)
-        response["Content-Range"] = f"bytes */{size}"
-        return response
+        refused = HttpResponse(status=416)
+        refused["Content-Range"] = f"bytes */{size}"
+        return refused
+    response: HttpResponseBase
     if span is None:
-        response: HttpResponse = FileResponse(
+        response = FileResponse(
             open(path, "rb"),  # noqa: SIM115 - FileResponse closes it
             as_attachment=True,
             filename=filename,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from tinyfleet_agent.bundle import BundleRecord, director_target_custom, wrap_key
 from tuf.api.metadata import Metadata, TargetFile, Targets
@@ -140,7 +140,7 @@ def _sign(assignment: Assignment, now: datetime) -> TufMetadata:
 def _needs_signing(row: TufMetadata | None, assignment: Assignment, now: datetime) -> bool:
     if row is None or row.assignment_id != assignment.pk:
         return True
-    return image_repo._due(row, Repo.DIRECTOR, KeyRole.TARGETS, now)
+    return image_repo.is_due(row, Repo.DIRECTOR, KeyRole.TARGETS, now)
 
 
 def director_targets_bytes(device: Device) -> bytes:
@@ -189,12 +189,15 @@ def resign_all(now: datetime | None = None) -> int:
 def refresh_director(now: datetime | None = None) -> int:
     """Re-sign director metadata that nears expiry; returns how many were re-signed."""
     now = now or timezone.now()
+    cutoff = now + image_repo.lifetime(Repo.DIRECTOR, KeyRole.TARGETS) / 2
+    fresh = TufMetadata.objects.filter(
+        repo=Repo.DIRECTOR, role=KeyRole.TARGETS, assignment=OuterRef("pk"), expires__gte=cutoff
+    )
     count = 0
     with transaction.atomic():
         image_repo.lock(Repo.DIRECTOR)
-        for assignment in _current_assignments():
-            row = image_repo.latest_row(Repo.DIRECTOR, KeyRole.TARGETS, assignment.device)
-            if _needs_signing(row, assignment, now):
-                _sign(assignment, now)
-                count += 1
+        # One query finds the stale ones: a beat must not cost a query per device.
+        for assignment in _current_assignments().filter(~Exists(fresh)):
+            _sign(assignment, now)
+            count += 1
     return count

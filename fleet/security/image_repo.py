@@ -35,10 +35,10 @@ log = logging.getLogger(__name__)
 
 # Compact JSON: the device caps metadata sizes, and targets lists every bundle.
 SERIALIZER = JSONSerializer(compact=True)
-IMAGE_CHAIN = (KeyRole.TARGETS, KeyRole.SNAPSHOT, KeyRole.TIMESTAMP)
+IMAGE_CHAIN: tuple[str, ...] = (KeyRole.TARGETS, KeyRole.SNAPSHOT, KeyRole.TIMESTAMP)
 # Old versions kept for devices that fetch by version (consistent snapshots); every
 # root version is kept forever because devices walk the chain one by one.
-KEEP_VERSIONS = {KeyRole.TARGETS: 32, KeyRole.SNAPSHOT: 32, KeyRole.TIMESTAMP: 4}
+KEEP_VERSIONS: dict[str, int] = {KeyRole.TARGETS: 32, KeyRole.SNAPSHOT: 32, KeyRole.TIMESTAMP: 4}
 _CLASSES: dict[str, Any] = {
     KeyRole.TARGETS: Targets,
     KeyRole.SNAPSHOT: Snapshot,
@@ -269,7 +269,7 @@ def publish_target(path: str, target: Any, now: datetime | None = None) -> TufMe
     return row
 
 
-def _due(row: TufMetadata | None, repo: str, role: str, now: datetime) -> bool:
+def is_due(row: TufMetadata | None, repo: str, role: str, now: datetime) -> bool:
     # Half of the lifetime left: enough slack for a missed beat or a short outage.
     return row is None or row.expires - now < lifetime(repo, role) / 2
 
@@ -279,14 +279,14 @@ def refresh_image(now: datetime | None = None) -> list[str]:
     now = now or timezone.now()
     with transaction.atomic():
         lock(Repo.IMAGE)
-        due = {
+        due: set[str] = {
             role
             for role in (KeyRole.TARGETS, KeyRole.SNAPSHOT)
-            if _due(latest_row(Repo.IMAGE, role), Repo.IMAGE, role, now)
+            if is_due(latest_row(Repo.IMAGE, role), Repo.IMAGE, role, now)
         }
         ts = latest_row(Repo.IMAGE, KeyRole.TIMESTAMP)
         stale = ts is None or now - ts.created_at >= timedelta(seconds=settings.TIMESTAMP_REFRESH)
-        if stale or _due(ts, Repo.IMAGE, KeyRole.TIMESTAMP, now):
+        if stale or is_due(ts, Repo.IMAGE, KeyRole.TIMESTAMP, now):
             due.add(KeyRole.TIMESTAMP)
         if due:
             resign_image(due, now)
@@ -303,7 +303,7 @@ def refresh_root(repo: str, now: datetime | None = None) -> bool:
     with transaction.atomic():
         lock(repo)
         row = current_root_row(repo)
-        if not _due(row, repo, KeyRole.ROOT, now):
+        if not is_due(row, repo, KeyRole.ROOT, now):
             return False
         root = load(row).signed
         root.version += 1

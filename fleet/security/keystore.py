@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from django.db import transaction
 from django.utils import timezone
 from securesystemslib.signer import CryptoSigner, SSlibKey
@@ -26,7 +27,7 @@ from fleet.security.masterkey import seal, unseal
 
 SCHEME = "ed25519"
 KEY_PURPOSE = "signing-key"
-ROLES_OF = {
+ROLES_OF: dict[str, tuple[str, ...]] = {
     Repo.IMAGE: (KeyRole.ROOT, KeyRole.TARGETS, KeyRole.SNAPSHOT, KeyRole.TIMESTAMP),
     # The device verifies only the director's root and its per-device targets.
     Repo.DIRECTOR: (KeyRole.ROOT, KeyRole.TARGETS),
@@ -44,12 +45,7 @@ def public_key(key: SigningKey) -> SSlibKey:
 
 
 def _raw_public(private: Ed25519PrivateKey) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    raw = private.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return raw.hex()
+    return private.public_key().public_bytes_raw().hex()
 
 
 def generate(repo: str, role: str, *, note: str = "") -> SigningKey:
@@ -174,8 +170,6 @@ def load_root_key_file(path: Path) -> dict[str, CryptoSigner]:
         ValueError: the file is not a root key file or holds a key we do not know.
         OSError: the file cannot be read.
     """
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or data.get("format") != ROOT_KEY_FILE_FORMAT:
         raise ValueError(f"{path} is not a tinyfleet root key file")

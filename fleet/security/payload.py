@@ -36,8 +36,8 @@ from compression.pipeline.onnx_scan import scan_onnx
 from compression.storage import local_copy
 from compression.tasks import materialized
 
-MODEL_MEMBER = {Format.ONNX: "model.onnx", Format.TFLITE: "model.tflite"}
-_SUFFIX = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite"}
+MODEL_MEMBER: dict[str, str] = {Format.ONNX: "model.onnx", Format.TFLITE: "model.tflite"}
+_SUFFIX: dict[str, str] = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite"}
 
 
 class PayloadError(Exception):

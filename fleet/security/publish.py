@@ -48,7 +48,7 @@ from fleet.security.payload import PayloadError, PayloadInfo, build_payload, fet
 
 log = logging.getLogger(__name__)
 
-RUNTIME = {Format.ONNX: "onnxruntime", Format.TFLITE: "litert"}
+RUNTIME: dict[str, str] = {Format.ONNX: "onnxruntime", Format.TFLITE: "litert"}
 TEXT_TASKS = ("text-embedding", "text-classification", "token-classification")
 MAX_ATTEMPTS = 3
 # Lowest onnxruntime release that implements each default-domain opset.

@@ -148,8 +148,12 @@ def _text_model_zip(tmp: Path) -> Path:
     return archive
 
 
-def _derive(api: Any, version_id: int, recipe: str) -> ModelVersion:
-    job = api.post("/api/v1/jobs", {"version": version_id, "recipe": recipe}).json()
+def _derive(
+    api: Any, version_id: int, recipe: str, params: dict[str, Any] | None = None
+) -> ModelVersion:
+    job = api.post(
+        "/api/v1/jobs", {"version": version_id, "recipe": recipe, "params": params or {}}
+    ).json()
     done = wait_for(lambda: (j := Job.objects.get(pk=job["id"])).is_finished and j, timeout=180)
     assert done.status == "succeeded", (done.error, done.log)
     return ModelVersion.objects.get(pk=done.result_version_id)
@@ -282,7 +286,7 @@ def test_agents_install_serve_and_a_bad_canary_rolls_back(
     # A bundle that computes garbage fails the canary's self-test and rolls back.
     second = alice_api.post(
         "/api/v1/rollouts",
-        {"bundle": bad_bundle, "group": group["id"], "waves": [34, 100], "soak_seconds": 0},
+        {"bundle": bad_bundle, "group": group["id"], "waves": [30, 100], "soak_seconds": 0},
     ).json()
     rolled = _settle(second["id"], lambda r: r.status != "running", agents)
     assert rolled.status == "rolled_back", (rolled.reason, rolled.last_evaluation)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,10 @@ from accounts.models import AuditEvent
 from compression.models import VersionStatus
 from fleet.models import Bundle
 from fleet.security import director
+from tests.compression.test_s3_storage import moto_server, s3_settings
 from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
+
+__all__ = ["moto_server", "s3_settings"]
 
 
 def bundle_files() -> list[str]:
@@ -138,3 +143,20 @@ def test_export_holds_root_chains_metadata_and_ciphertext(
     } <= set(names)
     assert len(ciphertext) == bundle.ciphertext_size
     assert alice_api.get(f"/api/v1/bundles/{bundle.pk}/export?device=x").status_code == 400
+
+
+def test_on_s3_downloads_are_presigned_redirects(
+    db: None, s3_settings: Any, alice_api: Any, tmp_path: Path
+) -> None:
+    bundle = publish_now(make_version(onnx_files(tmp_path)))
+    response = alice_api.get(f"/api/v1/bundles/{bundle.pk}/ciphertext")
+    assert response.status_code == 302
+    with urllib.request.urlopen(response["Location"], timeout=10) as body:  # noqa: S310
+        assert hashlib.sha256(body.read()).hexdigest() == bundle.ciphertext_sha256
+    dev = make_device()
+    director.assign(dev.device, bundle)
+    payload = dev.client().get(f"/api/device/v1/bundles/{bundle.pk}/payload")
+    assert payload.status_code == 302 and "Signature" in payload["Location"]
+    export = alice_api.get(f"/api/v1/bundles/{bundle.pk}/export")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(export.streaming_content))) as tar:
+        assert tar.getmember(bundle.target_name).size == bundle.ciphertext_size

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 from tinyfleet_agent.bundle import (
@@ -115,7 +116,7 @@ def test_freeze_expired_timestamp_is_refreshed_by_the_beat_task(
     image_repo.ensure_repositories()
     state = enrolled_state()
     # A timestamp signed two days ago: expired (1 day lifetime). Devices freeze.
-    with image_repo.transaction.atomic():
+    with transaction.atomic():
         image_repo.lock("image")
         image_repo.resign_image({"timestamp"}, timezone.now() - timedelta(days=2))
     stale = image_repo.latest_row("image", "timestamp")

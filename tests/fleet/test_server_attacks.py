@@ -190,6 +190,15 @@ def test_online_key_compromise_cannot_install_an_unsigned_payload(
     files = _republish(fake_targets, {**thief, "targets": thief["snapshot"]})
     with pytest.raises(BadSignatureError, match="targets"):
         verify_image_metadata(state, *files, timezone.now())
+    # What the thief can do: keep re-signing a timestamp over the current snapshot, so
+    # the device keeps trusting what it has and sees no newer bundle (a freeze).
+    frozen = Metadata.from_bytes(ts)
+    frozen.signed.version += 10
+    frozen.signed.expires = timezone.now() + timedelta(days=365)
+    image = verify_image_metadata(
+        state, _sign(frozen, thief["timestamp"]), snap, tgt, timezone.now()
+    )
+    assert set(image.targets.targets) == {bundle.target_name}
 
 
 def _sign(md: Metadata[Any], signers: list[Any]) -> bytes:

@@ -6,6 +6,7 @@ Range) with the signed length as a hard limit."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import urllib.error
@@ -87,7 +88,7 @@ class DeviceClient:
             if exc.code == 401 and self.credential:
                 raise RevokedError(message, exc.code) from None
             raise ServerError(message, exc.code) from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
             raise ServerError(f"cannot reach {self.server}: {exc}") from None
 
     def enroll(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +149,7 @@ class DeviceClient:
             response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - http(s) only
         except urllib.error.HTTPError as exc:
             raise ServerError(_error_message(exc), exc.code) from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
             raise ServerError(f"download failed: {exc}") from None
         with response:
             if start and response.status != 206:
@@ -162,11 +163,14 @@ class DeviceClient:
                         if written > length:
                             raise LengthExceededError("server sent more than the signed length")
                         out.write(block)
-                except (OSError, TimeoutError) as exc:
+                except (OSError, TimeoutError, http.client.HTTPException) as exc:
                     raise ServerError(f"download interrupted at {written} bytes: {exc}") from None
                 finally:
                     out.flush()
                     os.fsync(out.fileno())
+        if written < length:
+            # The connection ended early: keep the partial file, the next try resumes.
+            raise ServerError(f"download interrupted at {written} of {length} bytes")
 
 
 def _read_capped(response: Any, cap: int) -> bytes:

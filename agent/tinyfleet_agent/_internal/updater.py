@@ -86,20 +86,27 @@ class Updater:
             stop.wait(delay * random.uniform(0.8, 1.2))
 
     def check_once(self) -> str:
-        """One poll; returns what happened ("unchanged", "current", "installed", ...)."""
+        """One poll; returns what happened ("unchanged", "current", "installed", ...).
+
+        The ETag is remembered only once the desired state was fully acted on, so a
+        transient failure (network, 5xx) is retried at the next poll, not hidden by 304s.
+        """
         response = self.client.state(self.etag)
         if response.status == 304:
             return "unchanged"
-        self.etag = response.headers.get("ETag")
         body = response.json()
         self.poll_interval = float(body.get("poll_interval") or self.poll_interval)
         desired = (body.get("desired") or {}).get("bundle")
         active = self.store.active()
         if desired is None or (active is not None and active.meta.bundle == desired):
-            return "current"
-        if desired in self.failed:
-            return "failed-before"
-        return self.install(desired)
+            outcome = "current"
+        elif desired in self.failed:
+            outcome = "failed-before"
+        else:
+            outcome = self.install(desired)
+        if outcome != "frozen":
+            self.etag = response.headers.get("ETag")
+        return outcome
 
     # -- one install ------------------------------------------------------------------
 
@@ -119,8 +126,7 @@ class Updater:
         except ExpiredMetadataError as exc:
             self._health(update="frozen", last_error=str(exc))
             self.report("frozen", desired, str(exc))
-            self.etag = None  # look again next poll: the server may have refreshed
-            return "frozen"
+            return "frozen"  # look again next poll: the server may have refreshed
         except (BundleError, UpdateRefusedError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.failed[desired] = reason
