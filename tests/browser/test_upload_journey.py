@@ -104,3 +104,29 @@ def test_an_operator_compresses_a_model_and_compares_variants(
     assert "onnx-int8-dynamic" in table.inner_text()
     assert page.evaluate("typeof Chart") == "function"
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+
+
+def test_an_operator_creates_pauses_and_resumes_a_rollout(
+    live_server: Any, alice: Any, page: Any, tmp_path: Path
+) -> None:
+    from fleet.models import Group
+    from tests.fleet.test_publish import make_version, onnx_files, publish_now
+
+    bundle = publish_now(make_version(onnx_files(tmp_path)))
+    Group.objects.create(name="plant-3", selector="site=plant-3")
+    base = live_server.url
+    _login(page, base, "alice")
+    page.goto(f"{base}/rollouts/")
+    page.select_option("select[name=bundle]", bundle.pk)
+    page.fill("input[name=waves]", "10,100")
+    page.click("text=Start rollout")
+    page.wait_for_url(f"{base}/rollouts/*/")
+    status = page.locator("[data-testid=rollout-status]")
+    assert status.inner_text() == "running"
+    page.click("button:has-text('Pause')")
+    page.locator("[data-testid=rollout-status]").filter(has_text="paused").wait_for()
+    page.click("button:has-text('Resume')")
+    page.locator("[data-testid=rollout-status]").filter(has_text="running").wait_for()
+    history = page.inner_text("#rollout-status")
+    assert "pause" in history and "resume" in history
+    page.screenshot(path=str(tmp_path / "rollout.png"), full_page=True)

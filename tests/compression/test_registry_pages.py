@@ -100,3 +100,13 @@ def test_a_viewer_cannot_delete_from_the_page(
     client.force_login(bob)
     assert client.post(f"/versions/{version['id']}/delete/").status_code == 403
     assert ModelVersion.objects.filter(pk=version["id"]).exists()
+
+
+def test_a_version_without_a_golden_set_offers_no_publish_button(
+    client: Client, alice: Any, version: dict[str, Any]
+) -> None:
+    client.force_login(alice)
+    ModelVersion.objects.filter(pk=version["id"]).update(status="ready")
+    assert b"Publish as bundle" not in client.get(f"/versions/{version['id']}/").content
+    ModelVersion.objects.filter(pk=version["id"]).update(golden_sha256="0" * 64)
+    assert b"Publish as bundle" in client.get(f"/versions/{version['id']}/").content
