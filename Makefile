@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run test test-fast lint format bench demo clean
+.PHONY: install install-test run test test-fast lint format bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found; set PYTHON=...)"; exit 1; }
@@ -50,8 +50,10 @@ format: install-test
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Each bench writes bench/reports/<name>.md; run one with `make bench BENCH=bundle`.
+BENCH ?= upload bundle compression agent fleet
 bench: install-test
-	$(PY) bench/upload.py
+	@for b in $(BENCH); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
