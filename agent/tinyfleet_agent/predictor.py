@@ -187,9 +187,9 @@ class Predictor:
     def _predict_now(self, inputs: list[Any]) -> Prediction:
         if self.encoder is None:
             return self._predict_tensors(inputs)
-        encoded = self.encoder.encode(inputs)
-        first = self.runtime.run(encoded.feeds)[0]
         task, spec = self.spec.task, self.spec
+        encoded = self.encoder.encode(inputs, details=task == "token-classification")
+        first = self.runtime.run(encoded.feeds)[0]
         if task == "text-embedding":
             vectors = pool(first, encoded.feeds["attention_mask"], spec.pooling)
             if spec.normalize:

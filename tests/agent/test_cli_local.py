@@ -169,15 +169,6 @@ def test_it_predicts_in_process_and_reports_status_without_an_agent(state: Path)
     assert cli("--state-dir", str(state), "rollback").returncode == 1
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["enroll", "--server", "https://fleet.example", "--token", "t"], ["run"]],
-)
-def test_it_says_which_commands_are_not_available_yet(tmp_path: Path, args: list[str]) -> None:
-    done = cli("--state-dir", str(tmp_path), *args)
-    assert done.returncode == 2 and "not available yet" in done.stderr
-
-
 def test_it_refuses_a_non_loopback_listen_address(state: Path) -> None:
     done = cli("--state-dir", str(state), "serve-local", "--listen", "0.0.0.0:0")
     assert done.returncode == 1

@@ -381,3 +381,25 @@ def test_it_stops_the_converter_when_the_job_is_cancelled(tiny: Path, tmp_path: 
             timeout=120,
             progress=cancel,
         )
+
+
+def test_it_selects_the_fastest_then_smallest_then_most_faithful_candidate() -> None:
+    def row(name: str, lat: float, size: int, cos: float, passed: bool = True) -> dict:
+        fid = {"cosine_mean": cos}
+        return {
+            "name": name,
+            "latency_ratio": lat,
+            "size_bytes": size,
+            "fidelity": fid,
+            "passed": passed,
+        }
+
+    rows = [
+        row("slow", 0.90, 100_000, 0.9999),
+        row("fast-big", 0.70, 200_000, 0.999),
+        row("fast-small", 0.71, 100_000, 0.998),
+        row("fast-small-better", 0.715, 100_500, 0.9985),
+        row("fastest-failing", 0.50, 50, 0.9, passed=False),
+    ]
+    assert auto_int8._select(rows)["name"] == "fast-small-better"
+    assert auto_int8._select([r for r in rows if not r["passed"]]) is None

@@ -77,7 +77,7 @@ def _fail(reason: str, metric: str = "", count: int = 0) -> SelfTestResult:
 def _runner(target: _RunsFeeds | _Runs) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
     run_feeds = getattr(target, "run_feeds", None)
     if callable(run_feeds):
-        return run_feeds  # type: ignore[no-any-return]
+        return run_feeds
     return target.run  # type: ignore[union-attr]
 
 
