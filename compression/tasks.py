@@ -155,10 +155,12 @@ def _compress(job: Job) -> None:
             "output_dir": str(out_dir),
             "params": job.params,
         }
+        tokenizer = find_tokenizer(src)
+        kwargs["tokenizer_path"] = str(tokenizer) if tokenizer else None
         if job.calibration_dataset is not None:
             kwargs["calibration_path"] = _dataset_path(job.calibration_dataset, work)
-            tokenizer = find_tokenizer(src)
-            kwargs["tokenizer_path"] = str(tokenizer) if tokenizer else None
+        if job.recipe == "onnx-int8-auto" and job.eval_dataset is not None:
+            kwargs["eval_path"] = _dataset_path(job.eval_dataset, work)
         result = run_in_subprocess(
             job.recipe, kwargs, timeout=settings.CELERY_TASK_SOFT_TIME_LIMIT, progress=progress
         )

@@ -3,6 +3,7 @@ fidelity and a golden set; converter failures; cancellation; no duplicates."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,28 @@ def test_fp16_output_is_smaller_and_keeps_float_io(
     with default_storage.open(child.storage_key) as handle:
         model = onnx.load_from_string(handle.read())
     assert any(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer)
+
+
+def test_cancelling_a_running_job_stops_the_converter_and_keeps_the_worker(
+    celery_worker: Worker, alice_api: Any, tmp_path: Path
+) -> None:
+    from tests.e2e.test_agents_and_rollouts import _text_model_zip
+
+    parent = _ready_version(alice_api, _text_model_zip(tmp_path))
+    job = alice_api.post(
+        "/api/v1/jobs", {"version": parent["id"], "recipe": "onnx-int8-auto"}
+    ).json()
+    wait_for(lambda: Job.objects.get(pk=job["id"]).stage not in ("queued", "preparing"), 60, 0.05)
+    response = alice_api.post(f"/api/v1/jobs/{job['id']}/cancel").json()
+    assert response.get("status") == "cancelled", (response, Job.objects.get(pk=job["id"]).log)
+    time.sleep(2)
+    cancelled = Job.objects.get(pk=job["id"])
+    assert cancelled.status == "cancelled" and cancelled.result_version_id is None
+    assert not ModelVersion.objects.filter(parent_id=parent["id"]).exists()
+    # The worker survived and takes the next job.
+    follow_up = _finished_job(
+        alice_api.post("/api/v1/jobs", {"version": parent["id"], "recipe": "onnx-fp16"}).json()[
+            "id"
+        ]
+    )
+    assert follow_up.status == "succeeded", follow_up.error
