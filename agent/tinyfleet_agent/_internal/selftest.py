@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -34,6 +34,7 @@ MAX_EXAMPLES = 4096
 _MAX_META_BYTES = 64 * 1024
 
 
+@runtime_checkable
 class _RunsFeeds(Protocol):
     def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
 
@@ -75,10 +76,10 @@ def _fail(reason: str, metric: str = "", count: int = 0) -> SelfTestResult:
 
 
 def _runner(target: _RunsFeeds | _Runs) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
-    run_feeds = getattr(target, "run_feeds", None)
-    if callable(run_feeds):
-        return run_feeds
-    return target.run  # type: ignore[union-attr]
+    # A Predictor exposes run_feeds (its runtime's run); a bare runtime has run.
+    if isinstance(target, _RunsFeeds):
+        return target.run_feeds
+    return target.run
 
 
 def _read_meta(golden: Any) -> dict[str, Any]:
