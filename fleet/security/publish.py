@@ -237,12 +237,19 @@ def _claim(bundle_id: str) -> Bundle | None:
             return None
         bundle.attempts += 1
         bundle.save(update_fields=["attempts"])
-    return Bundle.objects.select_related("version__model").get(pk=bundle_id)
+        attempt = bundle.attempts
+    claimed = Bundle.objects.select_related("version__model").get(pk=bundle_id)
+    claimed.attempts = attempt  # ours, even if another run has claimed since
+    return claimed
 
 
 def _fail(bundle: Bundle, message: str) -> None:
-    if bundle.ciphertext_key:
-        default_storage.delete(bundle.ciphertext_key)
+    if bundle.ciphertext_key and default_storage.exists(bundle.ciphertext_key):
+        published = Bundle.objects.filter(
+            pk=bundle.pk, status=BundleStatus.PUBLISHED, ciphertext_key=bundle.ciphertext_key
+        ).exists()
+        if not published:
+            default_storage.delete(bundle.ciphertext_key)
     Bundle.objects.filter(pk=bundle.pk, status=BundleStatus.PUBLISHING).update(
         status=BundleStatus.FAILED, error=message[:4000], ciphertext_key=""
     )
@@ -272,13 +279,15 @@ def _encrypt(bundle: Bundle, work: Path) -> tuple[bytes, BundleRecord]:
         chunk_size=settings.BUNDLE_CHUNK_SIZE,
     )
     record = build_record(bundle, params, info)
-    bundle.ciphertext_key = f"bundles/{bundle.pk}.enc"
-    Bundle.objects.filter(pk=bundle.pk).update(ciphertext_key=bundle.ciphertext_key)
+    # One storage key per attempt: a late duplicate run (redelivery while the first is
+    # still going) must never overwrite the bytes another run already signed.
+    bundle.ciphertext_key = f"bundles/{bundle.pk}.{bundle.attempts}.enc"
     _store_ciphertext(bundle.ciphertext_key, encrypted)
     return key, record
 
 
-def _publish(bundle: Bundle, key: bytes, record: BundleRecord) -> None:
+def _publish(bundle: Bundle, key: bytes, record: BundleRecord) -> bool:
+    """Sign and mark published, unless another run of the same bundle won the race."""
     cipher = record.cipher
     target = TargetFile(
         cipher.ciphertext_length,
@@ -287,8 +296,13 @@ def _publish(bundle: Bundle, key: bytes, record: BundleRecord) -> None:
         {"custom": image_target_custom(record)},
     )
     with transaction.atomic():
+        current = Bundle.objects.select_for_update().get(pk=bundle.pk)
+        if current.status != BundleStatus.PUBLISHING:
+            default_storage.delete(bundle.ciphertext_key)
+            return False
         image_repo.publish_target(bundle.target_name, target)
         Bundle.objects.filter(pk=bundle.pk).update(
+            ciphertext_key=bundle.ciphertext_key,
             record=record.to_dict(),
             content_key_sealed=seal(key, purpose=CONTENT_KEY_PURPOSE, bound_to=bundle.pk),
             plaintext_size=cipher.plaintext_length,
@@ -298,6 +312,11 @@ def _publish(bundle: Bundle, key: bytes, record: BundleRecord) -> None:
             error="",
             published_at=timezone.now(),
         )
+    for attempt in range(1, bundle.attempts):  # what crashed attempts left behind
+        stale = f"bundles/{bundle.pk}.{attempt}.enc"
+        if stale != bundle.ciphertext_key and default_storage.exists(stale):
+            default_storage.delete(stale)
+    return True
 
 
 def run_publish(bundle_id: str) -> str:
@@ -308,7 +327,8 @@ def run_publish(bundle_id: str) -> str:
     try:
         with tempfile.TemporaryDirectory(dir=settings.TMP_DIR) as tmp:
             key, record = _encrypt(bundle, Path(tmp))
-        _publish(bundle, key, record)
+        if not _publish(bundle, key, record):
+            return "skipped"
     except (PublishError, PayloadError, InvalidRecordError, KeyUnavailableError) as exc:
         _fail(bundle, str(exc))
         return BundleStatus.FAILED

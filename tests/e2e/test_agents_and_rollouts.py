@@ -34,7 +34,7 @@ from onnx import numpy_helper
 
 from compression.models import Job, ModelVersion
 from fleet import gates
-from fleet.models import Device, Rollout
+from fleet.models import Bundle, Device, Rollout
 from fleet.security.publish import request_publish, run_publish
 from tests.compression.helpers import upload
 from tests.conftest import ROOT, Worker, wait_for
@@ -208,10 +208,11 @@ def _corrupted_twin(good: ModelVersion, tmp: Path) -> ModelVersion:
 
 
 def _publish(version: ModelVersion) -> str:
+    """Publish; the worker receives the same task, so the two runs race (only one wins)."""
     bundle, _ = request_publish(version, None)
     run_publish(bundle.pk)
-    bundle.refresh_from_db()
-    assert bundle.status == "published", bundle.error
+    done = wait_for(lambda: (b := Bundle.objects.get(pk=bundle.pk)).status != "publishing" and b)
+    assert done.status == "published", done.error
     return str(bundle.pk)
 
 

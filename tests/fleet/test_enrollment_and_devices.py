@@ -229,3 +229,31 @@ def test_telemetry_is_validated_and_deduplicated(client: Client, token: str) -> 
     )
     assert huge.status_code == 413
     assert TelemetryBatch.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_batch_racing_itself_is_stored_once(client: Client, token: str) -> None:
+    import threading
+
+    from django.db import connection
+
+    device = FakeDevice()
+    device.enroll(client, token)
+    batch = {"batch_id": str(uuid.uuid4()), "requests": 1}
+    statuses: list[int] = []
+
+    def send() -> None:
+        statuses.append(
+            device.client()
+            .post("/api/device/v1/telemetry", batch, content_type="application/json")
+            .status_code
+        )
+        connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses)[0] in (200, 202) and set(statuses) <= {200, 202}
+    assert TelemetryBatch.objects.count() == 1
