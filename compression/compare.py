@@ -51,7 +51,7 @@ def meets_target(row: dict[str, Any]) -> bool:
 
 
 def recommend(rows: list[dict[str, Any]]) -> int | None:
-    """The smallest, then fastest, derived variant that meets the fidelity target."""
+    """The fastest derived variant that meets the fidelity target (smallest on ties)."""
     eligible = [r for r in rows if meets_target(r)]
     if not eligible:
         return None

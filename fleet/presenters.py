@@ -37,7 +37,7 @@ def device_json(device: Device) -> dict[str, Any]:
 
 def enroll_command(raw_token: str) -> str:
     return (
-        "pip install 'tinyfleet-agent[onnx]' && "
+        "pip install 'tinyfleet-agent[onnx,text]' && "
         f"tinyfleet-agent enroll --server {settings.SITE_URL} --token {raw_token} && "
         "tinyfleet-agent run"
     )

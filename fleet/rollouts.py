@@ -161,10 +161,14 @@ def pause(rollout: Rollout, user: Any, reason: str = "") -> Rollout:
 def resume(rollout: Rollout, user: Any) -> Rollout:
     with transaction.atomic():
         rollout = _locked(rollout.pk)
+        if rollout.status == RolloutStatus.DRAFT:
+            _start(rollout, user)  # a rollout created with start=false begins here
+            return rollout
         if rollout.status != RolloutStatus.PAUSED:
             raise RolloutConflictError(f"rollout is {rollout.status}, not paused")
         rollout.status, rollout.wave_started_at = RolloutStatus.RUNNING, timezone.now()
-        rollout.save(update_fields=["status", "wave_started_at"])
+        rollout.reason = ""
+        rollout.save(update_fields=["status", "wave_started_at", "reason"])
         _record(rollout, user, "resume")
         apply_wave(rollout)
     return rollout
@@ -238,7 +242,7 @@ def cancel(rollout: Rollout, user: Any) -> Rollout:
     """Stop where it is: devices keep what they have; no further waves."""
     with transaction.atomic():
         rollout = _locked(rollout.pk)
-        if rollout.status not in ACTIVE_ROLLOUT_STATUSES:
+        if rollout.status not in (*ACTIVE_ROLLOUT_STATUSES, RolloutStatus.DRAFT):
             raise RolloutConflictError(f"rollout is {rollout.status}; it cannot be cancelled")
         rollout.status, rollout.finished_at = RolloutStatus.CANCELLED, timezone.now()
         rollout.save(update_fields=["status", "finished_at"])

@@ -187,7 +187,7 @@ CELERY_BEAT_SCHEDULE = {
     "evaluate-rollouts": {"task": "fleet.rollout_tasks.evaluate_rollouts", "schedule": 30.0},
 }
 # A running job writes a heartbeat; one silent for this long is declared dead.
-JOB_HEARTBEAT_TIMEOUT = env_int("TINYFLEET_JOB_HEARTBEAT_TIMEOUT", 300, minimum=10)
+JOB_HEARTBEAT_TIMEOUT = env_int("TINYFLEET_JOB_HEARTBEAT_TIMEOUT", 900, minimum=10)
 
 # --- archives -------------------------------------------------------------------------
 ARCHIVE_MAX_MEMBERS = env_int("TINYFLEET_ARCHIVE_MAX_MEMBERS", 10_000, minimum=1)

@@ -108,6 +108,10 @@ class FleetLink:
             threads=config.threads,
             poll_interval=float(device.get("poll_interval") or config.poll_interval_s),
             on_health=lambda **values: api.set_health(**values),
+            # Feeds the golden-agreement gate of rollouts.
+            on_selftest=lambda bundle, ok, agreement: api.telemetry.record_golden(
+                bundle, ok, agreement
+            ),
         )
         self.outbox = Outbox(config.state_dir / "telemetry.sqlite", config.outbox_capacity)
         self.stop = threading.Event()

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +48,8 @@ from .bundle import (
     verify_director_targets,
     verify_image_metadata,
 )
+
+UTC = timezone.utc  # datetime.UTC needs Python 3.11; devices may run 3.10
 
 __all__ = ["VerifyReport", "main", "verify_export"]
 

@@ -294,3 +294,25 @@ def test_state_endpoint_answers_304_until_the_assignment_changes(
     changed = client.get("/api/device/v1/state", HTTP_IF_NONE_MATCH=etag)
     assert changed.status_code == 200 and changed.json()["desired"]["bundle"] == bundle.pk
     assert timezone.now()
+
+
+def test_a_draft_rollout_starts_on_resume_or_can_be_cancelled(
+    fleet_of_four: tuple[Group, list[TestDevice]], tmp_path: Path, alice: Any
+) -> None:
+    group, devices = fleet_of_four
+    bundle = _bundle(tmp_path)
+    draft = rollouts.create(
+        user=alice, bundle=bundle, group=group, waves=[100], gates={}, start=False
+    )
+    assert draft.status == "draft" and not any(_assigned(d) for d in devices)
+    started = rollouts.resume(draft, alice)
+    assert started.status == "running" and all(_assigned(d) == bundle.pk for d in devices)
+    other = rollouts.create(
+        user=alice,
+        bundle=bundle,
+        group=Group.objects.create(name="x"),
+        waves=[100],
+        gates={},
+        start=False,
+    )
+    assert rollouts.cancel(other, alice).status == "cancelled"

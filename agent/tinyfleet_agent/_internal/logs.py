@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, TextIO
+
+UTC = timezone.utc  # datetime.UTC needs Python 3.11; devices may run 3.10
 
 __all__ = ["JsonFormatter", "fields", "setup_logging"]
 

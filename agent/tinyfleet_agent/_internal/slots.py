@@ -17,12 +17,14 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .record import BundleRecord, PipelineSpec
 from .stream_aead import atomic_output
+
+UTC = timezone.utc  # datetime.UTC needs Python 3.11; devices may run 3.10
 
 __all__ = [
     "SLOT_NAMES",

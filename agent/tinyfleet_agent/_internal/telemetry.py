@@ -15,10 +15,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from . import sysinfo
+
+UTC = timezone.utc  # datetime.UTC needs Python 3.11; devices may run 3.10
 
 __all__ = [
     "CONFIDENCE_EDGES",

@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from .selftest import run_golden_selftest
 from .slots import SlotMeta, SlotStore, write_status
 from .stream_aead import atomic_write_bytes, decrypt_file
 from .tuf_verify import Assignment, TrustedState, resolve_assignment, update_root
+
+UTC = timezone.utc  # datetime.UTC needs Python 3.11; devices may run 3.10
 
 log = logging.getLogger("tinyfleet_agent.updater")
 TRUST_FILE = "trust.json"
@@ -53,6 +55,7 @@ class Updater:
     threads: int = 1
     poll_interval: float = 30.0
     on_health: Callable[..., None] = lambda **_: None
+    on_selftest: Callable[[str, bool, float], None] = lambda *_: None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     etag: str | None = None
     failed: dict[str, str] = field(default_factory=dict)
@@ -227,6 +230,7 @@ class Updater:
         close = getattr(predictor, "close", None)
         if callable(close):
             close()
+        self.on_selftest(assignment.record.bundle_id, result.passed, result.agreement)
         if not result.passed:
             raise UpdateRefusedError(f"golden self-test failed: {result.reason}")
         self._health(last_selftest=result.to_dict())
@@ -235,11 +239,13 @@ class Updater:
         record = assignment.record
         state = self._load_trust()
         active = self.store.active()
+        # Keep exactly one step of rollback possible (see the module docstring); with no
+        # earlier release of this model installed, the floor is this release itself.
+        floor = record.release
         if active is not None and active.meta.model == record.model:
-            # Keep exactly one step of rollback possible (see the module docstring).
             floor = min(active.meta.release, record.release)
-            if floor > state.installed_release(record.model):
-                state.record_installed(record.model, floor)
+        if floor > state.installed_release(record.model):
+            state.record_installed(record.model, floor)
         self.store.activate(SlotMeta.from_record(record))
         self._save_trust(state)
 
