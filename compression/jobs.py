@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from accounts.models import audit
+from compression.derive import sha256_of
 from compression.models import (
     ACTIVE_JOB_STATUSES,
     Dataset,
@@ -143,7 +143,7 @@ def register_dataset(*, user: Any, name: str, path: Path, filename: str, size: i
         raise RegistryError(f"invalid dataset: {message}") from exc
     if rows > MAX_DATASET_ROWS:
         raise RegistryError(f"dataset has {rows} rows; the limit is {MAX_DATASET_ROWS}")
-    digest = _sha256(path)
+    digest = sha256_of(path)
     key = f"datasets/{digest}/{safe_filename(filename)}"
     newly = store_file(key, path)
     try:
@@ -163,11 +163,3 @@ def register_dataset(*, user: Any, name: str, path: Path, filename: str, size: i
         raise
     audit(user, "dataset.upload", dataset, rows=rows)
     return dataset
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

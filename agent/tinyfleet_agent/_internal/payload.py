@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BundleError, PayloadTamperedError
+from .stream_aead import fsync_dir as _fsync_dir
 
 __all__ = [
     "GOLDEN_MEMBER",
@@ -137,14 +138,6 @@ def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) 
     if written != info.file_size:
         raise UnsafePayloadError(f"member {info.filename!r} is shorter than declared")
     return digest.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _golden_first(infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:

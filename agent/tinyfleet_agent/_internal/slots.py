@@ -13,7 +13,6 @@ last activated, complete slot (or, before the first install, on nothing).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +22,7 @@ from typing import Any
 
 from .record import BundleRecord, PipelineSpec
 from .stream_aead import atomic_output
+from .stream_aead import fsync_dir as _fsync_dir
 
 UTC = timezone.utc  # datetime.UTC needs Python 3.11; devices may run 3.10
 
@@ -122,14 +122,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, data: Any, hook: Hook, step: str) -> None:

@@ -199,7 +199,7 @@ def _read_full(f: BinaryIO, view: memoryview) -> int:
     return got
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; not every platform can open a directory.
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -252,7 +252,7 @@ def atomic_output(dst: Path, size_hint: int = 0) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 def atomic_write_bytes(dst: Path, data: bytes) -> None:
