@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,18 +182,22 @@ def assess(
     dataset_kind: str | None = None,
     threads: int = 1,
 ) -> dict[str, Any]:
-    """Fidelity of `child` to `parent` (both ONNX), plus the golden set written to
-    `golden_path`. Returns {"fidelity", "golden": {"sha256", "count", "tolerance"},
-    "inputs", "examples"}.
+    """Fidelity of the ONNX `child` to `parent` (ONNX, or a Hugging Face folder run in
+    PyTorch), plus the golden set written to `golden_path`. Returns {"fidelity",
+    "golden": {"sha256", "count", "tolerance"}, "inputs", "examples"}.
 
     Raises:
-        ValueError: no ONNX model found, or inputs that do not fit the model.
+        ValueError: no model found, or inputs that do not fit the model.
     """
-    parent_session = open_session(_onnx_file(Path(parent)), threads)
     child_session = open_session(_onnx_file(Path(child)), threads)
+    if _is_hf_dir(Path(parent)):
+        spec_session, run_parent = child_session, _torch_runner(Path(parent), task)
+    else:
+        spec_session = open_session(_onnx_file(Path(parent)), threads)
+        run_parent = lambda feed: _run(spec_session, feed)  # noqa: E731
     tokenizer = find_tokenizer(child, parent)
-    feeds, labels, source = _inputs(parent_session, task, tokenizer, dataset, dataset_kind)
-    ref = [_run(parent_session, f) for f in feeds]
+    feeds, labels, source = _inputs(spec_session, task, tokenizer, dataset, dataset_kind)
+    ref = [run_parent(f) for f in feeds]
     cand = [_run(child_session, f) for f in feeds]
     fidelity = _fidelity(task, ref, cand, feeds, labels)
     golden = min(GOLDEN_SIZE, len(feeds))
@@ -207,6 +212,36 @@ def assess(
 
 
 __all__ = ["assess", "find_tokenizer", "write_golden"]
+
+
+def _is_hf_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.onnx"))
+
+
+def _torch_runner(model_dir: Path, task: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The original PyTorch model as the reference (export-onnx's parent)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the folder, never a hub
+    import torch
+    import transformers
+
+    loader = (
+        transformers.AutoModelForSequenceClassification
+        if task == "text-classification"
+        else transformers.AutoModel
+    )
+    model = loader.from_pretrained(str(model_dir), local_files_only=True)
+    model.eval()
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            out = model(**{k: torch.from_numpy(v) for k, v in feed.items()})
+        tensor = out.logits if task == "text-classification" else out.last_hidden_state
+        result: np.ndarray = tensor.numpy()
+        return result
+
+    return run
 
 
 def onnx_model_file(path: str | Path) -> str:

@@ -184,3 +184,24 @@ def test_cancelling_a_running_job_stops_the_converter_and_keeps_the_worker(
         ]
     )
     assert follow_up.status == "succeeded", follow_up.error
+
+
+def test_export_onnx_from_a_hugging_face_upload_matches_pytorch(
+    celery_worker: Worker, alice_api: Any, tmp_path: Path
+) -> None:
+    from tests.fixtures.tiny_models import build_tiny_hf_dir, zip_dir
+
+    hf = zip_dir(build_tiny_hf_dir(tmp_path / "hf"), tmp_path / "hf.zip")
+    parent = _ready_version(alice_api, hf, name="hf-embedder")
+    job = _finished_job(
+        alice_api.post("/api/v1/jobs", {"version": parent["id"], "recipe": "export-onnx"}).json()[
+            "id"
+        ],
+        timeout=300,
+    )
+    assert job.status == "succeeded", (job.error, job.log)
+    child = ModelVersion.objects.get(pk=job.result_version_id)
+    assert child.format == "onnx" and child.parent_id == parent["id"]
+    assert child.metrics["fidelity"]["cosine_mean"] > 0.9999  # against PyTorch itself
+    assert child.metrics["evaluated_on"] == "built-in sentences"
+    assert child.golden_sha256 and child.pipeline.get("pooling") == "mean"
