@@ -58,10 +58,7 @@ import re
 import resource
 import secrets
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -77,6 +74,7 @@ for _p in (str(ROOT / "agent"), str(ROOT)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from _server import Gunicorn  # noqa: E402  (bench/ is sys.path[0])
 from tinyfleet_agent._internal.client import DeviceClient  # noqa: E402
 from tinyfleet_agent._internal.identity import load_or_create_keys  # noqa: E402
 from tinyfleet_agent._internal.slots import SlotStore  # noqa: E402
@@ -298,12 +296,6 @@ def telemetry_template(bundle: str) -> str:
 # ======================================================================== the server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _stat_cpu(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -335,103 +327,20 @@ def loadavg() -> str:
 
 
 @dataclass
-class Server:
-    data_dir: Path
-    log: Path
-    env_extra: dict[str, str]
-    port: int = field(default_factory=_free_port)
-    workers: int = 2
+class Server(Gunicorn):
+    """gunicorn as `make run` starts it (gthread, 8 threads per worker, the MALLOC_*
+    settings); the bench sets the worker count per phase."""
+
     threads: int = 8
-    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def env(self) -> dict[str, str]:
         from tinyfleet.supervise import WEB_MALLOC
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "CELERY_"))}
-        env.pop("TINYFLEET_S3_BUCKET", None)
-        env.update(self.env_extra)
-        env.update(WEB_MALLOC)
-        return env
-
-    def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return done.stdout.strip()
-
-    def start(self, workers: int) -> None:
-        self.workers = workers
-        cmd = [
-            str(BIN / "gunicorn"),
-            "tinyfleet.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--worker-class",
-            "gthread",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(self.threads),
-            "--timeout",
-            "600",
-        ]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True
-            )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited; see {self.log}")
-            try:
-                status, _ = self.request("GET", "/healthz")
-                if status == 200 and len(self.worker_pids()) == workers:
-                    for _ in range(4 * workers):  # let every worker import the app
-                        self.request("GET", "/healthz")
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError("gunicorn did not become healthy in 90 s")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def worker_pids(self) -> list[int]:
-        assert self.proc is not None
-        try:
-            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(p) for p in text.split()]
+        return {**super().env, **WEB_MALLOC}
 
     def request(self, method: str, path: str, body: Any = None, token: str = "") -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        return resp.status, json.loads(raw) if raw else None
+        return self.request_json(method, path, body, token=token)
 
 
 class RssSampler(threading.Thread):
@@ -1579,7 +1488,7 @@ def main() -> int:
         "DJANGO_SETTINGS_MODULE": "tinyfleet.settings",
         "LOG_LEVEL": "WARNING",
     }
-    server = Server(data_dir=work / "data", log=work / "gunicorn.log", env_extra=env)
+    server = Server(data_dir=work / "data", log=work / "gunicorn.log", extra_env=env)
     sampler = RssSampler(server)
     ctx: dict[str, Any] = {
         "info": info,

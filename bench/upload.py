@@ -32,10 +32,7 @@ import os
 import platform
 import secrets
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,6 +45,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
+
+from _server import Gunicorn, free_port  # noqa: E402  (bench/ is sys.path[0])
 
 from compression.pipeline.archive import ArchiveLimits, extract_zip  # noqa: E402
 from compression.pipeline.formats import sniff_upload  # noqa: E402
@@ -155,43 +154,11 @@ def sanity_check_generator(work: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
-class Server:
-    data_dir: Path
-    log: Path
-    port: int = 0
+class Server(Gunicorn):
+    """One gthread worker with four threads, as a small deployment runs uploads."""
+
     token: str = ""
-    proc: subprocess.Popen[bytes] | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "CELERY_"))}
-        env.pop("TINYFLEET_S3_BUCKET", None)
-        env.update(
-            TINYFLEET_DATA_DIR=str(self.data_dir),
-            DJANGO_SETTINGS_MODULE="tinyfleet.settings",
-            LOG_LEVEL="WARNING",
-        )
-        env.update(self.extra_env)
-        return env
-
-    def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return done.stdout.strip()
 
     def setup(self) -> None:
         self.manage("migrate", "--no-input", "-v", "0")
@@ -199,67 +166,12 @@ class Server:
         self.token = self.manage("create_api_token", "bench", "--name", "upload-bench")
         assert self.token.startswith("tf_"), "create_api_token printed no token"
 
-    def start(self) -> None:
-        self.port = _free_port()
-        cmd = [
-            str(BIN / "gunicorn"),
-            "tinyfleet.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--worker-class",
-            "gthread",
-            "--workers",
-            "1",
-            "--threads",
-            "4",
-            "--timeout",
-            "600",
-        ]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited; see {self.log}")
-            try:
-                status, _ = self.request("GET", "/healthz")
-                if status == 200 and self.worker_pids():
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("gunicorn did not become healthy in 60 s")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def worker_pids(self) -> list[int]:
-        assert self.proc is not None
-        try:
-            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(p) for p in text.split()]
+    def start(self, workers: int | None = None, timeout_s: float = 60) -> None:
+        self.port = free_port()
+        super().start(workers, timeout_s)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        return resp.status, json.loads(raw) if raw else None
+        return self.request_json(method, path, body, token=self.token, timeout=30)
 
     def upload(self, path: Path, name: str, task: str = "text-embedding") -> tuple[int, Any]:
         """Stream a multipart POST of `path`; the file is never read into memory whole."""

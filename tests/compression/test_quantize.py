@@ -20,6 +20,8 @@ from compression.pipeline.auto_int8 import (
     quantize_int8_auto,
     smooth_and_split,
 )
+from compression.pipeline.auto_int8 import graph as auto_int8_graph
+from compression.pipeline.auto_int8 import search as auto_int8_search
 from compression.pipeline.benchmark import benchmark_model, compare_latency
 from compression.pipeline.quantize import (
     DynamicInt8Params,
@@ -218,7 +220,7 @@ def test_it_makes_int8_weight_pairs_safe_from_int16_saturation() -> None:
     rng = np.random.default_rng(0)
     w = rng.normal(0, 1, (64, 16))
     w[10:12, 3] = 9.0  # a same-sign pair of large weights in one column
-    q, scale, grown = auto_int8._pair_safe(w)
+    q, scale, grown = auto_int8_graph._pair_safe(w)
     a, b = q[0::2].astype(int), q[1::2].astype(int)
     same = np.sign(a) == np.sign(b)
     assert np.all(np.where(same, abs(a) + abs(b), 0) <= 128)
@@ -402,5 +404,5 @@ def test_it_selects_the_fastest_then_smallest_then_most_faithful_candidate() -> 
         row("fast-small-better", 0.715, 100_500, 0.9985),
         row("fastest-failing", 0.50, 50, 0.9, passed=False),
     ]
-    assert auto_int8._select(rows)["name"] == "fast-small-better"
-    assert auto_int8._select([r for r in rows if not r["passed"]]) is None
+    assert auto_int8_search._select(rows)["name"] == "fast-small-better"
+    assert auto_int8_search._select([r for r in rows if not r["passed"]]) is None
