@@ -7,15 +7,22 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.test import Client
 from django.utils import timezone
 
 from fleet.models import Device, Group
 from fleet.security import director
-from tests.fleet.test_publish import TestDevice
-from tests.fleet.test_rollouts import _bundle, fleet_of_four  # noqa: F401 (fixture)
+from tests.fleet.test_publish import TestDevice, make_device
+from tests.fleet.test_rollouts import _bundle
 
 STATE = "/api/device/v1/state"
+
+
+@pytest.fixture
+def fleet_of_four(db: None) -> tuple[Group, list[TestDevice]]:
+    group = Group.objects.create(name="plant-3", selector="site=plant-3")
+    return group, [make_device(f"pi-{i}") for i in range(4)]
 
 
 def _first_answer(device: TestDevice) -> tuple[Client, str]:
