@@ -274,6 +274,15 @@ def test_the_pages_show_variants_and_devices_none_fits(
         HTTP_HX_REQUEST="true",
     )
     assert b"no compatible variant" in preview.content and b"armv7-0" in preview.content
+    # Without JavaScript the same preview comes inside the whole rollouts page.
+    page = client.get(
+        "/rollouts/preview/", {"bundle": onnx.pk, "variants": [tflite.pk], "group": group.pk}
+    )
+    assert b"New rollout" in page.content and b"armv7-0" in page.content
+    clash = client.get(
+        "/rollouts/preview/", {"bundle": onnx.pk, "variants": [onnx.pk], "group": group.pk}
+    )
+    assert b"listed more than once" in clash.content
     created = client.post(
         "/rollouts/new/",
         {"bundle": onnx.pk, "variants": [tflite.pk], "group": group.pk, "waves": "100"},
