@@ -45,19 +45,24 @@ def evaluate(rollout: Rollout) -> tuple[str, list[GateResult]]:
     by_variant = _by_variant(wave)
     outcomes: dict[str, str] = {}
     per_variant: dict[str, evidence.BundleEvidence] = {}
+    variant_outcomes: dict[str, dict[str, str]] = {}
     for bundle_id, ids in by_variant.items():
-        outcomes.update(evidence.install_outcomes(bundle_id, ids, since))
+        variant_outcomes[bundle_id] = evidence.install_outcomes(bundle_id, ids, since)
+        outcomes.update(variant_outcomes[bundle_id])
         per_variant[bundle_id] = evidence.collect(bundle_id, ids, since)
     failed = sum(1 for o in outcomes.values() if o == "failed")
     installed = len(outcomes) - failed
     new = _merged(per_variant.values())
+    # Judged on the worst variant: a variant serving a few devices must not fail on all
+    # of them while the many devices of another variant dilute the rate.
+    worst, worst_detail = _worst_failure_rate(variant_outcomes)
     results = [
         _gate(
             "install_failure_rate",
-            failed / len(outcomes) if outcomes else None,
+            worst,
             g("max_install_failure_rate"),
-            None if not outcomes else failed / len(outcomes) <= g("max_install_failure_rate"),
-            f"{failed} failed, {installed} installed of {len(devices)} in the wave",
+            None if worst is None else worst <= g("max_install_failure_rate"),
+            f"{failed} failed, {installed} installed of {len(devices)} in the wave{worst_detail}",
         ),
         _gate(
             "devices_reporting",
@@ -103,6 +108,24 @@ def evaluate(rollout: Rollout) -> tuple[str, list[GateResult]]:
     if soaked and all(r.status == "pass" for r in results if r.name in required):
         return "pass", results
     return "wait", results
+
+
+def _worst_failure_rate(variant_outcomes: dict[str, dict[str, str]]) -> tuple[float | None, str]:
+    """(highest failed / reported over the variants, a note naming it if several)."""
+    rates = {
+        bundle_id: (sum(1 for o in found.values() if o == "failed"), len(found))
+        for bundle_id, found in variant_outcomes.items()
+        if found
+    }
+    if not rates:
+        return None, ""
+    bundle_id, (failed, total) = max(rates.items(), key=lambda item: item[1][0] / item[1][1])
+    note = (
+        f"; worst variant {bundle_id}: {failed} of {total} failed"
+        if len(variant_outcomes) > 1
+        else ""
+    )
+    return failed / total, note
 
 
 def _by_variant(wave: list[tuple[Device, Bundle]]) -> dict[str, list[str]]:

@@ -202,6 +202,25 @@ def test_waves_and_gates_count_only_devices_some_variant_fits(
     assert [_assigned(d) for ds in fleet.values() for d in ds] == [None] * 8
 
 
+def test_a_variant_failing_on_its_few_devices_is_not_diluted_by_the_others(
+    release: tuple[Bundle, Bundle], alice: Any
+) -> None:
+    onnx, tflite = release
+    group, fleet = mixed_group({"onnx": 9, "litert": 1})
+    rollout = rollouts.create(
+        user=alice, bundle=onnx, variants=[tflite], group=group, waves=[100], gates={}
+    )
+    for dev in fleet["onnx"]:
+        _report(dev, onnx)
+    _report(fleet["litert"][0], tflite, "failed", "self-test agreement 0.07")
+    assert gates.step(rollout) == "fail"  # 1 of 10 overall, but 1 of 1 on LiteRT
+    rollout.refresh_from_db()
+    assert rollout.status == "rolled_back"
+    assert "install_failure_rate=1.0" in rollout.reason
+    (gate,) = [g for g in rollout.last_evaluation["gates"] if g["name"] == "install_failure_rate"]
+    assert gate["detail"].endswith(f"worst variant {tflite.pk}: 1 of 1 failed")
+
+
 def test_rollback_returns_each_device_to_what_it_ran_before(
     release: tuple[Bundle, Bundle], alice: Any, tmp_path: Path
 ) -> None:
