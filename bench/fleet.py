@@ -77,6 +77,7 @@ for _p in (str(ROOT / "agent"), str(ROOT)):
 from _server import Gunicorn  # noqa: E402  (bench/ is sys.path[0])
 from tinyfleet_agent._internal.client import DeviceClient  # noqa: E402
 from tinyfleet_agent._internal.identity import load_or_create_keys  # noqa: E402
+from tinyfleet_agent._internal.runtime import available_runtimes  # noqa: E402
 from tinyfleet_agent._internal.slots import SlotStore  # noqa: E402
 from tinyfleet_agent._internal.telemetry import Telemetry  # noqa: E402
 from tinyfleet_agent._internal.updater import Updater  # noqa: E402
@@ -557,6 +558,7 @@ def bulk_devices(
     ).to_json()
     fingerprint = root_fingerprint(roots["image"])
     rows = []
+    runtimes = available_runtimes()
     for i in range(start, start + n):
         identity, decryption = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
         credential = "tfd_" + secrets.token_urlsafe(32)
@@ -580,7 +582,9 @@ def bulk_devices(
                 id=device_id,
                 name=f"sim-{i:05d}",
                 labels={"site": "bench"},
-                facts={"arch": platform.machine(), "simulated": True},
+                # The runtimes a real agent here reports: rollouts pick each device's
+                # variant from them.
+                facts={"arch": platform.machine(), "runtimes": runtimes, "simulated": True},
                 identity_public_key=identity.public_key().public_bytes_raw().hex(),
                 encryption_public_key=decryption.public_key().public_bytes_raw().hex(),
                 credential_digest=digest(credential),

@@ -13,6 +13,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role, audit
+from fleet import rollout_plan
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import SelectorError, check_labels, parse_selector
 from fleet.presenters import device_json, enroll_command, group_json
@@ -70,6 +71,9 @@ class DeviceOut(Schema):
     last_seen_at: datetime | None
     enrolled_at: datetime
     state: dict[str, Any]
+    # Detail only: per active rollout over its groups, the variant it gets or
+    # "no compatible variant" with the reason.
+    rollouts: list[dict[str, Any]] = []
 
 
 class DeviceList(Schema):
@@ -166,7 +170,8 @@ def list_devices(
 
 @router.get("/devices/{device_id}", response=DeviceOut)
 def get_device(request: HttpRequest, device_id: str) -> dict[str, Any]:
-    return device_json(_device(device_id))
+    device = _device(device_id)
+    return {**device_json(device), "rollouts": rollout_plan.device_variants(device)}
 
 
 def _device(device_id: str) -> Device:

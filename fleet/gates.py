@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from fleet import evidence, rollouts
-from fleet.models import Rollout, RolloutStatus
+from fleet.models import Bundle, Device, Rollout, RolloutStatus
 
 log = logging.getLogger(__name__)
 # How far back the previous bundle's numbers on the same devices are taken from.
@@ -36,20 +36,33 @@ def _gate(
 
 def evaluate(rollout: Rollout) -> tuple[str, list[GateResult]]:
     """("pass" | "wait" | "fail", per-gate results) for the rollout's current wave."""
-    devices = [str(d.pk) for d in rollouts.wave_devices(rollout)]
+    wave = rollouts.wave_plan(rollout)
+    devices = [str(d.pk) for d, _ in wave]
     since = rollout.started_at or rollout.created_at
     g = rollout.gate
-    outcomes = evidence.install_outcomes(rollout.bundle_id, devices, since)
+    # Each device is judged on its own variant: outcomes and evidence are gathered per
+    # variant over the devices that variant serves, then merged.
+    by_variant = _by_variant(wave)
+    outcomes: dict[str, str] = {}
+    per_variant: dict[str, evidence.BundleEvidence] = {}
+    variant_outcomes: dict[str, dict[str, str]] = {}
+    for bundle_id, ids in by_variant.items():
+        variant_outcomes[bundle_id] = evidence.install_outcomes(bundle_id, ids, since)
+        outcomes.update(variant_outcomes[bundle_id])
+        per_variant[bundle_id] = evidence.collect(bundle_id, ids, since)
     failed = sum(1 for o in outcomes.values() if o == "failed")
     installed = len(outcomes) - failed
-    new = evidence.collect(rollout.bundle_id, devices, since)
+    new = _merged(per_variant.values())
+    # Judged on the worst variant: a variant serving a few devices must not fail on all
+    # of them while the many devices of another variant dilute the rate.
+    worst, worst_detail = _worst_failure_rate(variant_outcomes)
     results = [
         _gate(
             "install_failure_rate",
-            failed / len(outcomes) if outcomes else None,
+            worst,
             g("max_install_failure_rate"),
-            None if not outcomes else failed / len(outcomes) <= g("max_install_failure_rate"),
-            f"{failed} failed, {installed} installed of {len(devices)} in the wave",
+            None if worst is None else worst <= g("max_install_failure_rate"),
+            f"{failed} failed, {installed} installed of {len(devices)} in the wave{worst_detail}",
         ),
         _gate(
             "devices_reporting",
@@ -74,7 +87,17 @@ def evaluate(rollout: Rollout) -> tuple[str, list[GateResult]]:
             g("max_error_rate"),
             None if new.error_rate is None else new.error_rate <= g("max_error_rate"),
         ),
-        *_comparisons(rollout, devices, since, new),
+        *[
+            result
+            for bundle_id, ids in by_variant.items()
+            for result in _comparisons(
+                rollout,
+                ids,
+                since,
+                per_variant[bundle_id],
+                bundle_id if len(by_variant) > 1 else "",
+            )
+        ],
     ]
     if any(r.status == "fail" for r in results):
         return "fail", results
@@ -87,10 +110,56 @@ def evaluate(rollout: Rollout) -> tuple[str, list[GateResult]]:
     return "wait", results
 
 
+def _worst_failure_rate(variant_outcomes: dict[str, dict[str, str]]) -> tuple[float | None, str]:
+    """(highest failed / reported over the variants, a note naming it if several)."""
+    rates = {
+        bundle_id: (sum(1 for o in found.values() if o == "failed"), len(found))
+        for bundle_id, found in variant_outcomes.items()
+        if found
+    }
+    if not rates:
+        return None, ""
+    bundle_id, (failed, total) = max(rates.items(), key=lambda item: item[1][0] / item[1][1])
+    note = (
+        f"; worst variant {bundle_id}: {failed} of {total} failed"
+        if len(variant_outcomes) > 1
+        else ""
+    )
+    return failed / total, note
+
+
+def _by_variant(wave: list[tuple[Device, Bundle]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for device, bundle in wave:
+        grouped.setdefault(bundle.pk, []).append(str(device.pk))
+    return grouped
+
+
+def _merged(parts: Any) -> evidence.BundleEvidence:
+    """One evidence from per-variant evidence over disjoint devices."""
+    total = evidence.BundleEvidence()
+    for part in parts:
+        total.devices_reporting |= part.devices_reporting
+        total.requests += part.requests
+        total.errors += part.errors
+        if part.latency_counts:
+            total.add_latency(part.latency_edges, part.latency_counts)
+        total.golden.update(part.golden)
+        total.feedback_total += part.feedback_total
+        total.feedback_correct += part.feedback_correct
+    return total
+
+
 def _comparisons(
-    rollout: Rollout, devices: list[str], since: Any, new: evidence.BundleEvidence
+    rollout: Rollout,
+    devices: list[str],
+    since: Any,
+    new: evidence.BundleEvidence,
+    variant: str = "",
 ) -> list[GateResult]:
-    """Latency and feedback accuracy against what the same devices ran before."""
+    """Latency and feedback accuracy against what the same devices ran before (with
+    variants: per variant, over the devices it serves)."""
+    where = f"{variant}: " if variant else ""
     g = rollout.gate
     before = {rollout.previous.get(d) for d in devices} - {None}
     if len(before) != 1:
@@ -106,7 +175,7 @@ def _comparisons(
                 ratio,
                 g("max_p95_latency_ratio"),
                 ratio <= g("max_p95_latency_ratio"),
-                f"p95 {p95_new:.2f} ms vs {p95_old:.2f} ms before",
+                f"{where}p95 {p95_new:.2f} ms vs {p95_old:.2f} ms before",
             )
         )
     minimum = g("min_feedback_samples")
@@ -125,7 +194,7 @@ def _comparisons(
                 drop,
                 g("max_accuracy_drop_points"),
                 not worse,
-                f"one-sided test p={p_value:.3g}",
+                f"{where}one-sided test p={p_value:.3g}",
             )
         )
     return results

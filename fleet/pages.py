@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import ApiToken, Role, audit, has_role
 from accounts.permissions import role_required
-from fleet import monitoring, rollouts
+from fleet import monitoring, rollout_plan, rollouts
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
 from fleet.presenters import device_json, enroll_command
@@ -66,6 +66,7 @@ def device_detail(request: HttpRequest, device_id: str) -> HttpResponse:
             "device": device,
             "info": device_json(device),
             "events": DeviceEvent.objects.filter(device=device)[:50],
+            "variants": rollout_plan.device_variants(device),
         },
     )
 
@@ -118,7 +119,7 @@ def _group_post(request: HttpRequest) -> str | None:
 
 
 @role_required(Role.VIEWER)
-def rollout_list(request: HttpRequest) -> HttpResponse:
+def rollout_list(request: HttpRequest, preview: dict[str, object] | None = None) -> HttpResponse:
     return render(
         request,
         "fleet/rollout_list.html",
@@ -126,8 +127,29 @@ def rollout_list(request: HttpRequest) -> HttpResponse:
             "rollouts": Rollout.objects.select_related("bundle", "group")[:200],
             "bundles": Bundle.objects.filter(status="published")[:200],
             "groups": Group.objects.all(),
+            "preview": preview,
         },
     )
+
+
+@role_required(Role.VIEWER)
+def rollout_preview(request: HttpRequest) -> HttpResponse:
+    """Which devices of the group each chosen variant would serve, before starting: the
+    form's fragment under htmx, the rollouts page with the preview otherwise."""
+    ids = [request.GET.get("bundle", ""), *request.GET.getlist("variants")]
+    found = Bundle.objects.in_bulk([i for i in ids if i])
+    group = Group.objects.filter(pk=request.GET.get("group", "0") or 0).first()
+    preview: dict[str, object] = {"error": "Pick a group and at least one bundle."}
+    if group is not None and ids[0] in found:
+        bundles = [found[i] for i in ids if i in found]
+        try:
+            rollout_plan.check_variants(bundles)
+            preview = rollout_plan.preview(group, bundles)
+        except rollout_plan.VariantError as exc:
+            preview = {"error": str(exc)}
+    if request.htmx:
+        return render(request, "fleet/_rollout_preview.html", {"preview": preview})
+    return rollout_list(request, preview)
 
 
 @role_required(Role.OPERATOR)
@@ -135,6 +157,11 @@ def rollout_list(request: HttpRequest) -> HttpResponse:
 def rollout_create(request: HttpRequest) -> HttpResponse:
     bundle = get_object_or_404(Bundle, pk=request.POST.get("bundle", ""))
     group = get_object_or_404(Group, pk=request.POST.get("group", "0") or 0)
+    extra = request.POST.getlist("variants")
+    found = Bundle.objects.in_bulk(extra)
+    if len(found) != len(set(extra)):
+        messages.error(request, "A chosen variant does not exist.")
+        return redirect("rollouts")
     try:
         waves = [int(w) for w in request.POST.get("waves", "10,50,100").split(",") if w.strip()]
         soak = int(request.POST.get("soak_seconds", "600"))
@@ -146,6 +173,7 @@ def rollout_create(request: HttpRequest) -> HttpResponse:
             waves=waves,
             gates=gates,
             soak_seconds=soak,
+            variants=[found[i] for i in extra],
         )
     except ValueError as exc:
         messages.error(request, f"Waves and soak time must be whole numbers ({exc}).")
@@ -159,11 +187,18 @@ def rollout_create(request: HttpRequest) -> HttpResponse:
 @role_required(Role.VIEWER)
 def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
     rollout = get_object_or_404(Rollout.objects.select_related("bundle", "group"), pk=rollout_id)
+    plan = rollouts.group_plan(rollout) if rollout.is_active else rollout_plan.Plan()
+    wave = rollouts.wave_of(rollout, plan)
+    bundles = rollout_plan.variant_bundles(rollout)
     context = {
         "rollout": rollout,
         "events": rollout.events.all()[:50],
-        "wave_devices": rollouts.wave_devices(rollout) if rollout.is_active else [],
+        "wave_devices": [device for device, _ in wave],
         "gates": rollout.last_evaluation.get("gates", []),
+        "variants": rollout_plan.variant_progress(
+            bundles, wave, rollout.started_at or rollout.created_at
+        ),
+        "incompatible": plan.incompatible,
     }
     if request.htmx:
         response = render(request, "fleet/_rollout_status.html", context)

@@ -12,9 +12,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import audit
-from fleet.models import Bundle, Device, Group, Rollout, RolloutEvent, RolloutStatus
+from fleet import rollout_plan
+from fleet.models import Bundle, Device, Group, Rollout, RolloutEvent, RolloutStatus, RolloutVariant
 from fleet.models.rollouts import ACTIVE_ROLLOUT_STATUSES, DEFAULT_GATES
 from fleet.security import director
+from fleet.variants import VariantError
 
 GATE_NAMES = set(DEFAULT_GATES)
 
@@ -69,16 +71,21 @@ def create(
     gates: dict[str, Any],
     soak_seconds: int = 600,
     start: bool = True,
+    variants: list[Bundle] | None = None,
 ) -> Rollout:
-    """Create (and by default start) a rollout.
+    """Create (and by default start) a rollout of `bundle` and, optionally, further
+    `variants` of the same model (each device gets the first one it can run).
 
     Raises:
-        RolloutError: bad plan or an unpublished bundle; RolloutConflictError: the group
-            already has an active rollout.
+        RolloutError: bad plan, an unpublished bundle or variants that cannot form one
+            release; RolloutConflictError: the group already has an active rollout.
     """
     check_plan(waves, gates, soak_seconds)
-    if not bundle.is_published:
-        raise RolloutError(f"bundle {bundle.pk} is not published")
+    bundles = [bundle, *(variants or [])]
+    try:
+        rollout_plan.check_variants(bundles)
+    except VariantError as exc:
+        raise RolloutError(str(exc)) from exc
     with transaction.atomic():
         Group.objects.select_for_update().get(pk=group.pk)
         active = Rollout.objects.filter(group=group, status__in=ACTIVE_ROLLOUT_STATUSES).first()
@@ -95,7 +102,12 @@ def create(
             soak_seconds=soak_seconds,
             created_by=user,
         )
-        _record(rollout, user, "create", numbers={"waves": waves})
+        RolloutVariant.objects.bulk_create(
+            RolloutVariant(rollout=rollout, bundle=b, position=i) for i, b in enumerate(bundles)
+        )
+        _record(
+            rollout, user, "create", numbers={"waves": waves, "variants": [b.pk for b in bundles]}
+        )
         if start:
             _start(rollout, user)
     return rollout
@@ -108,6 +120,7 @@ def _start(rollout: Rollout, user: Any) -> None:
     rollout.save(update_fields=["status", "current_wave", "started_at", "wave_started_at"])
     _record(rollout, user, "start", numbers={"wave": 0, "percent": rollout.wave_percent})
     apply_wave(rollout)
+    _pause_if_nothing_fits(rollout)
 
 
 def _order(rollout: Rollout, device: Device) -> str:
@@ -116,31 +129,71 @@ def _order(rollout: Rollout, device: Device) -> str:
     return hashlib.sha256(f"{rollout.pk}:{device.pk}".encode()).hexdigest()
 
 
-def wave_devices(rollout: Rollout) -> list[Device]:
-    """The group's active members that the current wave covers."""
+def group_plan(rollout: Rollout) -> rollout_plan.Plan:
+    """Every active member of the group in wave order, with its variant or the reason
+    none fits."""
     members = sorted(
         rollout.group.members().filter(revoked_at__isnull=True), key=lambda d: _order(rollout, d)
     )
-    count = math.ceil(len(members) * rollout.wave_percent / 100)
-    return members[:count]
+    return rollout_plan.plan(members, rollout_plan.variant_bundles(rollout))
+
+
+def wave_plan(rollout: Rollout) -> list[tuple[Device, Bundle]]:
+    """The devices the current wave covers, each with its variant. Devices no variant
+    fits are left out of the count: a wave's percent is of the devices that can take
+    part, so they neither dilute the gates nor hold back promotion."""
+    return wave_of(rollout, group_plan(rollout))
+
+
+def wave_of(rollout: Rollout, plan: rollout_plan.Plan) -> list[tuple[Device, Bundle]]:
+    return plan.chosen[: math.ceil(len(plan.chosen) * rollout.wave_percent / 100)]
+
+
+def wave_devices(rollout: Rollout) -> list[Device]:
+    """The group's active members (that some variant fits) the current wave covers."""
+    return [device for device, _ in wave_plan(rollout)]
 
 
 def apply_wave(rollout: Rollout) -> int:
-    """Assign the bundle to every device the wave covers (idempotent); returns how many
+    """Assign each device the wave covers its variant (idempotent); returns how many
     devices got a new assignment."""
     changed = 0
     previous = dict(rollout.previous)
-    for device in wave_devices(rollout):
-        current = director.current_assignment(device)
-        if current is not None and current.bundle_id == rollout.bundle_id:
-            continue
-        previous.setdefault(str(device.pk), current.bundle_id if current else None)
-        director.assign(device, rollout.bundle)
-        changed += 1
+    for device, bundle in wave_plan(rollout):
+        changed += _assign(device, bundle, previous)
     if previous != rollout.previous:
         Rollout.objects.filter(pk=rollout.pk).update(previous=previous)
         rollout.previous = previous
     return changed
+
+
+def _assign(device: Device, bundle: Bundle, previous: dict[str, Any]) -> bool:
+    """The one place a rollout writes a device's assignment (remembering, once, what it
+    ran before, for rollback); False when the device already has `bundle`."""
+    current = director.current_assignment(device)
+    if current is not None and current.bundle_id == bundle.pk:
+        return False
+    previous.setdefault(str(device.pk), current.bundle_id if current else None)
+    director.assign(device, bundle)
+    return True
+
+
+def _pause_if_nothing_fits(rollout: Rollout) -> None:
+    """A running rollout over a non-empty group that no variant fits cannot make
+    progress: pause it and say why, rather than wait forever."""
+    if rollout.status != RolloutStatus.RUNNING:
+        return
+    plan = group_plan(rollout)
+    if plan.chosen or not plan.incompatible:
+        return
+    first = plan.incompatible[0]
+    reason = (
+        f"no device of group {rollout.group.name!r} can run any variant "
+        f"({len(plan.incompatible)} with no compatible variant, e.g. {first[0].name}: {first[1]})"
+    )
+    rollout.status, rollout.reason = RolloutStatus.PAUSED, reason
+    rollout.save(update_fields=["status", "reason"])
+    _record(rollout, None, "pause", reason, {"no_compatible_variant": len(plan.incompatible)})
 
 
 def _locked(rollout_id: int) -> Rollout:
@@ -171,6 +224,7 @@ def resume(rollout: Rollout, user: Any) -> Rollout:
         rollout.save(update_fields=["status", "wave_started_at", "reason"])
         _record(rollout, user, "resume")
         apply_wave(rollout)
+        _pause_if_nothing_fits(rollout)
     return rollout
 
 
@@ -225,12 +279,13 @@ def rollback(
 
 
 def _restore_previous(rollout: Rollout) -> None:
+    ours = {b.pk for b in rollout_plan.variant_bundles(rollout)}
     for device_id, bundle_id in rollout.previous.items():
         device = Device.objects.filter(pk=device_id, revoked_at__isnull=True).first()
         if device is None:
             continue
         current = director.current_assignment(device)
-        if current is None or current.bundle_id != rollout.bundle_id:
+        if current is None or current.bundle_id not in ours:
             continue  # something newer took over this device; leave it alone
         if bundle_id is None:
             director.unassign(device)

@@ -12,7 +12,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role
-from fleet import rollouts
+from fleet import rollout_plan, rollouts
 from fleet.models import Bundle, Group, Rollout
 from tinyfleet.api import require_role
 
@@ -20,7 +20,10 @@ router = Router(tags=["rollouts"])
 
 
 class RolloutIn(Schema):
-    bundle: str
+    # The preferred bundle; `variants` lists further bundles of the same model (or all
+    # of them, in order of preference, when `bundle` is left out or is its first item).
+    bundle: str | None = None
+    variants: list[str] = []
     group: int
     waves: list[int] = [10, 50, 100]
     gates: dict[str, Any] = {}
@@ -41,6 +44,11 @@ class RolloutOut(Schema):
     reason: str
     last_evaluation: dict[str, Any]
     devices_in_wave: int
+    # Per variant, in order of preference: runtime, devices of the current wave it
+    # serves, installed and failed among them.
+    variants: list[dict[str, Any]]
+    # Active group members no variant fits: {device, name, reason}.
+    no_compatible_variant: list[dict[str, Any]]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -65,6 +73,24 @@ def _reason(request: HttpRequest) -> str:
     return reason
 
 
+def _variant_fields(rollout: Rollout) -> dict[str, Any]:
+    bundles = rollout_plan.variant_bundles(rollout)
+    if not rollout.is_active:
+        progress = [{"bundle": b.pk, "runtime": (b.record or {}).get("runtime")} for b in bundles]
+        return {"variants": progress, "no_compatible_variant": [], "devices_in_wave": 0}
+    plan = rollouts.group_plan(rollout)
+    wave = rollouts.wave_of(rollout, plan)
+    since = rollout.started_at or rollout.created_at
+    return {
+        "variants": rollout_plan.variant_progress(bundles, wave, since),
+        "no_compatible_variant": [
+            {"device": str(d.pk), "name": d.name, "reason": reason}
+            for d, reason in plan.incompatible
+        ],
+        "devices_in_wave": len(wave),
+    }
+
+
 def rollout_json(rollout: Rollout) -> dict[str, Any]:
     return {
         "id": rollout.pk,
@@ -78,7 +104,7 @@ def rollout_json(rollout: Rollout) -> dict[str, Any]:
         "soak_seconds": rollout.soak_seconds,
         "reason": rollout.reason,
         "last_evaluation": rollout.last_evaluation,
-        "devices_in_wave": len(rollouts.wave_devices(rollout)) if rollout.is_active else 0,
+        **_variant_fields(rollout),
         "created_at": rollout.created_at,
         "started_at": rollout.started_at,
         "finished_at": rollout.finished_at,
@@ -98,16 +124,15 @@ def rollout_json(rollout: Rollout) -> dict[str, Any]:
 @router.post("/rollouts", response={201: RolloutOut, 400: dict, 403: dict, 409: dict})
 def create_rollout(request: HttpRequest, body: RolloutIn) -> Status[Any]:
     require_role(request, Role.OPERATOR)
-    bundle = Bundle.objects.filter(pk=body.bundle).first()
-    if bundle is None:
-        raise HttpError(400, f"bundle {body.bundle!r} does not exist")
+    bundles = _bundles(_variant_ids(body.bundle, body.variants))
     group = Group.objects.filter(pk=body.group).first()
     if group is None:
         raise HttpError(400, f"group {body.group} does not exist")
     try:
         rollout = rollouts.create(
             user=request.user,
-            bundle=bundle,
+            bundle=bundles[0],
+            variants=bundles[1:],
             group=group,
             waves=body.waves,
             gates=body.gates,
@@ -117,6 +142,40 @@ def create_rollout(request: HttpRequest, body: RolloutIn) -> Status[Any]:
     except rollouts.RolloutError as exc:
         return Status(exc.status, {"error": str(exc)})
     return Status(201, rollout_json(rollout))
+
+
+def _variant_ids(bundle: str | None, variants: list[str]) -> list[str]:
+    """The bundle ids in order of preference, from `bundle` and `variants`."""
+    if bundle is None:
+        if not variants:
+            raise HttpError(400, "give a bundle, or variants: [bundle ids]")
+        return list(variants)
+    if bundle in variants and variants[0] != bundle:
+        raise HttpError(400, f"bundle {bundle!r} is listed in variants but not first")
+    return list(variants) if bundle in variants else [bundle, *variants]
+
+
+def _bundles(ids: list[str]) -> list[Bundle]:
+    found = Bundle.objects.in_bulk(set(ids))
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise HttpError(400, f"bundle {missing[0]!r} does not exist")
+    return [found[i] for i in ids]
+
+
+@router.get("/rollouts/preview", response={200: dict, 400: dict})
+def preview_rollout(request: HttpRequest, group: int, bundles: str) -> Status[Any]:
+    """Before starting: how many of the group's devices each variant would serve, and
+    how many no variant fits. `bundles` is a comma-separated list, preferred first."""
+    chosen = _bundles([b.strip() for b in bundles.split(",") if b.strip()])
+    target = Group.objects.filter(pk=group).first()
+    if target is None:
+        raise HttpError(400, f"group {group} does not exist")
+    try:
+        rollout_plan.check_variants(chosen)
+    except rollout_plan.VariantError as exc:
+        return Status(400, {"error": str(exc)})
+    return Status(200, rollout_plan.preview(target, chosen))
 
 
 @router.get("/rollouts", response=RolloutList)

@@ -38,6 +38,7 @@ urlpatterns = [
     path("groups/", fleet_pages.group_list, name="groups"),
     path("rollouts/", fleet_pages.rollout_list, name="rollouts"),
     path("rollouts/new/", fleet_pages.rollout_create, name="rollout-create"),
+    path("rollouts/preview/", fleet_pages.rollout_preview, name="rollout-preview"),
     path("rollouts/<int:rollout_id>/", fleet_pages.rollout_detail, name="rollout-detail"),
     path(
         "rollouts/<int:rollout_id>/<str:action>/", fleet_pages.rollout_action, name="rollout-action"

@@ -29,9 +29,9 @@ from typing import Any
 
 from . import __version__
 from ._internal.logs import fields, setup_logging
-from ._internal.runtime import available_runtimes
+from ._internal.runtime import available_runtimes, restrict_runtimes
 from ._internal.slots import Slot, SlotError, SlotStore, read_status, write_status
-from .config import AgentConfig, ConfigError, load_config
+from .config import AgentConfig, load_config
 from .localapi import LocalApi, NonLoopbackError
 from .predictor import InputError, Predictor, RuntimeLoadError, UnsupportedRuntimeError
 
@@ -466,7 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli_values = {k: getattr(args, k, None) for k in _CLI_KEYS}
     try:
         config = load_config(cli_values, config_path=args.config)
-    except ConfigError as e:
+        restrict_runtimes(config.runtimes)
+    except ValueError as e:  # ConfigError, or an unknown runtime name
         print(f"configuration error: {e}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.log_level)

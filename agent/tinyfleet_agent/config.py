@@ -48,6 +48,9 @@ class AgentConfig:
     max_body_bytes: int = 1 << 20
     batch_window_ms: float = 0.0
     log_level: str = "info"
+    # Use only these inference runtimes (None: every installed one); reported to the
+    # server, which then sends only bundle variants for them.
+    runtimes: tuple[str, ...] | None = None
 
     @property
     def host(self) -> str:
@@ -103,6 +106,15 @@ def _opt_path(value: Any) -> Path | None:
     return Path(value) if value not in (None, "") else None
 
 
+def _runtime_names(value: Any) -> tuple[str, ...] | None:
+    """ "onnxruntime,litert" (environment) or ["onnxruntime"] (TOML); "" means all."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("not a list of runtime names")
+    names = tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
+    return names or None
+
+
 def _opt_str(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
@@ -121,6 +133,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_body_bytes": _int,
     "batch_window_ms": _float,
     "log_level": str,
+    "runtimes": _runtime_names,
 }
 _LEVELS = ("debug", "info", "warning", "error")
 

@@ -4,7 +4,7 @@ their own modules (imported below so Django finds them)."""
 from fleet.models.bundles import Assignment, Bundle, BundleStatus
 from fleet.models.devices import Device, DeviceStatus, EnrollmentToken, Group
 from fleet.models.keys import KeyStatus, SigningKey, TufMetadata, TufRepository
-from fleet.models.rollouts import Rollout, RolloutEvent, RolloutStatus
+from fleet.models.rollouts import Rollout, RolloutEvent, RolloutStatus, RolloutVariant
 from fleet.models.telemetry import DeviceEvent, TelemetryBatch
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Rollout",
     "RolloutEvent",
     "RolloutStatus",
+    "RolloutVariant",
     "SigningKey",
     "TelemetryBatch",
     "TufMetadata",

@@ -95,3 +95,25 @@ class RolloutEvent(models.Model):
 
     class Meta:
         ordering = ["-at", "-id"]
+
+
+class RolloutVariant(models.Model):
+    """One bundle of a release. A device gets the first variant (lowest position) it can
+    run; `Rollout.bundle` is always the position-0 variant, so single-bundle clients and
+    rollouts created before variants existed keep working."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="variants")
+    bundle = models.ForeignKey(Bundle, on_delete=models.PROTECT, related_name="rollout_variants")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["rollout", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["rollout", "bundle"], name="rollout_variant_once"),
+            models.UniqueConstraint(
+                fields=["rollout", "position"], name="rollout_variant_position_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"rollout {self.rollout_id} variant {self.position}: {self.bundle_id}"

@@ -144,11 +144,19 @@ class TestDevice:
         return Client(HTTP_AUTHORIZATION=f"Bearer {self.credential}")
 
 
-def make_device(name: str = "pi-1") -> TestDevice:
+# What the agent reports on a machine like this one (both runtimes installed).
+DEFAULT_FACTS: dict[str, Any] = {
+    "arch": "x86_64",
+    "runtimes": {"onnxruntime": "1.31.1", "litert": "2.3.0"},
+}
+
+
+def make_device(name: str = "pi-1", facts: dict[str, Any] | None = None) -> TestDevice:
     key = X25519PrivateKey.generate()
     credential = "tfd_" + secrets.token_urlsafe(32)
     device = Device.objects.create(
         name=name,
+        facts=DEFAULT_FACTS if facts is None else facts,
         identity_public_key=secrets.token_hex(32),
         encryption_public_key=key.public_key().public_bytes_raw().hex(),
         credential_digest=digest(credential),

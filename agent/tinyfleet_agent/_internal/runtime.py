@@ -29,6 +29,7 @@ __all__ = [
     "available_runtimes",
     "check_runtime",
     "load_runtime",
+    "restrict_runtimes",
     "version_tuple",
 ]
 
@@ -92,7 +93,30 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+# The operator's `runtimes` setting: None = every installed runtime. Set once at start-up,
+# before facts are reported or anything is loaded.
+_enabled: frozenset[str] | None = None
+
+
+def restrict_runtimes(names: Sequence[str] | None) -> None:
+    """Use only these runtimes even if others are installed (None: all of them).
+
+    The server picks each device's bundle variant from the runtimes it reports, so an
+    agent told "onnxruntime only" is never sent a TFLite bundle.
+
+    Raises:
+        ValueError: an unknown runtime name.
+    """
+    global _enabled
+    unknown = sorted(set(names or ()) - set(_RUNTIMES))
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {unknown}; known: {sorted(_RUNTIMES)}")
+    _enabled = None if names is None else frozenset(names)
+
+
 def _installed_version(name: str) -> str | None:
+    if _enabled is not None and name not in _enabled:
+        return None
     distributions, module = _RUNTIMES[name]
     for dist in distributions:
         try:
@@ -122,6 +146,8 @@ def check_runtime(name: str, min_version: str = "0") -> str:
     """
     if name not in _RUNTIMES:
         raise UnsupportedRuntimeError(f"unknown runtime {name!r}")
+    if _enabled is not None and name not in _enabled:
+        raise UnsupportedRuntimeError(f"runtime {name} is disabled by the runtimes setting")
     version = _installed_version(name)
     if version is None:
         raise UnsupportedRuntimeError(f"runtime {name} is not installed")
