@@ -2,6 +2,13 @@
 install into the inactive slot, self-test, switch. Serving never depends on any of it:
 every failure leaves the active slot untouched and is reported with its reason.
 
+Disk: the preflight wants 2x the bundle + a margin free (ciphertext and plaintext, then
+plaintext and the extracted slot, coexist). Running out of disk anyway (another writer
+filled it meanwhile) is an ENOSPC in the middle of a write: the partial download, the
+plaintext and the staging slot are removed, the failure is reported, and - unlike a bad
+bundle - the install is tried again at the next poll, so it succeeds once space is freed.
+A failed install never touches the active slot or the previous (rollback) slot.
+
 Release floor: when a bundle activates, the model's floor becomes the release it
 replaced, so the device can step back exactly one release (the previous slot, which it
 verified before) when a rollout rolls back, and never further.
@@ -9,6 +16,7 @@ verified before) when a rollout rolls back, and never further.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
@@ -39,10 +47,15 @@ log = logging.getLogger("tinyfleet_agent.updater")
 TRUST_FILE = "trust.json"
 MAX_BACKOFF_S = 300.0
 DISK_MARGIN = 64 << 20
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class UpdateRefusedError(Exception):
     """The assignment cannot be installed here; `reason` is reported to the server."""
+
+
+class InsufficientDiskError(UpdateRefusedError):
+    """Not enough free disk for this install now; retried at the next poll."""
 
 
 @dataclass
@@ -57,6 +70,7 @@ class Updater:
     on_health: Callable[..., None] = lambda **_: None
     on_selftest: Callable[[str, bool, float], None] = lambda *_: None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    disk_margin: int = DISK_MARGIN
     etag: str | None = None
     failed: dict[str, str] = field(default_factory=dict)
     backoff: float = 0.0
@@ -107,38 +121,76 @@ class Updater:
             outcome = "failed-before"
         else:
             outcome = self.install(desired)
-        if outcome != "frozen":
+        if outcome not in ("frozen", "deferred"):
             self.etag = response.headers.get("ETag")
         return outcome
 
     # -- one install ------------------------------------------------------------------
 
     def install(self, desired: str) -> str:
+        """Install `desired`; returns "installed", "failed", "deferred" or "frozen"."""
         self.report("downloading", desired)
         try:
-            assignment = self._verified_assignment()
-            bundle = assignment.record.bundle_id
-            self._preflight(assignment)
-            plaintext = self._fetch_and_decrypt(assignment)
-            self.report("installing", bundle)
-            directory = self.store.prepare_inactive()
-            extract_payload(plaintext, directory, golden_sha256=assignment.record.golden_set_sha256)
-            plaintext.unlink(missing_ok=True)
-            self._self_test(directory, assignment)
-            self._activate(assignment)
+            bundle = self._install(desired)
         except ExpiredMetadataError as exc:
             self._health(update="frozen", last_error=str(exc))
             self.report("frozen", desired, str(exc))
             return "frozen"  # look again next poll: the server may have refreshed
+        except InsufficientDiskError as exc:
+            return self._defer(desired, f"{type(exc).__name__}: {exc}")
         except (BundleError, UpdateRefusedError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            self._discard_partial_install(desired)
             self.failed[desired] = reason
+            self._record_attempt(desired, "failed", reason)
             self.report("failed", desired, reason)
             self._health(update="failed", last_error=reason)
             return "failed"
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                self._discard_partial_install(desired)
+                raise
+            self._discard_partial_install(desired, drop_download=True)
+            return self._defer(desired, f"disk full while installing: {exc.strerror}")
+        self._record_attempt(bundle, "active", "")
         self.report("active", bundle)
         self._health(update="idle", last_error=None)
         return "installed"
+
+    def _install(self, desired: str) -> str:
+        assignment = self._verified_assignment()
+        bundle = assignment.record.bundle_id
+        self._preflight(assignment)
+        plaintext = self._fetch_and_decrypt(assignment)
+        self.report("installing", bundle)
+        directory = self.store.prepare_inactive()
+        extract_payload(plaintext, directory, golden_sha256=assignment.record.golden_set_sha256)
+        plaintext.unlink(missing_ok=True)
+        self._self_test(directory, assignment)
+        self._activate(assignment)
+        return bundle
+
+    def _defer(self, desired: str, reason: str) -> str:
+        """A failure that more disk cures: reported, not remembered, retried next poll."""
+        self._record_attempt(desired, "failed", reason)
+        self.report("failed", desired, reason)
+        self._health(update="disk-full", last_error=reason)
+        return "deferred"
+
+    def _discard_partial_install(self, bundle: str, *, drop_download: bool = False) -> None:
+        """Free what a failed install wrote; the active and previous slots are untouched."""
+        downloads = self.state_dir / "downloads"
+        names = [f"{bundle}.zip"] + ([f"{bundle}.enc", f"{bundle}.enc.part"] * drop_download)
+        for name in names:
+            (downloads / name).unlink(missing_ok=True)
+        try:
+            self.store.discard_staging()
+        except OSError:
+            log.exception("could not empty the staging slot")  # emptied again next install
+
+    def _record_attempt(self, bundle: str, result: str, reason: str) -> None:
+        attempt = {"bundle": bundle, "result": result, "reason": reason[:500]}
+        self._health(last_attempt={**attempt, "at": self.clock().isoformat()})
 
     def _verified_assignment(self) -> Assignment:
         state = self._load_trust()
@@ -190,10 +242,13 @@ class Updater:
             check_runtime(record.runtime, record.min_runtime_version)
         except Exception as exc:
             raise UpdateRefusedError(str(exc)) from exc
-        needed = 2 * assignment.length + DISK_MARGIN
+        needed = 2 * assignment.length + self.disk_margin
         free = shutil.disk_usage(self.state_dir).free
         if free < needed:
-            raise UpdateRefusedError(f"not enough disk: {free} bytes free, {needed} needed")
+            raise InsufficientDiskError(
+                f"not enough disk: {free} bytes free, {needed} needed "
+                f"(2 x {assignment.length} byte bundle + {self.disk_margin} margin)"
+            )
 
     def _fetch_and_decrypt(self, assignment: Assignment) -> Path:
         downloads = self.state_dir / "downloads"
