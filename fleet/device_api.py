@@ -247,6 +247,8 @@ class StateOut(Schema):
     poll_interval: int
     desired: dict[str, Any]
     revoked: bool
+    # {"url": ...} only while a group of the device has the low-confidence fallback on.
+    fallback: dict[str, str] | None = None
 
 
 @router.get("/state", response={200: StateOut, 304: None})
@@ -269,6 +271,7 @@ def desired_state(request: HttpRequest) -> HttpResponse:
         current["bundle_id"] if current else None,
         current["bundle__release"] if current else None,
         current["created_at"] if current else None,
+        device.fallback_url,
     )
     etag = state_etag(body)
     if request.headers.get("If-None-Match") == etag:

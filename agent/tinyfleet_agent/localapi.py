@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._internal.fallback import FallbackForwarder
 from ._internal.logs import fields
 from ._internal.telemetry import Telemetry
 from .predictor import InputError, Predictor
@@ -140,6 +141,8 @@ class LocalApi:
         poll_interval: float = 0.5,
     ) -> None:
         self.telemetry = telemetry or Telemetry(agent_version=__version__)
+        # Set by the fleet link when the device is enrolled; off until the server enables it.
+        self.fallback: FallbackForwarder | None = None
         self.max_body_bytes = max_body_bytes
         self.check_host = not allow_non_loopback and unix_socket is None
         self._active: _Active | None = None
@@ -280,12 +283,17 @@ class LocalApi:
         labels = [o["label"] for o in prediction.outputs if isinstance(o, dict) and "label" in o]
         if labels:
             self._feedback.put(prediction_id, (bundle, labels))
-        return {
+        answer = {
             "outputs": prediction.outputs,
             "prediction_id": prediction_id,
             "bundle": bundle,
             "latency_ms": round(latency_ms, 3),
         }
+        if self.fallback is not None and prediction.low_confidence:
+            outcome = self.fallback.submit(bundle, prediction_id, inputs, prediction.outputs)
+            if outcome != "off":
+                answer["fallback"] = outcome  # "queued" or "dropped": never silent
+        return answer
 
     def _feedback_route(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):

@@ -69,6 +69,8 @@ class Updater:
     poll_interval: float = 30.0
     on_health: Callable[..., None] = lambda **_: None
     on_selftest: Callable[[str, bool, float], None] = lambda *_: None
+    # Every fresh desired-state body (settings beside the bundle, e.g. the fallback URL).
+    on_state: Callable[[dict[str, Any]], None] = lambda _: None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     disk_margin: int = DISK_MARGIN
     etag: str | None = None
@@ -112,6 +114,7 @@ class Updater:
         if response.status == 304:
             return "unchanged"
         body = response.json()
+        self.on_state(body)
         self.poll_interval = float(body.get("poll_interval") or self.poll_interval)
         desired = (body.get("desired") or {}).get("bundle")
         active = self.store.active()
