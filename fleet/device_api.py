@@ -193,7 +193,8 @@ def _remember_state(device: Device, event: EventIn) -> None:
         "reason": event.reason,
         "at": timezone.now().isoformat(),
     }
-    if event.state == "active" and event.bundle:
+    # "rolled-back" names the bundle the device went back to (a local rollback too).
+    if event.state in ("active", "rolled-back") and event.bundle:
         if state.get("active_bundle") and state["active_bundle"] != event.bundle:
             state["previous_bundle"] = state["active_bundle"]
         state["active_bundle"] = event.bundle

@@ -109,9 +109,10 @@ class SlotFollower:
     def _fail(self, message: str) -> None:
         # Keep serving the model we have: a bad switch must not stop inference.
         log.error("model-load-failed", extra=fields(error=message))
-        self.api.set_health(last_error=message)
+        # The file first: whoever sees the error in /v1/health then finds it in status too.
         with contextlib.suppress(OSError):
             write_status(self.store.state_dir, last_error=message)
+        self.api.set_health(last_error=message)
 
 
 # -- commands ---------------------------------------------------------------------
@@ -165,9 +166,11 @@ def _one_line(d: dict[str, Any]) -> str:
 
 
 def cmd_rollback(args: argparse.Namespace, config: AgentConfig) -> int:
+    from ._internal.updater import reject_locally  # local: only this command needs it
+
     store = SlotStore(config.state_dir)
     try:
-        slot = store.rollback()
+        slot = reject_locally(store)  # also tells the server (see updater.reject_locally)
     except SlotError as e:
         print(f"cannot roll back: {e}", file=sys.stderr)
         return EXIT_ERROR

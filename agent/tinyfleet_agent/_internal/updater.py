@@ -9,6 +9,14 @@ plaintext and the staging slot are removed, the failure is reported, and - unlik
 bundle - the install is tried again at the next poll, so it succeeds once space is freed.
 A failed install never touches the active slot or the previous (rollback) slot.
 
+Local rollback: `tinyfleet-agent rollback` (see `reject_locally`) switches to the previous
+slot, remembers the bundle it left in status.json (`rejected_locally`) and queues two
+events: `rolled-back` (to the bundle now active, reason "local rollback") and `refused`
+(the rejected bundle, reason "rejected locally"), so the server and the rollout's install
+gate see it. While the server still assigns the rejected bundle the updater does not
+install it again (outcome "rejected-locally", also after a restart); once the server
+assigns any other bundle, the rejection is forgotten.
+
 Release floor: when a bundle activates, the model's floor becomes the release it
 replaced, so the device can step back exactly one release (the previous slot, which it
 verified before) when a rollout rolls back, and never further.
@@ -37,7 +45,7 @@ from .outbox import Outbox
 from .payload import extract_payload
 from .runtime import check_runtime
 from .selftest import run_golden_selftest
-from .slots import SlotMeta, SlotStore, write_status
+from .slots import Slot, SlotMeta, SlotStore, read_status, write_status
 from .stream_aead import atomic_write_bytes, decrypt_file
 from .tuf_verify import Assignment, TrustedState, resolve_assignment, update_root
 
@@ -80,7 +88,7 @@ class Updater:
     @property
     def events(self) -> Outbox:
         if not hasattr(self, "_events"):
-            self._events = Outbox(self.state_dir / "events.sqlite", capacity=500)
+            self._events = events_outbox(self.state_dir)
         return self._events
 
     # -- the loop ---------------------------------------------------------------------
@@ -118,12 +126,20 @@ class Updater:
         self.poll_interval = float(body.get("poll_interval") or self.poll_interval)
         desired = (body.get("desired") or {}).get("bundle")
         active = self.store.active()
+        rejected = _rejected_locally(self.state_dir)
         if desired is None or (active is not None and active.meta.bundle == desired):
             outcome = "current"
         elif desired in self.failed:
             outcome = "failed-before"
+        elif desired == rejected:
+            outcome = "rejected-locally"
         else:
             outcome = self.install(desired)
+        if rejected and desired != rejected:
+            write_status(self.state_dir, rejected_locally=None)  # the server moved on
+        write_status(
+            self.state_dir, last_check={"at": self.clock().isoformat(), "outcome": outcome}
+        )
         if outcome not in ("frozen", "deferred"):
             self.etag = response.headers.get("ETag")
         return outcome
@@ -321,13 +337,7 @@ class Updater:
 
     def report(self, state: str, bundle: str, reason: str = "") -> None:
         log.info("update-%s", state, extra={"bundle": bundle, "reason": reason})
-        event = {
-            "state": state,
-            "bundle": bundle,
-            "reason": reason[:500],
-            "at": self.clock().isoformat(),
-        }
-        self.events.put({"batch_id": str(uuid.uuid4()), "event": event})
+        queue_event(self.events, state, bundle, reason, self.clock())
 
     def flush_events(self) -> None:
         pending = self.events.peek(50)
@@ -335,6 +345,62 @@ class Updater:
             return
         self.client.events([p["event"] for p in pending])
         self.events.ack(p["batch_id"] for p in pending)
+
+
+def queue_event(
+    events: Outbox, state: str, bundle: str, reason: str, at: datetime, **detail: Any
+) -> None:
+    """Put one state-transition event in the outbox (sent by the running agent)."""
+    event: dict[str, Any] = {
+        "state": state,
+        "bundle": bundle,
+        "reason": reason[:500],
+        "at": at.isoformat(),
+    }
+    if detail:
+        event["detail"] = detail
+    events.put({"batch_id": str(uuid.uuid4()), "event": event})
+
+
+def events_outbox(state_dir: Path) -> Outbox:
+    return Outbox(state_dir / "events.sqlite", capacity=500)
+
+
+def _rejected_locally(state_dir: Path) -> str | None:
+    rejected = read_status(state_dir).get("rejected_locally")
+    bundle = rejected.get("bundle") if isinstance(rejected, dict) else None
+    return bundle if isinstance(bundle, str) else None
+
+
+def reject_locally(store: SlotStore, clock: Callable[[], datetime] | None = None) -> Slot:
+    """Roll back to the previous slot on the device's own initiative and report it.
+
+    Raises:
+        SlotError: there is no complete previous install.
+    """
+    now = (clock or (lambda: datetime.now(UTC)))()
+    leaving = store.active()
+    slot = store.rollback()
+    rejected = leaving.meta.bundle if leaving is not None else ""
+    write_status(
+        store.state_dir,
+        rejected_locally={
+            "bundle": rejected,
+            "rolled_back_to": slot.meta.bundle,
+            "at": now.isoformat(),
+        },
+        last_attempt={
+            "bundle": rejected,
+            "result": "rejected-locally",
+            "reason": "local rollback",
+            "at": now.isoformat(),
+        },
+    )
+    events = events_outbox(store.state_dir)
+    queue_event(events, "rolled-back", slot.meta.bundle, "local rollback", now, rejected=rejected)
+    if rejected:
+        queue_event(events, "refused", rejected, "rejected locally (tinyfleet-agent rollback)", now)
+    return slot
 
 
 def _pinned_version(metadata: bytes, name: str) -> int:
