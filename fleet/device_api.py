@@ -37,6 +37,7 @@ EVENT_STATES = {
     "rolled-back",
     "refused",
     "frozen",
+    "selftest-failed",  # a periodic in-field golden self-test of the active bundle failed
 }
 
 
@@ -198,7 +199,7 @@ def _remember_state(device: Device, event: EventIn) -> None:
         if state.get("active_bundle") and state["active_bundle"] != event.bundle:
             state["previous_bundle"] = state["active_bundle"]
         state["active_bundle"] = event.bundle
-    if event.state in ("failed", "refused"):
+    if event.state in ("failed", "refused", "selftest-failed"):
         state["last_error"] = {
             "bundle": event.bundle,
             "reason": event.reason,

@@ -315,6 +315,14 @@ def serve(
     pid_file = config.state_dir / PID_FILE
     pid_file.write_text(str(os.getpid()))
     api.start()
+    from ._internal.fieldtest import PeriodicSelfTest, reporter  # local: pulls the updater
+
+    tester = PeriodicSelfTest(
+        api,
+        config.selftest_interval_s,
+        reporter(store, api, rollback=config.selftest_rollback),
+    )
+    tester.start()
     # `attach` (the `run` command) links to the server once the API exists; serving
     # never waits for it and keeps going whatever it does.
     link = attach(api) if attach is not None else None
@@ -328,6 +336,7 @@ def serve(
             if link is not None:
                 link.tick()
     finally:
+        tester.stop()
         if link is not None:
             link.close()
         api.shutdown()

@@ -18,6 +18,7 @@ rebinding), unless the operator explicitly forced a non-loopback bind.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -27,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -222,6 +223,25 @@ class LocalApi:
             self._server.path.unlink(missing_ok=True)
 
     # -- request handling (transport independent) ----------------------------
+
+    @contextlib.contextmanager
+    def borrowed_model(self) -> Iterator[tuple[Predictor, dict[str, Any]] | None]:
+        """The active predictor and its bundle meta, kept open (not closed by a swap)
+        until the block ends; None when no model is installed."""
+        try:
+            active = self._acquire()
+        except ApiError:
+            yield None
+            return
+        try:
+            yield active.predictor, dict(active.meta)
+        finally:
+            active.release()
+
+    @property
+    def compute_slot(self) -> threading.BoundedSemaphore:
+        """One of the slots predictions compute in (background work takes one too)."""
+        return self._compute
 
     def _acquire(self) -> _Active:
         with self._swap_lock:

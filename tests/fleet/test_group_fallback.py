@@ -118,3 +118,16 @@ def test_it_sets_the_fallback_from_the_groups_page(
     assert b"not changed" in bad.content
     group.refresh_from_db()
     assert group.fallback_url == URL
+
+
+def test_a_device_enrolling_into_a_group_with_the_fallback_gets_it(
+    alice_api: Any, client: Client
+) -> None:
+    from tests.fleet.device_helpers import FakeDevice
+
+    group = alice_api.post("/api/v1/groups", {"name": "kiosks"}).json()
+    _put(alice_api, f"/api/v1/groups/{group['id']}/fallback", {"enabled": True, "url": URL})
+    token = alice_api.post("/api/v1/enrollment-tokens", {"group": group["id"]}).json()["token"]
+    device = FakeDevice()
+    device.enroll(client, token)
+    assert device.client().get(STATE).json()["fallback"] == {"url": URL}
