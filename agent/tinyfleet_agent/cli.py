@@ -29,8 +29,8 @@ from typing import Any
 
 from . import __version__
 from ._internal.logs import fields, setup_logging
-from ._internal.runtime import available_runtimes
-from ._internal.slots import Slot, SlotError, SlotStore, read_status, write_status
+from ._internal.slots import Slot, SlotError, SlotStore, write_status
+from ._internal.status_report import build_report, format_report
 from .config import AgentConfig, ConfigError, load_config
 from .localapi import LocalApi, NonLoopbackError
 from .predictor import InputError, Predictor, RuntimeLoadError, UnsupportedRuntimeError
@@ -118,10 +118,6 @@ class SlotFollower:
 # -- commands ---------------------------------------------------------------------
 
 
-def _describe(slot: Slot | None) -> dict[str, Any] | None:
-    return None if slot is None else {**bundle_meta(slot), "runtime": slot.meta.runtime}
-
-
 def _agent_pid(state_dir: Path) -> int | None:
     try:
         pid = int((state_dir / PID_FILE).read_text().strip())
@@ -136,33 +132,13 @@ def cmd_status(args: argparse.Namespace, config: AgentConfig) -> int:
     if not state_dir.is_dir():
         print(f"state directory {state_dir} does not exist (not enrolled yet?)", file=sys.stderr)
         return EXIT_ERROR
-    store = SlotStore(state_dir)
-    report: dict[str, Any] = {
-        "state_dir": str(state_dir),
-        "agent_running": _agent_pid(state_dir) is not None,
-        "active": _describe(store.active()),
-        "previous": _describe(store.previous()),
-        "status": read_status(state_dir),
-        "runtimes": available_runtimes(),
-        "agent_version": __version__,
-    }
+    listen = str(config.unix_socket) if config.unix_socket else config.listen
+    report = build_report(state_dir, listen=listen, pid_file=PID_FILE, version=__version__)
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
-        return EXIT_OK
-    active, previous = report["active"], report["previous"]
-    print(f"state dir:  {state_dir}  (agent {'running' if report['agent_running'] else 'stopped'})")
-    print("active:     " + (_one_line(active) if active else "none (no model installed)"))
-    print("previous:   " + (_one_line(previous) if previous else "none"))
-    for key in ("update_status", "last_error", "last_check"):
-        if report["status"].get(key):
-            print(f"{key + ':':<12}{report['status'][key]}")
-    print("runtimes:   " + ", ".join(f"{k} {v}" for k, v in report["runtimes"].items()))
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        print("\n".join(format_report(report)))
     return EXIT_OK
-
-
-def _one_line(d: dict[str, Any]) -> str:
-    where = f"slot {d['slot']}, {d['runtime']}, installed {d['installed_at']}"
-    return f"{d['bundle']} release {d['release']} ({where})"
 
 
 def cmd_rollback(args: argparse.Namespace, config: AgentConfig) -> int:
@@ -315,6 +291,8 @@ def serve(
     pid_file = config.state_dir / PID_FILE
     pid_file.write_text(str(os.getpid()))
     api.start()
+    with contextlib.suppress(OSError):
+        write_status(config.state_dir, listening=api.address)  # for `status`
     from ._internal.fieldtest import PeriodicSelfTest, reporter  # local: pulls the updater
 
     tester = PeriodicSelfTest(

@@ -151,14 +151,23 @@ class SlotStore:
     crash the process exactly there.
     """
 
-    def __init__(self, state_dir: Path | str, *, hook: Hook | None = None) -> None:
+    def __init__(
+        self, state_dir: Path | str, *, hook: Hook | None = None, create: bool = True
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.slots_dir = self.state_dir / "slots"
         self.pointer_path = self.state_dir / POINTER_FILE
         self._hook = hook or _noop
+        if not create:
+            return
         for name in SLOT_NAMES:
             (self.slots_dir / name).mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
+
+    @classmethod
+    def read_only(cls, state_dir: Path | str) -> SlotStore:
+        """A store to look at (e.g. for `status`): creates and removes nothing."""
+        return cls(state_dir, create=False)
 
     def _remove_stale_temps(self) -> None:
         # Left by a crash between writing and renaming a pointer or status file.

@@ -232,7 +232,11 @@ class Updater:
             now=self.clock(),
         )
         self._save_trust(state)  # raised metadata floors persist even if installing fails
-        self._health(metadata="fresh", metadata_checked_at=self.clock().isoformat())
+        self._health(
+            metadata="fresh",
+            metadata_checked_at=self.clock().isoformat(),
+            metadata_expires=_earliest_expiry(timestamp, snapshot, targets, director),
+        )
         return assignment
 
     def _follow_roots(self, state: TrustedState, repository: str) -> None:
@@ -401,6 +405,18 @@ def reject_locally(store: SlotStore, clock: Callable[[], datetime] | None = None
     if rejected:
         queue_event(events, "refused", rejected, "rejected locally (tinyfleet-agent rollback)", now)
     return slot
+
+
+def _earliest_expiry(*verified: bytes) -> str | None:
+    """When the first of these (already verified) metadata files expires: updates stop
+    then ("frozen") unless the server refreshed them. Shown by `status`."""
+    stamps = []
+    for metadata in verified:
+        try:
+            stamps.append(str(json.loads(metadata)["signed"]["expires"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return min(stamps) if stamps else None  # ISO-8601 "Z" stamps sort by time
 
 
 def _pinned_version(metadata: bytes, name: str) -> int:
