@@ -130,6 +130,7 @@ class FleetLink:
         fallback = body.get("fallback")
         url = fallback.get("url") if isinstance(fallback, dict) else None
         self.api.fallback.configure(url if isinstance(url, str) else None)
+        self.api.set_health(fallback=self.api.fallback.url)  # visible in /v1/health
 
     def start(self) -> None:
         self._thread.start()
