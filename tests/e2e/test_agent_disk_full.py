@@ -5,9 +5,11 @@ the agent's Updater and SlotStore code, and the filesystem - the device's state
 directory lives on a 48 MiB tmpfs mounted for this test (the suite runs as root, as in
 CI), so the out-of-space error is the kernel's own ENOSPC. What is arranged: the
 "other writer" that fills the disk is this test writing a ballast file at the moment
-the staging slot is emptied (the SlotStore hook), so the ENOSPC lands in the middle of
-extracting the payload. The Updater runs in this process, as in test_agent_faults, so
-the moment is exact; serving is checked with the same Predictor the agent process uses.
+the staging slot is emptied (the SlotStore hook), or just before the ciphertext download
+starts (a wrapper around the client's download), so the ENOSPC lands in the middle of
+extracting the payload, or of downloading it. The Updater runs in this process, as in
+test_agent_faults, so the moment is exact; serving is checked with the same Predictor
+the agent process uses.
 """
 
 from __future__ import annotations
@@ -133,6 +135,25 @@ def test_it_refuses_or_survives_a_full_disk_and_installs_once_space_is_freed(
     _serves(updater, first)
     updater.flush_events()
     assert "disk full" in Device.objects.get().state["last_error"]["reason"]
+
+    # 2b. The same while the ciphertext downloads: the partial download is dropped too
+    # (resuming it would need the space that is gone), and nothing is mistaken for a
+    # network error.
+    download = updater.client.download
+
+    def fill_then_download(*args: Any, **kwargs: Any) -> None:
+        filled.append(_fill(small_disk, leave=length // 3))
+        download(*args, **kwargs)
+
+    filled[0].unlink()
+    filled.clear()
+    updater.store = SlotStore(state)
+    updater.client.download = fill_then_download
+    assert updater.check_once() == "deferred"
+    assert "disk full while installing" in _last_reason(state)
+    assert list((state / "downloads").iterdir()) == []
+    _serves(updater, first)
+    updater.client.download = download
 
     # 3. Space is freed: the very next poll (no 304 hides the desired state) installs,
     # and the first bundle stays on disk as the rollback target.
