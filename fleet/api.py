@@ -14,6 +14,7 @@ from ninja.errors import HttpError
 
 from accounts.models import Role, audit
 from fleet import rollout_plan
+from fleet.fallback import FallbackUrlError, refresh_devices, set_group_fallback
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import SelectorError, check_labels, parse_selector
 from fleet.presenters import device_json, enroll_command, group_json
@@ -35,6 +36,8 @@ class GroupOut(Schema):
     selector: str
     description: str
     devices: int
+    fallback_enabled: bool
+    fallback_url: str
     created_at: datetime
 
 
@@ -81,6 +84,11 @@ class DeviceList(Schema):
     count: int
 
 
+class FallbackIn(Schema):
+    enabled: bool
+    url: str = ""
+
+
 class LabelsIn(Schema):
     labels: dict[str, str]
 
@@ -113,6 +121,18 @@ def create_group(request: HttpRequest, body: GroupIn) -> Status[Any]:
 def list_groups(request: HttpRequest) -> dict[str, Any]:
     groups = list(Group.objects.all())
     return {"items": [group_json(g) for g in groups], "count": len(groups)}
+
+
+@router.put("/groups/{group_id}/fallback", response={200: GroupOut, 400: dict, 403: dict})
+def set_fallback(request: HttpRequest, group_id: int, body: FallbackIn) -> Status[Any]:
+    """Turn the low-confidence fallback on (https or loopback http URL) or off for a group."""
+    require_role(request, Role.OPERATOR)
+    group = get_object_or_404(Group, pk=group_id)
+    try:
+        set_group_fallback(group, enabled=body.enabled, url=body.url, actor=request.user)
+    except FallbackUrlError as exc:
+        raise HttpError(400, str(exc)) from exc
+    return Status(200, group_json(group))
 
 
 @router.post("/enrollment-tokens", response={201: EnrollmentTokenOut, 400: dict, 403: dict})
@@ -190,6 +210,7 @@ def relabel(request: HttpRequest, device_id: str, body: LabelsIn) -> Status[Any]
     except ValueError as exc:
         raise HttpError(400, str(exc)) from exc
     device.save(update_fields=["labels"])
+    refresh_devices([device])  # selector groups may now match it, or no longer
     audit(request.user, "device.relabel", device, labels=device.labels)
     return Status(200, device_json(device))
 

@@ -30,7 +30,12 @@ from fleet.models import Bundle, BundleStatus, Device
 from fleet.models.keys import KeyRole, Repo
 from fleet.security import director, image_repo
 from fleet.security.device_metadata import serve_stored
-from fleet.security.publish import PublishError, request_publish, signed_target
+from fleet.security.publish import (
+    PublishError,
+    publish_overrides,
+    request_publish,
+    signed_target,
+)
 from tinyfleet.api import require_role
 
 router = Router(tags=["bundles"])
@@ -39,6 +44,9 @@ ERRORS: dict[int, Any] = {400: dict, 401: dict, 403: dict, 404: dict}
 
 class PublishIn(Schema):
     version: int
+    # Classifiers only; default: the version's pipeline, else its HF config's id2label.
+    labels: list[str] | None = None
+    confidence_threshold: float | None = None
 
 
 class BundleOut(Schema):
@@ -104,7 +112,8 @@ def publish(request: HttpRequest, body: PublishIn) -> Status[Any]:
     if version is None:
         raise HttpError(400, f"version {body.version} does not exist")
     try:
-        bundle, created = request_publish(version, request.user)
+        overrides = publish_overrides(version, body.labels, body.confidence_threshold)
+        bundle, created = request_publish(version, request.user, overrides)
     except PublishError as exc:
         raise HttpError(400, str(exc)) from None
     return Status(201 if created else 200, bundle_json(_bundle(bundle.pk)))

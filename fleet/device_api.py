@@ -37,6 +37,7 @@ EVENT_STATES = {
     "rolled-back",
     "refused",
     "frozen",
+    "selftest-failed",  # a periodic in-field golden self-test of the active bundle failed
 }
 
 
@@ -193,11 +194,12 @@ def _remember_state(device: Device, event: EventIn) -> None:
         "reason": event.reason,
         "at": timezone.now().isoformat(),
     }
-    if event.state == "active" and event.bundle:
+    # "rolled-back" names the bundle the device went back to (a local rollback too).
+    if event.state in ("active", "rolled-back") and event.bundle:
         if state.get("active_bundle") and state["active_bundle"] != event.bundle:
             state["previous_bundle"] = state["active_bundle"]
         state["active_bundle"] = event.bundle
-    if event.state in ("failed", "refused"):
+    if event.state in ("failed", "refused", "selftest-failed"):
         state["last_error"] = {
             "bundle": event.bundle,
             "reason": event.reason,
@@ -247,6 +249,8 @@ class StateOut(Schema):
     poll_interval: int
     desired: dict[str, Any]
     revoked: bool
+    # {"url": ...} only while a group of the device has the low-confidence fallback on.
+    fallback: dict[str, str] | None = None
 
 
 @router.get("/state", response={200: StateOut, 304: None})
@@ -269,6 +273,7 @@ def desired_state(request: HttpRequest) -> HttpResponse:
         current["bundle_id"] if current else None,
         current["bundle__release"] if current else None,
         current["created_at"] if current else None,
+        device.fallback_url,
     )
     etag = state_etag(body)
     if request.headers.get("If-None-Match") == etag:

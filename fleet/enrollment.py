@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from fleet.fallback import refresh_devices
 from fleet.models import Device, EnrollmentToken
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, check_labels, digest
 
@@ -112,5 +113,6 @@ def enroll(
         except IntegrityError as exc:
             raise AlreadyEnrolledError("this identity key is already enrolled") from exc
         device.groups.add(record.group)
+        refresh_devices([device])  # the group may have the low-confidence fallback on
         EnrollmentToken.objects.filter(pk=record.pk).update(uses=F("uses") + 1)
     return device, credential

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_POST
 from accounts.models import ApiToken, Role, audit, has_role
 from accounts.permissions import role_required
 from fleet import monitoring, rollout_plan, rollouts
+from fleet.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
 from fleet.presenters import device_json, enroll_command
@@ -98,6 +99,9 @@ def group_list(request: HttpRequest) -> HttpResponse:
 
 
 def _group_post(request: HttpRequest) -> str | None:
+    if request.POST.get("action") == "fallback":
+        _fallback_post(request)
+        return None
     if request.POST.get("action") == "token":
         group = get_object_or_404(Group, pk=request.POST.get("group"))
         token, raw = EnrollmentToken.issue(group, user=request.user, ttl=timedelta(hours=24))
@@ -116,6 +120,20 @@ def _group_post(request: HttpRequest) -> str | None:
     audit(request.user, "group.create", group, selector=selector)
     messages.success(request, f"Created group {name}.")
     return None
+
+
+def _fallback_post(request: HttpRequest) -> None:
+    group = get_object_or_404(Group, pk=request.POST.get("group"))
+    enabled = request.POST.get("enabled") == "on"
+    try:
+        set_group_fallback(
+            group, enabled=enabled, url=request.POST.get("url", ""), actor=request.user
+        )
+    except FallbackUrlError as exc:
+        messages.error(request, f"Fallback for {group.name} not changed: {exc}")
+        return
+    state = f"on ({group.fallback_url})" if enabled else "off"
+    messages.success(request, f"Low-confidence fallback for {group.name} is {state}.")
 
 
 @role_required(Role.VIEWER)

@@ -16,6 +16,8 @@ def group_json(group: Group) -> dict[str, Any]:
         "selector": group.selector,
         "description": group.description,
         "devices": group.members().count(),
+        "fallback_enabled": group.fallback_enabled,
+        "fallback_url": group.fallback_url,
         "created_at": group.created_at,
     }
 

@@ -36,10 +36,17 @@ def last_seen_write_interval() -> int:
 
 
 def state_body(
-    device_id: str, bundle_id: str | None, release: int | None, assigned_at: datetime | None
+    device_id: str,
+    bundle_id: str | None,
+    release: int | None,
+    assigned_at: datetime | None,
+    fallback_url: str = "",
 ) -> dict[str, Any]:
-    """The desired-state answer for one device (also what its ETag is computed from)."""
-    return {
+    """The desired-state answer for one device (also what its ETag is computed from).
+
+    `fallback` appears only while a group of the device has the low-confidence fallback
+    on (fleet/fallback.py), so devices without it keep their bodies and ETags."""
+    body: dict[str, Any] = {
         "device_id": device_id,
         "poll_interval": settings.DEVICE_POLL_INTERVAL,
         "desired": {
@@ -49,6 +56,9 @@ def state_body(
         },
         "revoked": False,
     }
+    if fallback_url:
+        body["fallback"] = {"url": fallback_url}
+    return body
 
 
 def state_etag(body: dict[str, Any]) -> str:
@@ -62,7 +72,8 @@ def _state_sql() -> str:
     # yields one row; the lookup is by the unique credential digest.
     # The table names come from model meta; the only value is bound.
     return (
-        "SELECT d.id, d.revoked_at, d.last_seen_at, a.bundle_id, b.release, a.created_at "  # noqa: S608
+        "SELECT d.id, d.revoked_at, d.last_seen_at, a.bundle_id, b.release, a.created_at, "  # noqa: S608
+        "d.fallback_url "
         f"FROM {Device._meta.db_table} d "
         f"LEFT JOIN {Assignment._meta.db_table} a ON a.device_id = d.id AND a.ended_at IS NULL "
         f"LEFT JOIN {Bundle._meta.db_table} b ON b.id = a.bundle_id "
@@ -79,7 +90,7 @@ def unchanged_state_etag(credential_digest: str) -> str | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    device_id, revoked_at, last_seen, bundle_id, release, assigned = row
+    device_id, revoked_at, last_seen, bundle_id, release, assigned, fallback_url = row
     last_seen_at, assigned_at = _aware(last_seen), _aware(assigned)
     if revoked_at is not None:
         return None
@@ -88,7 +99,7 @@ def unchanged_state_etag(credential_digest: str) -> str | None:
         _touch_last_seen(device_id, now)
     # SQLite stores UUIDs as 32 hex digits; the ETag uses the canonical form.
     canonical_id = str(uuid.UUID(str(device_id)))
-    return state_etag(state_body(canonical_id, bundle_id, release, assigned_at))
+    return state_etag(state_body(canonical_id, bundle_id, release, assigned_at, fallback_url))
 
 
 def _touch_last_seen(device_id: Any, now: datetime) -> None:

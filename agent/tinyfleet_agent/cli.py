@@ -29,8 +29,9 @@ from typing import Any
 
 from . import __version__
 from ._internal.logs import fields, setup_logging
-from ._internal.runtime import available_runtimes, restrict_runtimes
-from ._internal.slots import Slot, SlotError, SlotStore, read_status, write_status
+from ._internal.runtime import restrict_runtimes
+from ._internal.slots import Slot, SlotError, SlotStore, write_status
+from ._internal.status_report import build_report, format_report
 from .config import AgentConfig, load_config
 from .localapi import LocalApi, NonLoopbackError
 from .predictor import InputError, Predictor, RuntimeLoadError, UnsupportedRuntimeError
@@ -109,16 +110,13 @@ class SlotFollower:
     def _fail(self, message: str) -> None:
         # Keep serving the model we have: a bad switch must not stop inference.
         log.error("model-load-failed", extra=fields(error=message))
-        self.api.set_health(last_error=message)
+        # The file first: whoever sees the error in /v1/health then finds it in status too.
         with contextlib.suppress(OSError):
             write_status(self.store.state_dir, last_error=message)
+        self.api.set_health(last_error=message)
 
 
 # -- commands ---------------------------------------------------------------------
-
-
-def _describe(slot: Slot | None) -> dict[str, Any] | None:
-    return None if slot is None else {**bundle_meta(slot), "runtime": slot.meta.runtime}
 
 
 def _agent_pid(state_dir: Path) -> int | None:
@@ -135,39 +133,21 @@ def cmd_status(args: argparse.Namespace, config: AgentConfig) -> int:
     if not state_dir.is_dir():
         print(f"state directory {state_dir} does not exist (not enrolled yet?)", file=sys.stderr)
         return EXIT_ERROR
-    store = SlotStore(state_dir)
-    report: dict[str, Any] = {
-        "state_dir": str(state_dir),
-        "agent_running": _agent_pid(state_dir) is not None,
-        "active": _describe(store.active()),
-        "previous": _describe(store.previous()),
-        "status": read_status(state_dir),
-        "runtimes": available_runtimes(),
-        "agent_version": __version__,
-    }
+    listen = str(config.unix_socket) if config.unix_socket else config.listen
+    report = build_report(state_dir, listen=listen, pid_file=PID_FILE, version=__version__)
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
-        return EXIT_OK
-    active, previous = report["active"], report["previous"]
-    print(f"state dir:  {state_dir}  (agent {'running' if report['agent_running'] else 'stopped'})")
-    print("active:     " + (_one_line(active) if active else "none (no model installed)"))
-    print("previous:   " + (_one_line(previous) if previous else "none"))
-    for key in ("update_status", "last_error", "last_check"):
-        if report["status"].get(key):
-            print(f"{key + ':':<12}{report['status'][key]}")
-    print("runtimes:   " + ", ".join(f"{k} {v}" for k, v in report["runtimes"].items()))
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        print("\n".join(format_report(report)))
     return EXIT_OK
 
 
-def _one_line(d: dict[str, Any]) -> str:
-    where = f"slot {d['slot']}, {d['runtime']}, installed {d['installed_at']}"
-    return f"{d['bundle']} release {d['release']} ({where})"
-
-
 def cmd_rollback(args: argparse.Namespace, config: AgentConfig) -> int:
+    from ._internal.updater import reject_locally  # local: only this command needs it
+
     store = SlotStore(config.state_dir)
     try:
-        slot = store.rollback()
+        slot = reject_locally(store)  # also tells the server (see updater.reject_locally)
     except SlotError as e:
         print(f"cannot roll back: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -312,6 +292,16 @@ def serve(
     pid_file = config.state_dir / PID_FILE
     pid_file.write_text(str(os.getpid()))
     api.start()
+    with contextlib.suppress(OSError):
+        write_status(config.state_dir, listening=api.address)  # for `status`
+    from ._internal.fieldtest import PeriodicSelfTest, reporter  # local: pulls the updater
+
+    tester = PeriodicSelfTest(
+        api,
+        config.selftest_interval_s,
+        reporter(store, api, rollback=config.selftest_rollback),
+    )
+    tester.start()
     # `attach` (the `run` command) links to the server once the API exists; serving
     # never waits for it and keeps going whatever it does.
     link = attach(api) if attach is not None else None
@@ -325,6 +315,7 @@ def serve(
             if link is not None:
                 link.tick()
     finally:
+        tester.stop()
         if link is not None:
             link.close()
         api.shutdown()

@@ -44,6 +44,8 @@ class AgentConfig:
     poll_interval_s: float = 60.0
     telemetry_interval_s: float = 300.0
     selftest_interval_s: float = 3600.0
+    # Roll back to the previous install when a periodic golden self-test fails.
+    selftest_rollback: bool = False
     outbox_capacity: int = 1000
     max_body_bytes: int = 1 << 20
     batch_window_ms: float = 0.0
@@ -129,6 +131,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "poll_interval_s": _float,
     "telemetry_interval_s": _float,
     "selftest_interval_s": _float,
+    "selftest_rollback": _bool,
     "outbox_capacity": _int,
     "max_body_bytes": _int,
     "batch_window_ms": _float,

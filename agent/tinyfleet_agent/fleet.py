@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._internal.client import DeviceClient, ServerError
+from ._internal.fallback import FallbackForwarder
 from ._internal.identity import CREDENTIAL_FILE, DEVICE_FILE, load_or_create_keys, write_secret
 from ._internal.outbox import Outbox
 from ._internal.record import canonical_json
@@ -99,6 +100,9 @@ class FleetLink:
         device, credential = load_device(config.state_dir)
         self.config, self.api = config, api
         self.client = DeviceClient(device["server"], credential)
+        api.fallback = FallbackForwarder(
+            device_id=device["device_id"], count=api.telemetry.record_fallback
+        )
         self.updater = Updater(
             client=self.client,
             keys=load_or_create_keys(config.state_dir),
@@ -112,6 +116,7 @@ class FleetLink:
             on_selftest=lambda bundle, ok, agreement: api.telemetry.record_golden(
                 bundle, ok, agreement
             ),
+            on_state=self._apply_state,
         )
         self.outbox = Outbox(config.state_dir / "telemetry.sqlite", config.outbox_capacity)
         self.stop = threading.Event()
@@ -119,6 +124,13 @@ class FleetLink:
         self._thread = threading.Thread(
             target=self.updater.run, args=(self.stop,), name="updater", daemon=True
         )
+
+    def _apply_state(self, body: dict[str, Any]) -> None:
+        # Absent or null: the operator has not enabled a fallback for this device's groups.
+        fallback = body.get("fallback")
+        url = fallback.get("url") if isinstance(fallback, dict) else None
+        self.api.fallback.configure(url if isinstance(url, str) else None)
+        self.api.set_health(fallback=self.api.fallback.url)  # visible in /v1/health
 
     def start(self) -> None:
         self._thread.start()
@@ -144,5 +156,6 @@ class FleetLink:
             self.outbox.ack([batch["batch_id"]])
 
     def close(self) -> None:
+        self.api.fallback.close()
         self.stop.set()
         self._thread.join(timeout=10)

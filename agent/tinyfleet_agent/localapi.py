@@ -18,6 +18,7 @@ rebinding), unless the operator explicitly forced a non-loopback bind.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -27,13 +28,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._internal.fallback import FallbackForwarder
 from ._internal.logs import fields
 from ._internal.telemetry import Telemetry
 from .predictor import InputError, Predictor
@@ -140,6 +142,8 @@ class LocalApi:
         poll_interval: float = 0.5,
     ) -> None:
         self.telemetry = telemetry or Telemetry(agent_version=__version__)
+        # Set by the fleet link when the device is enrolled; off until the server enables it.
+        self.fallback: FallbackForwarder | None = None
         self.max_body_bytes = max_body_bytes
         self.check_host = not allow_non_loopback and unix_socket is None
         self._active: _Active | None = None
@@ -220,6 +224,25 @@ class LocalApi:
 
     # -- request handling (transport independent) ----------------------------
 
+    @contextlib.contextmanager
+    def borrowed_model(self) -> Iterator[tuple[Predictor, dict[str, Any]] | None]:
+        """The active predictor and its bundle meta, kept open (not closed by a swap)
+        until the block ends; None when no model is installed."""
+        try:
+            active = self._acquire()
+        except ApiError:
+            yield None
+            return
+        try:
+            yield active.predictor, dict(active.meta)
+        finally:
+            active.release()
+
+    @property
+    def compute_slot(self) -> threading.BoundedSemaphore:
+        """One of the slots predictions compute in (background work takes one too)."""
+        return self._compute
+
     def _acquire(self) -> _Active:
         with self._swap_lock:
             active = self._active
@@ -280,12 +303,17 @@ class LocalApi:
         labels = [o["label"] for o in prediction.outputs if isinstance(o, dict) and "label" in o]
         if labels:
             self._feedback.put(prediction_id, (bundle, labels))
-        return {
+        answer = {
             "outputs": prediction.outputs,
             "prediction_id": prediction_id,
             "bundle": bundle,
             "latency_ms": round(latency_ms, 3),
         }
+        if self.fallback is not None and prediction.low_confidence:
+            outcome = self.fallback.submit(bundle, prediction_id, inputs, prediction.outputs)
+            if outcome != "off":
+                answer["fallback"] = outcome  # "queued" or "dropped": never silent
+        return answer
 
     def _feedback_route(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):

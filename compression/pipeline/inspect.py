@@ -421,4 +421,21 @@ def _inspect_hf(root: Path) -> Json:
         "tensors": n_tensors,
         "dtypes": sorted(dtypes),
         "tokenizer": _tokenizer_info(root),
+        # Class names a classifier's bundle carries by default (fleet publish).
+        "labels": _labels_from_config(config),
     }
+
+
+def _labels_from_config(config: dict[str, Any]) -> list[str]:
+    """`id2label` in id order; [] when absent, not 0..n-1, or only LABEL_i placeholders."""
+    raw = config.get("id2label")
+    if not isinstance(raw, dict) or not raw:
+        return []
+    try:
+        by_id = {int(k): str(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        return []
+    if sorted(by_id) != list(range(len(by_id))):
+        return []
+    labels = [by_id[i] for i in range(len(by_id))]
+    return [] if labels == [f"LABEL_{i}" for i in range(len(labels))] else labels

@@ -35,6 +35,9 @@ class Bundle(models.Model):
     release = models.PositiveIntegerField()
     target_name = models.CharField(max_length=200)
     record = models.JSONField(null=True, blank=True)
+    # Operator-set classifier `labels` / `confidence_threshold` for the signed record
+    # (POST /api/v1/bundles); they win over the version's pipeline and its HF config.
+    pipeline_overrides = models.JSONField(default=dict, blank=True)
     ciphertext_key = models.CharField(max_length=512, blank=True)
     # nonce || AES-256-GCM(content key) under the master key: needed to wrap the key for
     # devices assigned after publishing.

@@ -70,6 +70,9 @@ class Group(models.Model):
     name = models.CharField(max_length=100, unique=True)
     selector = models.CharField(max_length=500, blank=True)
     description = models.TextField(blank=True)
+    # Low-confidence fallback (fleet/fallback.py): off unless an operator enables it.
+    fallback_enabled = models.BooleanField(default=False)
+    fallback_url = models.CharField(max_length=500, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -174,6 +177,9 @@ class Device(models.Model):
     last_seen_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     state = models.JSONField(default=dict, blank=True)  # slots, active bundle, last errors
+    # The fallback URL in force for this device ("" = off), kept here so the one-query
+    # desired-state fast path (fleet/state.py) can include it; see fleet/fallback.py.
+    fallback_url = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["name"]

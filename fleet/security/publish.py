@@ -81,15 +81,20 @@ def check_publishable(version: ModelVersion) -> None:
         )
 
 
-def request_publish(version: ModelVersion, user: Any) -> tuple[Bundle, bool]:
+def request_publish(
+    version: ModelVersion, user: Any, overrides: dict[str, Any] | None = None
+) -> tuple[Bundle, bool]:
     """Create the bundle of `version` and queue its publishing task.
 
     Returns (bundle, created). Publishing a version that already has a live bundle
     returns that bundle with created=False; only failed attempts may be repeated.
+    `overrides` come from `publish_overrides`.
 
     Raises:
-        PublishError: as `check_publishable`.
+        PublishError: as `check_publishable`, or the version already has a live bundle
+            with other labels / threshold.
     """
+    overrides = overrides or {}
     from fleet.tasks import publish_bundle
 
     check_publishable(version)
@@ -98,6 +103,11 @@ def request_publish(version: ModelVersion, user: Any) -> tuple[Bundle, bool]:
         image_repo.lock(Repo.IMAGE)
         existing = Bundle.objects.filter(version=version).exclude(status=BundleStatus.FAILED)
         if found := existing.first():
+            if overrides and overrides != found.pipeline_overrides:
+                raise PublishError(
+                    f"version {version.pk} is already published as {found.pk} with other "
+                    "labels / confidence_threshold; publish a new version to change them"
+                )
             return found, False
         slug = model_slug(version.model.name)
         last = Bundle.objects.filter(model=slug).aggregate(m=Max("release"))["m"] or 0
@@ -108,9 +118,12 @@ def request_publish(version: ModelVersion, user: Any) -> tuple[Bundle, bool]:
             model=slug,
             release=last + 1,
             target_name=f"bundles/{bundle_id}.enc",
+            pipeline_overrides=overrides,
             created_by=user if getattr(user, "is_authenticated", False) else None,
         )
-        audit(user, "bundle.publish", bundle, version=version.pk, release=bundle.release)
+        audit(
+            user, "bundle.publish", bundle, version=version.pk, release=bundle.release, **overrides
+        )
         transaction.on_commit(lambda: publish_bundle.delay(bundle_id))
     return bundle, True
 
@@ -126,14 +139,82 @@ def _min_runtime(fmt: str, info: PayloadInfo) -> str:
     return max(floor, needed, key=key)
 
 
-def pipeline_spec(version: ModelVersion, has_tokenizer: bool) -> PipelineSpec:
-    """The record's I/O spec from the model's task and the version's pipeline.
+CLASSIFIER_TASKS = ("text-classification", "token-classification")
+
+
+def inherited_labels(version: ModelVersion) -> list[str]:
+    """Class names from the version's pipeline, else from the nearest ancestor whose
+    inspection read them from a Hugging Face config.json (`id2label`)."""
+    if labels := (version.pipeline or {}).get("labels"):
+        return [str(label) for label in labels]
+    node: ModelVersion | None = version
+    for _ in range(32):  # lineage depth cap: a cycle cannot hang publishing
+        if node is None:
+            break
+        if labels := (node.inspection or {}).get("labels"):
+            return [str(label) for label in labels]
+        node = node.parent
+    return []
+
+
+def _output_classes(version: ModelVersion) -> int | None:
+    """How many classes the first output has (its last dimension), when known."""
+    outputs = (version.inspection or {}).get("outputs") or []
+    shape = outputs[0].get("shape") if outputs and isinstance(outputs[0], dict) else None
+    last = shape[-1] if isinstance(shape, list) and shape else None
+    return last if isinstance(last, int) and last > 0 else None
+
+
+def publish_overrides(
+    version: ModelVersion, labels: list[str] | None, confidence_threshold: float | None
+) -> dict[str, Any]:
+    """Check operator-given labels / threshold for `version`; returns what to store.
+
+    Raises:
+        PublishError: not a classifier, a label count that differs from the model's
+            outputs, or values devices would refuse.
+    """
+    if labels is None and confidence_threshold is None:
+        return {}
+    task = version.model.task
+    if task not in CLASSIFIER_TASKS:
+        raise PublishError(f"labels and confidence_threshold are for classifiers; {task} is not")
+    overrides: dict[str, Any] = {}
+    if labels is not None:
+        overrides["labels"] = [
+            label.strip() if isinstance(label, str) else label for label in labels
+        ]
+        classes = _output_classes(version)
+        if classes is not None and len(labels) != classes:
+            raise PublishError(f"{len(labels)} labels given, but the model has {classes} classes")
+    if confidence_threshold is not None:
+        overrides["confidence_threshold"] = float(confidence_threshold)
+    try:  # the device's own rules, so a bundle is never built with values it refuses
+        PipelineSpec(
+            task=task,
+            tokenizer="tokenizer.json",
+            max_seq_len=128,
+            pooling="none",
+            normalize=False,
+            labels=tuple(overrides.get("labels") or ()),
+            confidence_threshold=overrides.get("confidence_threshold"),
+        )
+    except InvalidRecordError as exc:
+        raise PublishError(str(exc)) from None
+    return overrides
+
+
+def pipeline_spec(
+    version: ModelVersion, has_tokenizer: bool, overrides: dict[str, Any] | None = None
+) -> PipelineSpec:
+    """The record's I/O spec from the model's task, the version's pipeline (labels also
+    from its HF config) and the operator's `overrides`.
 
     Raises:
         PublishError: a text task without tokenizer.json.
         InvalidRecordError: the version's pipeline holds values devices refuse.
     """
-    task, p = version.model.task, version.pipeline or {}
+    task, p = version.model.task, {**(version.pipeline or {}), **(overrides or {})}
     text = task in TEXT_TASKS
     if text and not has_tokenizer:
         raise PublishError(f"{version} is a {task} model but its artifact has no tokenizer.json")
@@ -145,7 +226,7 @@ def pipeline_spec(version: ModelVersion, has_tokenizer: bool) -> PipelineSpec:
         max_seq_len=int(p.get("max_seq_len") or 128),
         pooling=str(p.get("pooling") or ("mean" if embedding else "none")),
         normalize=bool(p.get("normalize", embedding)),
-        labels=tuple(str(label) for label in p.get("labels") or ()),
+        labels=tuple(str(label) for label in p.get("labels") or inherited_labels(version)),
         confidence_threshold=None if threshold is None else round(float(threshold), 6),
     )
 
@@ -203,7 +284,7 @@ def build_record(bundle: Bundle, params: CipherParams, info: PayloadInfo) -> Bun
         runtime=RUNTIME[version.format],
         min_runtime_version=_min_runtime(version.format, info),
         arch=tuple(dict.fromkeys(version.pipeline.get("arch") or settings.BUNDLE_ARCH)),
-        pipeline=pipeline_spec(version, info.has_tokenizer),
+        pipeline=pipeline_spec(version, info.has_tokenizer, bundle.pipeline_overrides),
         cipher=params,
         golden_set_sha256=version.golden_sha256,
         provenance=provenance(version),

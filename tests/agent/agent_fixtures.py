@@ -283,12 +283,14 @@ def install(
     return store.activate(slot_meta(task, f"intent-r{release}", release))
 
 
-def install_steps(state_dir: Path, payload: Path, golden: str, hook: Callable[[str], None]) -> None:
-    """Install release 2 from a built payload, calling `hook` between all steps."""
+def install_steps(
+    state_dir: Path, payload: Path, golden: str, hook: Callable[[str], None], release: int = 2
+) -> None:
+    """Install `release` (2 by default) from a built payload, calling `hook` between steps."""
     store = SlotStore(state_dir, hook=hook)
     directory = store.prepare_inactive()
     extract_payload(payload, directory, golden_sha256=golden, hook=hook)
-    store.activate(slot_meta("text-classification", "intent-r2", 2))
+    store.activate(slot_meta("text-classification", f"intent-r{release}", release))
 
 
 def fake_record(task: str = "text-classification", **overrides: Any) -> BundleRecord:

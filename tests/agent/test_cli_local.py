@@ -228,3 +228,63 @@ def test_it_logs_one_json_object_per_line() -> None:
     assert entry["event"] == "model-loaded" and entry["bundle"] == "intent-r1"
     assert entry["level"] == "info" and entry["logger"] == "tinyfleet_agent.test"
     setup_logging("warning")
+
+
+def _status_json(state: Path) -> dict[str, Any]:
+    done = cli("--state-dir", str(state), "status", "--json")
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_it_reports_status_of_an_empty_state_dir_without_touching_it(tmp_path: Path) -> None:
+    state = tmp_path / "empty"
+    state.mkdir()
+    human = cli("--state-dir", str(state), "status")
+    assert human.returncode == 0, human.stderr
+    assert "not enrolled" in human.stdout and "none (no model installed)" in human.stdout
+    assert "local api:  127.0.0.1:8470" in human.stdout
+    report = _status_json(state)
+    assert report["device_id"] is None and report["active"] is None
+    assert report["outbox"] == {"events": None, "telemetry": None}
+    assert list(state.iterdir()) == []  # status creates nothing
+
+
+def test_it_reports_status_from_partial_or_damaged_facts(state: Path) -> None:
+    from tinyfleet_agent._internal.outbox import Outbox
+
+    device = {"device_id": "9307dd6d", "server": "https://fleet.example.com", "name": "pi"}
+    (state / "device.json").write_text(json.dumps(device))
+    events = Outbox(state / "events.sqlite", capacity=10)
+    for n in range(2):
+        events.put({"batch_id": f"e{n}", "event": {"state": "failed"}})
+    # Facts written by older agents or cut short: keys missing, wrong types.
+    (state / "status.json").write_text(
+        json.dumps(
+            {
+                "last_attempt": {"result": "failed"},
+                "last_check": {},
+                "rejected_locally": {"bundle": "intent-r2"},
+                "last_periodic_selftest": {"passed": False},
+                "metadata_expires": "2030-01-02T00:00:00Z",
+            }
+        )
+    )
+    human = cli("--state-dir", str(state), "status")
+    assert human.returncode == 0, human.stderr
+    assert "9307dd6d (pi) at https://fleet.example.com" in human.stdout
+    assert "intent-r1 release 1 version 1.1" in human.stdout
+    assert "last try:   unknown bundle failed\n" in human.stdout
+    assert "rejected:" in human.stdout and "expires 2030-01-02T00:00:00Z" in human.stdout
+    assert "outbox:     events 2, telemetry - pending" in human.stdout
+    report = _status_json(state)
+    assert report["server"] == "https://fleet.example.com" and report["outbox"]["events"] == 2
+    assert report["active"]["version"] == "1.1" and report["previous"] is None
+    (state / "status.json").write_text("{not json")
+    (state / "device.json").write_text("[]")
+    assert _status_json(state)["last_attempt"] is None  # damaged files: reported as unknown
+
+
+def test_it_reports_the_running_agents_local_api_address(agent: Agent, state: Path) -> None:
+    report = _status_json(state)
+    assert report["agent_running"] is True and report["local_api"] == agent.address

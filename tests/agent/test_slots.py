@@ -1,4 +1,5 @@
-"""A/B slots and payload extraction: atomic installs that survive kill -9."""
+"""Model slots and payload extraction: atomic installs that survive kill -9 and never
+destroy the rollback target."""
 
 from __future__ import annotations
 
@@ -63,6 +64,35 @@ def test_it_installs_into_the_inactive_slot_and_switches(tmp_path: Path) -> None
     assert set(second.meta.files) == {"model.onnx", "tokenizer.json", "golden.npz"}
 
 
+def test_it_installs_a_third_release_beside_the_rollback_slot_and_frees_the_oldest(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    for release in (1, 2):
+        F.install(state, tmp_path / f"w{release}", release=release)
+    third = F.install(state, tmp_path / "w3", release=3)
+    store = SlotStore(state)
+    assert third.name == "c" and store.active() == third
+    assert store.previous() is not None and store.previous().meta.bundle == "intent-r2"  # type: ignore[union-attr]
+    assert list((state / "slots" / "a").iterdir()) == []  # the old rollback target is freed
+    fourth = F.install(state, tmp_path / "w4", release=4)
+    assert fourth.name == "a" and store.previous().meta.bundle == "intent-r3"  # type: ignore[union-attr]
+
+
+def test_it_reads_a_pointer_from_the_two_slot_layout(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    F.install(state, tmp_path / "w1", release=1)
+    F.install(state, tmp_path / "w2", release=2)
+    pointer = json.loads((state / "current").read_text())
+    del pointer["previous"]  # what agents before the third slot wrote
+    (state / "current").write_text(json.dumps(pointer))
+    store = SlotStore(state)
+    assert store.previous().meta.bundle == "intent-r1"  # type: ignore[union-attr]
+    assert store.staging_name() == "c"
+    assert F.install(state, tmp_path / "w3", release=3).name == "c"
+    assert store.previous().meta.bundle == "intent-r2"  # type: ignore[union-attr]
+
+
 def test_it_rolls_back_to_the_previous_install(tmp_path: Path) -> None:
     state = tmp_path / "state"
     store = SlotStore(state)
@@ -118,13 +148,54 @@ def test_it_keeps_a_working_model_when_an_install_fails_at_any_step(tmp_path: Pa
         assert assert_serves(state, {"intent-r2"}) == "intent-r2"
 
 
+def assert_rollback_target(state: Path, expected: str) -> None:
+    """The previous slot is complete and passes its golden set (instant rollback works)."""
+    previous = SlotStore(state).previous()
+    assert previous is not None and previous.meta.bundle == expected
+    predictor = Predictor.from_slot(previous)
+    assert run_golden_selftest(predictor, previous.path / "golden.npz").passed
+
+
+def _two_releases(state: Path, tmp_path: Path) -> None:
+    F.install(state, tmp_path / "w1", release=1)
+    F.install(state, tmp_path / "w2", release=2)
+
+
+def _install_steps_of_release_3(tmp_path: Path, payload: Path, golden: str) -> list[str]:
+    steps: list[str] = []
+    _two_releases(tmp_path / "probe", tmp_path)
+    F.install_steps(tmp_path / "probe", payload, golden, steps.append, release=3)
+    return steps
+
+
+def test_it_keeps_the_rollback_slot_when_an_install_fails_at_any_step(tmp_path: Path) -> None:
+    payload, golden = F.build_payload(tmp_path / "p3", seed=3)
+    steps = _install_steps_of_release_3(tmp_path, payload, golden)
+    assert "activate:freed" in steps
+    for index, step in enumerate(steps):
+        state = tmp_path / f"s{index}"
+        _two_releases(state, tmp_path)
+
+        def hook(name: str, target: str = step) -> None:
+            if name == target:
+                raise Crash(name)
+
+        with pytest.raises(Crash):
+            F.install_steps(state, payload, golden, hook, release=3)
+        switched = index > steps.index("switch:temp-written")
+        assert assert_serves(state, {"intent-r3" if switched else "intent-r2"})
+        assert_rollback_target(state, "intent-r2" if switched else "intent-r1")
+        SlotStore(state).discard_staging()  # what the updater does after a failure
+        assert_rollback_target(state, "intent-r2" if switched else "intent-r1")
+
+
 CHILD = """
 import os, signal, sys
 from pathlib import Path
 sys.path[:0] = [{agent!r}, {root!r}]
 from tests.agent.agent_fixtures import install_steps
 state, payload, golden = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-kill_at = int(sys.argv[4])
+kill_at, release = int(sys.argv[4]), int(sys.argv[5])
 calls = []
 print("ready", flush=True)
 def hook(name):
@@ -132,19 +203,19 @@ def hook(name):
     if len(calls) == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
 while True:
-    install_steps(state, payload, golden, hook)
+    install_steps(state, payload, golden, hook, release)
     if kill_at >= 0:
         break
 """
 
 
 def _child(
-    tmp_path: Path, state: Path, payload: Path, golden: str, kill_at: int
+    tmp_path: Path, state: Path, payload: Path, golden: str, kill_at: int, release: int = 2
 ) -> subprocess.Popen[bytes]:
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(agent=str(AGENT), root=str(AGENT.parent)))
     return subprocess.Popen(
-        [sys.executable, str(script), str(state), str(payload), golden, str(kill_at)],
+        [sys.executable, str(script), str(state), str(payload), golden, str(kill_at), str(release)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -162,6 +233,23 @@ def test_it_survives_kill_9_at_every_install_step(tmp_path: Path) -> None:
         _, err = child.communicate(timeout=60)
         assert child.returncode == -signal.SIGKILL, err.decode()
         assert assert_serves(state, {"intent-r1", "intent-r2"})
+
+
+def test_it_keeps_old_or_new_and_a_rollback_target_under_kill_9_at_every_step(
+    tmp_path: Path,
+) -> None:
+    payload, golden = F.build_payload(tmp_path / "p3", seed=3)
+    steps = _install_steps_of_release_3(tmp_path, payload, golden)
+    for index in range(1, len(steps) + 1):
+        state = tmp_path / f"s{index}"
+        _two_releases(state, tmp_path)
+        child = _child(tmp_path, state, payload, golden, index, release=3)
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == -signal.SIGKILL, err.decode()
+        serving = assert_serves(state, {"intent-r2", "intent-r3"})
+        assert_rollback_target(state, {"intent-r2": "intent-r1", "intent-r3": "intent-r2"}[serving])
+        F.install_steps(state, payload, golden, lambda name: None, release=3)  # next try works
+        assert assert_serves(state, {"intent-r3"}) == "intent-r3"
 
 
 def test_it_survives_kill_9_at_random_moments(tmp_path: Path) -> None:

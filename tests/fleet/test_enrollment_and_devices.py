@@ -257,3 +257,24 @@ def test_the_same_batch_racing_itself_is_stored_once(client: Client, token: str)
         t.join()
     assert sorted(statuses)[0] in (200, 202) and set(statuses) <= {200, 202}
     assert TelemetryBatch.objects.count() == 1
+
+
+def test_local_rollbacks_and_failed_periodic_selftests_update_the_devices_state(
+    client: Client, token: str, alice_api: Any
+) -> None:
+    device = FakeDevice()
+    device.enroll(client, token)
+    events = [
+        {"state": "active", "bundle": "b-1"},
+        {"state": "active", "bundle": "b-2"},
+        {"state": "selftest-failed", "bundle": "b-2", "reason": "below-tolerance: 1/3"},
+        {"state": "rolled-back", "bundle": "b-1", "reason": "local rollback"},
+    ]
+    answer = device.client().post(
+        "/api/device/v1/events", {"events": events}, content_type="application/json"
+    )
+    assert answer.status_code == 202, answer.content
+    state = alice_api.get(f"/api/v1/devices/{device.device_id}").json()["state"]
+    assert state["active_bundle"] == "b-1" and state["previous_bundle"] == "b-2"
+    assert state["last_error"]["reason"] == "below-tolerance: 1/3"
+    assert state["update"]["reason"] == "local rollback"

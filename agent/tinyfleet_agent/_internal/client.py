@@ -157,20 +157,26 @@ class DeviceClient:
             mode = "ab" if start else "wb"
             written = start
             with part.open(mode) as out:
-                try:
-                    while block := response.read(BLOCK):
-                        written += len(block)
-                        if written > length:
-                            raise LengthExceededError("server sent more than the signed length")
-                        out.write(block)
-                except (OSError, TimeoutError, http.client.HTTPException) as exc:
-                    raise ServerError(f"download interrupted at {written} bytes: {exc}") from None
-                finally:
-                    out.flush()
-                    os.fsync(out.fileno())
+                while block := _read_block(response, written):
+                    written += len(block)
+                    if written > length:
+                        raise LengthExceededError("server sent more than the signed length")
+                    # A local write error (disk full) propagates as the OSError it is,
+                    # not as a network failure: the updater handles it differently.
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
         if written < length:
             # The connection ended early: keep the partial file, the next try resumes.
             raise ServerError(f"download interrupted at {written} of {length} bytes")
+
+
+def _read_block(response: Any, written: int) -> bytes:
+    try:
+        block: bytes = response.read(BLOCK)
+    except (OSError, TimeoutError, http.client.HTTPException) as exc:
+        raise ServerError(f"download interrupted at {written} bytes: {exc}") from None
+    return block
 
 
 def _read_capped(response: Any, cap: int) -> bytes:

@@ -1,13 +1,22 @@
-"""A/B model slots with an atomically switched pointer.
+"""Model slots with an atomically switched pointer.
 
-    state_dir/slots/a/   state_dir/slots/b/   state_dir/current
+    state_dir/slots/{a,b,c}/   state_dir/current
 
 A slot is a complete install only once its `slot.json` exists: it is written
 last (after every payload file is fsynced) and lists each file's size. The
-`current` pointer only ever names a complete slot and is replaced with
-write-temp, fsync, rename, fsync-dir. The install always goes to the slot the
-pointer does not name, so a kill -9 at any instant leaves `current` on the
-last activated, complete slot (or, before the first install, on nothing).
+`current` pointer names the active slot and the previous one (the rollback
+target); it is replaced with write-temp, fsync, rename, fsync-dir, so both
+names change together or not at all.
+
+Three slots, not two: an install goes to the *staging* slot, the one the
+pointer names neither as active nor as previous. A failed or interrupted
+install therefore never touches the rollback target; only a successful switch
+rotates it (active becomes previous, the old previous is freed and emptied so
+only two models stay on disk at rest). A kill -9 at any instant leaves
+`current` on the last activated, complete slot and its previous slot intact.
+
+Pointers written before the third slot existed have no `previous` field: the
+other A/B slot is then the previous one, as it was.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ __all__ = [
     "write_status",
 ]
 
-SLOT_NAMES = ("a", "b")
+SLOT_NAMES = ("a", "b", "c")
 META_FILE = "slot.json"
 POINTER_FILE = "current"
 STATUS_FILE = "status.json"
@@ -142,14 +151,23 @@ class SlotStore:
     crash the process exactly there.
     """
 
-    def __init__(self, state_dir: Path | str, *, hook: Hook | None = None) -> None:
+    def __init__(
+        self, state_dir: Path | str, *, hook: Hook | None = None, create: bool = True
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.slots_dir = self.state_dir / "slots"
         self.pointer_path = self.state_dir / POINTER_FILE
         self._hook = hook or _noop
+        if not create:
+            return
         for name in SLOT_NAMES:
             (self.slots_dir / name).mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
+
+    @classmethod
+    def read_only(cls, state_dir: Path | str) -> SlotStore:
+        """A store to look at (e.g. for `status`): creates and removes nothing."""
+        return cls(state_dir, create=False)
 
     def _remove_stale_temps(self) -> None:
         # Left by a crash between writing and renaming a pointer or status file.
@@ -194,45 +212,64 @@ class SlotStore:
         pointer = self.pointer()
         return self.slot(pointer["slot"]) if pointer else None
 
-    def inactive_name(self) -> str:
+    def previous_name(self) -> str | None:
+        """The slot the pointer keeps for rollback (None before a second install)."""
         pointer = self.pointer()
-        active = pointer["slot"] if pointer else SLOT_NAMES[1]
-        return SLOT_NAMES[1] if active == SLOT_NAMES[0] else SLOT_NAMES[0]
+        if pointer is None:
+            return None
+        active, previous = pointer["slot"], pointer.get("previous")
+        if "previous" not in pointer and active in ("a", "b"):
+            previous = "b" if active == "a" else "a"  # a pointer from the A/B layout
+        return previous if previous in SLOT_NAMES and previous != active else None
+
+    def staging_name(self) -> str:
+        """The slot an install goes to: neither the active nor the previous one."""
+        pointer = self.pointer()
+        taken = {pointer["slot"] if pointer else None, self.previous_name()}
+        return next(name for name in SLOT_NAMES if name not in taken)
 
     def previous(self) -> Slot | None:
-        """The other slot, if it still holds a complete install (rollback target)."""
-        return self.slot(self.inactive_name())
+        """The rollback target, if it still holds a complete install."""
+        name = self.previous_name()
+        return self.slot(name) if name else None
 
     # -- mutations -----------------------------------------------------------
 
     def prepare_inactive(self) -> Path:
-        """Empty the inactive slot and return its directory to install into."""
-        name = self.inactive_name()
-        path = self.slots_dir / name
+        """Empty the staging slot and return its directory to install into."""
+        path = self.slots_dir / self.staging_name()
         self._hook("prepare:start")
+        self._empty(path, "prepare")
+        self._hook("prepare:emptied")
+        return path
+
+    def discard_staging(self) -> None:
+        """Remove whatever a failed install left in the staging slot (frees its disk)."""
+        self._empty(self.slots_dir / self.staging_name(), "discard")
+
+    def _empty(self, path: Path, step: str) -> None:
         # Unmark first: from here on the slot is never taken for complete.
         (path / META_FILE).unlink(missing_ok=True)
         _fsync_dir(path)
-        self._hook("prepare:unmarked")
+        self._hook(f"{step}:unmarked")
         for child in path.iterdir():
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()
         _fsync_dir(path)
-        self._hook("prepare:emptied")
-        return path
 
     def activate(self, meta: SlotMeta) -> Slot:
-        """Seal the inactive slot with `meta` and switch `current` to it.
+        """Seal the staging slot with `meta` and switch `current` to it.
 
         Call after the payload is extracted into `prepare_inactive()`'s
-        directory and the model has loaded and passed its self-test.
+        directory and the model has loaded and passed its self-test. The
+        active slot becomes the previous one; the old previous slot is freed.
 
         Raises:
-            SlotError: the inactive slot is empty.
+            SlotError: the staging slot is empty.
         """
-        name = self.inactive_name()
+        name = self.staging_name()
         path = self.slots_dir / name
         files = {
             p.name: p.stat().st_size
@@ -245,27 +282,37 @@ class SlotStore:
         self._hook("activate:start")
         _write_json(path / META_FILE, sealed.to_dict(), self._hook, "activate:seal")
         self._hook("activate:sealed")
-        self._switch(name, sealed)
+        pointer = self.pointer()
+        outgoing = pointer["slot"] if pointer and self.active() is not None else None
+        self._switch(name, sealed, previous=outgoing)
         self._hook("activate:switched")
+        # Only now is the old rollback target unreferenced: free its disk.
+        self._empty(self.slots_dir / self.staging_name(), "free")
+        self._hook("activate:freed")
         return Slot(name, path, sealed)
 
     def rollback(self) -> Slot:
         """Switch `current` back to the other slot.
 
+        The slot rolled back from becomes the previous one, so the step can
+        be undone the same way.
+
         Raises:
-            SlotError: the other slot holds no complete install.
+            SlotError: the previous slot holds no complete install.
         """
         target = self.previous()
         if target is None:
             raise SlotError("no previous install to roll back to")
+        pointer = self.pointer()
         self._hook("rollback:start")
-        self._switch(target.name, target.meta)
+        self._switch(target.name, target.meta, previous=pointer["slot"] if pointer else None)
         self._hook("rollback:switched")
         return target
 
-    def _switch(self, name: str, meta: SlotMeta) -> None:
+    def _switch(self, name: str, meta: SlotMeta, *, previous: str | None) -> None:
         pointer = {
             "slot": name,
+            "previous": previous,
             "bundle": meta.bundle,
             "release": meta.release,
             "installed_at": meta.installed_at,

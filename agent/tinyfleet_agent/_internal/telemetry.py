@@ -120,6 +120,8 @@ class _BundleStats:
     requests: int = 0
     inferences: int = 0
     low_confidence: int = 0
+    # Low-confidence inputs sent to the group's fallback endpoint (see fallback.py).
+    fallback: Counter[str] = field(default_factory=Counter)
     load_ms: float | None = None
     errors: Counter[str] = field(default_factory=Counter)
     feedback: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -129,7 +131,7 @@ class _BundleStats:
     golden: dict[str, Any] = field(default_factory=dict)
 
     def empty(self) -> bool:
-        return not (self.requests or self.errors or self.feedback or self.golden)
+        return not (self.requests or self.errors or self.feedback or self.golden or self.fallback)
 
     def to_dict(self, bundle: str) -> dict[str, Any]:
         return {
@@ -141,6 +143,9 @@ class _BundleStats:
             "input_tokens": self.input_tokens.counts,
             "confidence": self.confidence.counts,
             "low_confidence": self.low_confidence,
+            "forwarded": self.fallback["forwarded"],
+            "forward_failed": self.fallback["forward_failed"],
+            "forward_dropped": self.fallback["forward_dropped"],
             "feedback": [
                 {"predicted": p, "actual": a, "count": n}
                 for (p, a), n in sorted(self.feedback.items())
@@ -206,6 +211,11 @@ class Telemetry:
                 self._errors[kind] += 1
             else:
                 self._stats(bundle).errors[kind] += 1
+
+    def record_fallback(self, bundle: str, outcome: str, n: int = 1) -> None:
+        """Count `n` low-confidence inputs "forwarded", "forward_failed" or "forward_dropped"."""
+        with self._lock:
+            self._stats(bundle).fallback[outcome] += n
 
     def record_feedback(self, bundle: str, predicted: str, actual: str) -> None:
         with self._lock:

@@ -2,6 +2,21 @@
 install into the inactive slot, self-test, switch. Serving never depends on any of it:
 every failure leaves the active slot untouched and is reported with its reason.
 
+Disk: the preflight wants 2x the bundle + a margin free (ciphertext and plaintext, then
+plaintext and the extracted slot, coexist). Running out of disk anyway (another writer
+filled it meanwhile) is an ENOSPC in the middle of a write: the partial download, the
+plaintext and the staging slot are removed, the failure is reported, and - unlike a bad
+bundle - the install is tried again at the next poll, so it succeeds once space is freed.
+A failed install never touches the active slot or the previous (rollback) slot.
+
+Local rollback: `tinyfleet-agent rollback` (see `reject_locally`) switches to the previous
+slot, remembers the bundle it left in status.json (`rejected_locally`) and queues two
+events: `rolled-back` (to the bundle now active, reason "local rollback") and `refused`
+(the rejected bundle, reason "rejected locally"), so the server and the rollout's install
+gate see it. While the server still assigns the rejected bundle the updater does not
+install it again (outcome "rejected-locally", also after a restart); once the server
+assigns any other bundle, the rejection is forgotten.
+
 Release floor: when a bundle activates, the model's floor becomes the release it
 replaced, so the device can step back exactly one release (the previous slot, which it
 verified before) when a rollout rolls back, and never further.
@@ -9,6 +24,7 @@ verified before) when a rollout rolls back, and never further.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
@@ -29,7 +45,7 @@ from .outbox import Outbox
 from .payload import extract_payload
 from .runtime import check_runtime
 from .selftest import run_golden_selftest
-from .slots import SlotMeta, SlotStore, write_status
+from .slots import Slot, SlotMeta, SlotStore, read_status, write_status
 from .stream_aead import atomic_write_bytes, decrypt_file
 from .tuf_verify import Assignment, TrustedState, resolve_assignment, update_root
 
@@ -39,10 +55,15 @@ log = logging.getLogger("tinyfleet_agent.updater")
 TRUST_FILE = "trust.json"
 MAX_BACKOFF_S = 300.0
 DISK_MARGIN = 64 << 20
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class UpdateRefusedError(Exception):
     """The assignment cannot be installed here; `reason` is reported to the server."""
+
+
+class InsufficientDiskError(UpdateRefusedError):
+    """Not enough free disk for this install now; retried at the next poll."""
 
 
 @dataclass
@@ -56,7 +77,10 @@ class Updater:
     poll_interval: float = 30.0
     on_health: Callable[..., None] = lambda **_: None
     on_selftest: Callable[[str, bool, float], None] = lambda *_: None
+    # Every fresh desired-state body (settings beside the bundle, e.g. the fallback URL).
+    on_state: Callable[[dict[str, Any]], None] = lambda _: None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    disk_margin: int = DISK_MARGIN
     etag: str | None = None
     failed: dict[str, str] = field(default_factory=dict)
     backoff: float = 0.0
@@ -64,7 +88,7 @@ class Updater:
     @property
     def events(self) -> Outbox:
         if not hasattr(self, "_events"):
-            self._events = Outbox(self.state_dir / "events.sqlite", capacity=500)
+            self._events = events_outbox(self.state_dir)
         return self._events
 
     # -- the loop ---------------------------------------------------------------------
@@ -98,47 +122,94 @@ class Updater:
         if response.status == 304:
             return "unchanged"
         body = response.json()
+        self.on_state(body)
         self.poll_interval = float(body.get("poll_interval") or self.poll_interval)
         desired = (body.get("desired") or {}).get("bundle")
         active = self.store.active()
+        rejected = _rejected_locally(self.state_dir)
         if desired is None or (active is not None and active.meta.bundle == desired):
             outcome = "current"
         elif desired in self.failed:
             outcome = "failed-before"
+        elif desired == rejected:
+            outcome = "rejected-locally"
         else:
             outcome = self.install(desired)
-        if outcome != "frozen":
+        if rejected and desired != rejected:
+            write_status(self.state_dir, rejected_locally=None)  # the server moved on
+        write_status(
+            self.state_dir, last_check={"at": self.clock().isoformat(), "outcome": outcome}
+        )
+        if outcome not in ("frozen", "deferred"):
             self.etag = response.headers.get("ETag")
         return outcome
 
     # -- one install ------------------------------------------------------------------
 
     def install(self, desired: str) -> str:
+        """Install `desired`; returns "installed", "failed", "deferred" or "frozen"."""
         self.report("downloading", desired)
         try:
-            assignment = self._verified_assignment()
-            bundle = assignment.record.bundle_id
-            self._preflight(assignment)
-            plaintext = self._fetch_and_decrypt(assignment)
-            self.report("installing", bundle)
-            directory = self.store.prepare_inactive()
-            extract_payload(plaintext, directory, golden_sha256=assignment.record.golden_set_sha256)
-            plaintext.unlink(missing_ok=True)
-            self._self_test(directory, assignment)
-            self._activate(assignment)
+            bundle = self._install(desired)
         except ExpiredMetadataError as exc:
             self._health(update="frozen", last_error=str(exc))
             self.report("frozen", desired, str(exc))
             return "frozen"  # look again next poll: the server may have refreshed
+        except InsufficientDiskError as exc:
+            return self._defer(desired, f"{type(exc).__name__}: {exc}")
         except (BundleError, UpdateRefusedError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            self._discard_partial_install(desired)
             self.failed[desired] = reason
+            self._record_attempt(desired, "failed", reason)
             self.report("failed", desired, reason)
             self._health(update="failed", last_error=reason)
             return "failed"
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                self._discard_partial_install(desired)
+                raise
+            self._discard_partial_install(desired, drop_download=True)
+            return self._defer(desired, f"disk full while installing: {exc.strerror}")
+        self._record_attempt(bundle, "active", "")
         self.report("active", bundle)
         self._health(update="idle", last_error=None)
         return "installed"
+
+    def _install(self, desired: str) -> str:
+        assignment = self._verified_assignment()
+        bundle = assignment.record.bundle_id
+        self._preflight(assignment)
+        plaintext = self._fetch_and_decrypt(assignment)
+        self.report("installing", bundle)
+        directory = self.store.prepare_inactive()
+        extract_payload(plaintext, directory, golden_sha256=assignment.record.golden_set_sha256)
+        plaintext.unlink(missing_ok=True)
+        self._self_test(directory, assignment)
+        self._activate(assignment)
+        return bundle
+
+    def _defer(self, desired: str, reason: str) -> str:
+        """A failure that more disk cures: reported, not remembered, retried next poll."""
+        self._record_attempt(desired, "failed", reason)
+        self.report("failed", desired, reason)
+        self._health(update="disk-full", last_error=reason)
+        return "deferred"
+
+    def _discard_partial_install(self, bundle: str, *, drop_download: bool = False) -> None:
+        """Free what a failed install wrote; the active and previous slots are untouched."""
+        downloads = self.state_dir / "downloads"
+        names = [f"{bundle}.zip"] + ([f"{bundle}.enc", f"{bundle}.enc.part"] * drop_download)
+        for name in names:
+            (downloads / name).unlink(missing_ok=True)
+        try:
+            self.store.discard_staging()
+        except OSError:
+            log.exception("could not empty the staging slot")  # emptied again next install
+
+    def _record_attempt(self, bundle: str, result: str, reason: str) -> None:
+        attempt = {"bundle": bundle, "result": result, "reason": reason[:500]}
+        self._health(last_attempt={**attempt, "at": self.clock().isoformat()})
 
     def _verified_assignment(self) -> Assignment:
         state = self._load_trust()
@@ -161,7 +232,11 @@ class Updater:
             now=self.clock(),
         )
         self._save_trust(state)  # raised metadata floors persist even if installing fails
-        self._health(metadata="fresh", metadata_checked_at=self.clock().isoformat())
+        self._health(
+            metadata="fresh",
+            metadata_checked_at=self.clock().isoformat(),
+            metadata_expires=_earliest_expiry(timestamp, snapshot, targets, director),
+        )
         return assignment
 
     def _follow_roots(self, state: TrustedState, repository: str) -> None:
@@ -190,10 +265,13 @@ class Updater:
             check_runtime(record.runtime, record.min_runtime_version)
         except Exception as exc:
             raise UpdateRefusedError(str(exc)) from exc
-        needed = 2 * assignment.length + DISK_MARGIN
+        needed = 2 * assignment.length + self.disk_margin
         free = shutil.disk_usage(self.state_dir).free
         if free < needed:
-            raise UpdateRefusedError(f"not enough disk: {free} bytes free, {needed} needed")
+            raise InsufficientDiskError(
+                f"not enough disk: {free} bytes free, {needed} needed "
+                f"(2 x {assignment.length} byte bundle + {self.disk_margin} margin)"
+            )
 
     def _fetch_and_decrypt(self, assignment: Assignment) -> Path:
         downloads = self.state_dir / "downloads"
@@ -263,13 +341,7 @@ class Updater:
 
     def report(self, state: str, bundle: str, reason: str = "") -> None:
         log.info("update-%s", state, extra={"bundle": bundle, "reason": reason})
-        event = {
-            "state": state,
-            "bundle": bundle,
-            "reason": reason[:500],
-            "at": self.clock().isoformat(),
-        }
-        self.events.put({"batch_id": str(uuid.uuid4()), "event": event})
+        queue_event(self.events, state, bundle, reason, self.clock())
 
     def flush_events(self) -> None:
         pending = self.events.peek(50)
@@ -277,6 +349,74 @@ class Updater:
             return
         self.client.events([p["event"] for p in pending])
         self.events.ack(p["batch_id"] for p in pending)
+
+
+def queue_event(
+    events: Outbox, state: str, bundle: str, reason: str, at: datetime, **detail: Any
+) -> None:
+    """Put one state-transition event in the outbox (sent by the running agent)."""
+    event: dict[str, Any] = {
+        "state": state,
+        "bundle": bundle,
+        "reason": reason[:500],
+        "at": at.isoformat(),
+    }
+    if detail:
+        event["detail"] = detail
+    events.put({"batch_id": str(uuid.uuid4()), "event": event})
+
+
+def events_outbox(state_dir: Path) -> Outbox:
+    return Outbox(state_dir / "events.sqlite", capacity=500)
+
+
+def _rejected_locally(state_dir: Path) -> str | None:
+    rejected = read_status(state_dir).get("rejected_locally")
+    bundle = rejected.get("bundle") if isinstance(rejected, dict) else None
+    return bundle if isinstance(bundle, str) else None
+
+
+def reject_locally(store: SlotStore, clock: Callable[[], datetime] | None = None) -> Slot:
+    """Roll back to the previous slot on the device's own initiative and report it.
+
+    Raises:
+        SlotError: there is no complete previous install.
+    """
+    now = (clock or (lambda: datetime.now(UTC)))()
+    leaving = store.active()
+    slot = store.rollback()
+    rejected = leaving.meta.bundle if leaving is not None else ""
+    write_status(
+        store.state_dir,
+        rejected_locally={
+            "bundle": rejected,
+            "rolled_back_to": slot.meta.bundle,
+            "at": now.isoformat(),
+        },
+        last_attempt={
+            "bundle": rejected,
+            "result": "rejected-locally",
+            "reason": "local rollback",
+            "at": now.isoformat(),
+        },
+    )
+    events = events_outbox(store.state_dir)
+    queue_event(events, "rolled-back", slot.meta.bundle, "local rollback", now, rejected=rejected)
+    if rejected:
+        queue_event(events, "refused", rejected, "rejected locally (tinyfleet-agent rollback)", now)
+    return slot
+
+
+def _earliest_expiry(*verified: bytes) -> str | None:
+    """When the first of these (already verified) metadata files expires: updates stop
+    then ("frozen") unless the server refreshed them. Shown by `status`."""
+    stamps = []
+    for metadata in verified:
+        try:
+            stamps.append(str(json.loads(metadata)["signed"]["expires"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return min(stamps) if stamps else None  # ISO-8601 "Z" stamps sort by time
 
 
 def _pinned_version(metadata: bytes, name: str) -> int:
