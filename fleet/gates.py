@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from fleet import evidence, rollouts
+from fleet import drift, evidence, rollouts
 from fleet.models import Rollout, RolloutStatus
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def evaluate(rollout: Rollout) -> tuple[str, list[GateResult]]:
             None if new.error_rate is None else new.error_rate <= g("max_error_rate"),
         ),
         *_comparisons(rollout, devices, since, new),
+        *_confidence_drift(rollout, new),
     ]
     if any(r.status == "fail" for r in results):
         return "fail", results
@@ -129,6 +130,23 @@ def _comparisons(
             )
         )
     return results
+
+
+def _confidence_drift(rollout: Rollout, new: evidence.BundleEvidence) -> list[GateResult]:
+    """Optional: PSI of the wave's confidences against the compression-time reference."""
+    limit = rollout.gate("max_confidence_psi")
+    if limit is None:
+        return []
+    reference = drift.reference_for_bundle(rollout.bundle_id)
+    if reference.counts is None:
+        # Embedding models report no confidence; old versions have no reference. Neither
+        # should block a rollout the operator cannot fix from here.
+        return [GateResult("confidence_psi", "n/a", None, limit, reference.note)]
+    samples, minimum = new.confidence_samples, rollout.gate("min_confidence_samples")
+    value = reference.psi(new.confidence_counts) if samples else None
+    ok = None if value is None or samples < minimum else value <= limit
+    detail = f"{samples} in-field confidences (at least {minimum} needed)"
+    return [_gate("confidence_psi", value, limit, ok, detail)]
 
 
 def step(rollout: Rollout) -> str:

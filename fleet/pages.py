@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import ApiToken, Role, audit, has_role
 from accounts.permissions import role_required
-from fleet import monitoring, rollouts
+from fleet import drift, monitoring, rollouts
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
 from fleet.presenters import device_json, enroll_command
@@ -66,6 +66,7 @@ def device_detail(request: HttpRequest, device_id: str) -> HttpResponse:
             "device": device,
             "info": device_json(device),
             "events": DeviceEvent.objects.filter(device=device)[:50],
+            "days": monitoring.device_series(device),
         },
     )
 
@@ -201,15 +202,16 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
 def bundle_monitor(request: HttpRequest, bundle_id: str) -> HttpResponse:
     bundle = get_object_or_404(Bundle.objects.select_related("version__model"), pk=bundle_id)
     hours = int(request.GET.get("hours", "24")) if request.GET.get("hours", "").isdigit() else 24
-    groups = Group.objects.all()
-    per_group = [(g, monitoring.bundle_series(bundle.pk, hours, g)) for g in groups]
+    hours = min(max(hours, 1), 720)
+    reference = drift.reference_for_bundle(bundle.pk)
     return render(
         request,
         "fleet/monitor.html",
         {
             "bundle": bundle,
-            "series": monitoring.bundle_series(bundle.pk, min(hours, 720)),
-            "per_group": [(g, s[-1]) for g, s in per_group if s],
+            "series": monitoring.bundle_series(bundle.pk, hours, reference=reference),
+            "per_group": monitoring.group_breakdown(bundle.pk, hours, reference=reference),
+            "drift": monitoring.drift_summary(bundle.pk, hours),
             "hours": hours,
         },
     )
