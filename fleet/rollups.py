@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 from tinyfleet_agent._internal.telemetry import (
     CONFIDENCE_EDGES,
@@ -40,6 +41,11 @@ HISTOGRAM_FIELDS = {
     "input_tokens": "input_tokens_counts",
     "confidence": "confidence_counts",
 }
+HOURLY_FIELDS = [
+    f.name
+    for f in BundleGroupHour._meta.concrete_fields
+    if f.name not in ("id", "bundle", "group", "hour")
+]
 MAX_COUNT = 2**40  # per value in one batch: far above any real period, below overflow
 # Distinct labels (each way of the confusion counts) and error kinds kept per rollup row;
 # the rest fold into OTHER so a misbehaving device cannot grow a row without bound
@@ -235,14 +241,43 @@ def apply(device: Device, hour: datetime, parts: list[Contribution], group_ids: 
         row.hours_mask |= bit
         add_to_row(row, part)
         row.save()
+    hourly = _lock_hour_rows(hour, [p.bundle for p in parts], group_ids)
     for part in parts:
         for group_id in [None, *group_ids]:
-            hourly, _ = BundleGroupHour.objects.select_for_update().get_or_create(
-                bundle=part.bundle, group_id=group_id, hour=hour
-            )
-            hourly.devices += 1 if first_in_hour[part.bundle] else 0
-            add_to_row(hourly, part)
-            hourly.save()
+            row_h = hourly[(part.bundle, group_id)]
+            row_h.devices += 1 if first_in_hour[part.bundle] else 0
+            add_to_row(row_h, part)
+    # One UPDATE for all hourly rows: they are the contended ones, so the fewer round
+    # trips between locking them and committing, the more batches per second a bundle
+    # can take.
+    BundleGroupHour.objects.bulk_update(list(hourly.values()), HOURLY_FIELDS)
+
+
+def _lock_hour_rows(
+    hour: datetime, bundles: list[str], group_ids: list[int]
+) -> dict[tuple[str, int | None], BundleGroupHour]:
+    """Lock (creating what is missing) the hourly rows of these bundles: fleet-wide
+    first, then groups by id, bundle by bundle: the same order in every transaction."""
+    wanted = {(b, g) for b in bundles for g in [None, *group_ids]}
+
+    def fetch() -> dict[tuple[str, int | None], BundleGroupHour]:
+        rows = (
+            BundleGroupHour.objects.select_for_update()
+            .filter(hour=hour, bundle__in=bundles)
+            .filter(Q(group__isnull=True) | Q(group_id__in=group_ids))
+            .order_by("bundle", F("group_id").asc(nulls_first=True))
+        )
+        return {(r.bundle, r.group_id): r for r in rows}
+
+    found = fetch()
+    missing = sorted(wanted - found.keys(), key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+    for bundle, group_id in missing:
+        try:
+            with transaction.atomic():
+                BundleGroupHour.objects.create(bundle=bundle, group_id=group_id, hour=hour)
+        except IntegrityError:
+            pass  # another batch created it first; fetch() below locks it
+    return fetch() if missing else found
 
 
 def _merge_counts(a: list[int], b: list[int]) -> list[int]:
