@@ -8,7 +8,7 @@ percentiles are exact to the bucket whatever the number of devices.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,14 +68,15 @@ def bundle_series(
     reference = reference or drift.reference_for_bundle(bundle_id)
     since = _hour(timezone.now() - timedelta(hours=hours))
     rows = BundleGroupHour.objects.filter(bundle=bundle_id, hour__gte=since, group=group)
-    series = []
-    for row in rows.order_by("hour"):
-        ev = BundleEvidence()
-        ev.add_row(row, "hour")
-        series.append(
-            {"hour": row.hour.isoformat(), "devices": row.devices, **_numbers(ev, reference, 3600)}
-        )
-    return series
+    per_hour: dict[datetime, tuple[BundleEvidence, int]] = {}
+    for row in rows.order_by("hour", "shard"):
+        ev, devices = per_hour.get(row.hour, (BundleEvidence(), 0))
+        ev.add_row(row, str(row.pk))
+        per_hour[row.hour] = (ev, devices + row.devices)  # shards never share a device
+    return [
+        {"hour": hour.isoformat(), "devices": devices, **_numbers(ev, reference, 3600)}
+        for hour, (ev, devices) in sorted(per_hour.items())
+    ]
 
 
 def group_breakdown(
@@ -88,19 +89,24 @@ def group_breakdown(
     rows = BundleGroupHour.objects.filter(
         bundle=bundle_id, hour__gte=since, group__isnull=False
     ).select_related("group")
-    merged: dict[int, tuple[Group, BundleEvidence, int]] = {}
+    merged: dict[int, tuple[Group, BundleEvidence]] = {}
+    devices_per_hour: dict[tuple[int, datetime], int] = defaultdict(int)
     for row in rows:
-        group, ev, peak = merged.get(row.group_id, (row.group, BundleEvidence(), 0))
+        group, ev = merged.get(row.group_id, (row.group, BundleEvidence()))
         ev.add_row(row, str(row.pk))
-        merged[row.group_id] = (group, ev, max(peak, row.devices))
+        merged[row.group_id] = (group, ev)
+        devices_per_hour[(row.group_id, row.hour)] += row.devices
+    peak: dict[int, int] = defaultdict(int)
+    for (group_id, _), devices in devices_per_hour.items():
+        peak[group_id] = max(peak[group_id], devices)
     return [
         {
             "group": g.pk,
             "name": g.name,
-            "peak_devices": peak,
+            "peak_devices": peak[g.pk],
             **_numbers(ev, reference, hours * 3600),
         }
-        for g, ev, peak in sorted(merged.values(), key=lambda item: item[0].name)
+        for g, ev in sorted(merged.values(), key=lambda item: item[0].name)
     ]
 
 

@@ -11,6 +11,7 @@ serialise on the rows they share and never deadlock.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -44,8 +45,11 @@ HISTOGRAM_FIELDS = {
 HOURLY_FIELDS = [
     f.name
     for f in BundleGroupHour._meta.concrete_fields
-    if f.name not in ("id", "bundle", "group", "hour")
+    if f.name not in ("id", "bundle", "group", "hour", "shard")
 ]
+# Hourly rows per bundle, group and hour (see BundleGroupHour.shard). More shards, less
+# queueing on hot rows; readers merge up to this many rows per hour.
+HOURLY_SHARDS = 8
 MAX_COUNT = 2**40  # per value in one batch: far above any real period, below overflow
 # Distinct labels (each way of the confusion counts) and error kinds kept per rollup row;
 # the rest fold into OTHER so a misbehaving device cannot grow a row without bound
@@ -241,7 +245,8 @@ def apply(device: Device, hour: datetime, parts: list[Contribution], group_ids: 
         row.hours_mask |= bit
         add_to_row(row, part)
         row.save()
-    hourly = _lock_hour_rows(hour, [p.bundle for p in parts], group_ids)
+    shard = uuid.UUID(str(device.pk)).int % HOURLY_SHARDS
+    hourly = _lock_hour_rows(hour, shard, [p.bundle for p in parts], group_ids)
     for part in parts:
         for group_id in [None, *group_ids]:
             row_h = hourly[(part.bundle, group_id)]
@@ -254,7 +259,7 @@ def apply(device: Device, hour: datetime, parts: list[Contribution], group_ids: 
 
 
 def _lock_hour_rows(
-    hour: datetime, bundles: list[str], group_ids: list[int]
+    hour: datetime, shard: int, bundles: list[str], group_ids: list[int]
 ) -> dict[tuple[str, int | None], BundleGroupHour]:
     """Lock (creating what is missing) the hourly rows of these bundles: fleet-wide
     first, then groups by id, bundle by bundle: the same order in every transaction."""
@@ -263,7 +268,7 @@ def _lock_hour_rows(
     def fetch() -> dict[tuple[str, int | None], BundleGroupHour]:
         rows = (
             BundleGroupHour.objects.select_for_update()
-            .filter(hour=hour, bundle__in=bundles)
+            .filter(hour=hour, shard=shard, bundle__in=bundles)
             .filter(Q(group__isnull=True) | Q(group_id__in=group_ids))
             .order_by("bundle", F("group_id").asc(nulls_first=True))
         )
@@ -274,7 +279,9 @@ def _lock_hour_rows(
     for bundle, group_id in missing:
         try:
             with transaction.atomic():
-                BundleGroupHour.objects.create(bundle=bundle, group_id=group_id, hour=hour)
+                BundleGroupHour.objects.create(
+                    bundle=bundle, group_id=group_id, hour=hour, shard=shard
+                )
         except IntegrityError:
             pass  # another batch created it first; fetch() below locks it
     return fetch() if missing else found

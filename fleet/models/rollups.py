@@ -58,17 +58,22 @@ class BundleGroupHour(RollupCounters):
         Group, null=True, blank=True, on_delete=models.CASCADE, related_name="rollups"
     )
     hour = models.DateTimeField()
+    # Each device always writes the same one of HOURLY_SHARDS rows per bundle, group and
+    # hour (fleet.rollups), so concurrent batches of a busy bundle rarely queue on one
+    # row lock; readers add the shards up (distinct devices too, as a device never
+    # spans two shards).
+    shard = models.PositiveSmallIntegerField(default=0)
     devices = models.IntegerField(default=0)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["bundle", "group", "hour"],
+                fields=["bundle", "group", "hour", "shard"],
                 condition=Q(group__isnull=False),
                 name="bundle_group_hour_unique",
             ),
             models.UniqueConstraint(
-                fields=["bundle", "hour"],
+                fields=["bundle", "hour", "shard"],
                 condition=Q(group__isnull=True),
                 name="bundle_fleet_hour_unique",
             ),

@@ -11,6 +11,7 @@ import random
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -105,6 +106,23 @@ def _assert_row(row: Any, expected: dict[str, Any]) -> None:
     assert row.golden_min_agreement == pytest.approx(expected["golden_min"])
 
 
+def _hourly(**where: Any) -> Any:
+    """The shards of one bundle-group-hour added up, independently of the server code."""
+    rows = list(BundleGroupHour.objects.filter(bundle=BUNDLE, **where))
+    assert rows and len({(r.group_id, r.hour) for r in rows}) == 1
+    merged = SimpleNamespace(hour=rows[0].hour, feedback_confusion={})
+    for name in ("batches", "requests", "errors", "devices", "feedback_total"):
+        setattr(merged, name, sum(getattr(r, name) for r in rows))
+    merged.feedback_correct = sum(r.feedback_correct for r in rows)
+    merged.latency_counts = [sum(c) for c in zip(*(r.latency_counts for r in rows), strict=True)]
+    merged.confidence_counts = [
+        sum(c) for c in zip(*(r.confidence_counts for r in rows), strict=True)
+    ]
+    merged.golden_min_agreement = min(r.golden_min_agreement for r in rows)
+    merged.neg = sum(r.feedback_confusion.get("pos", {}).get("neg", 0) for r in rows)
+    return merged
+
+
 def test_it_rolls_up_batches_per_group_hour_and_device_day_and_ignores_replays() -> None:
     rng = random.Random(6)
     hour = _hour(timezone.now()) - timedelta(hours=2)
@@ -124,21 +142,21 @@ def test_it_rolls_up_batches_per_group_hour_and_device_day_and_ignores_replays()
             sent[i].append(section)
     assert _post(devices[2], batch) == 200  # a replay: acknowledged, counted once
     everyone = sent[0] + sent[1] + sent[2]
-    fleet = BundleGroupHour.objects.get(bundle=BUNDLE, group=None)
+    fleet = _hourly(group=None)
     assert fleet.hour == hour and fleet.devices == 3
     _assert_row(fleet, _expected(everyone))
-    by_site = BundleGroupHour.objects.get(group=site)
+    by_site = _hourly(group=site)
     assert by_site.devices == 2
     _assert_row(by_site, _expected(sent[0] + sent[1]))
-    by_canaries = BundleGroupHour.objects.get(group=canaries)
+    by_canaries = _hourly(group=canaries)
     assert by_canaries.devices == 1
     _assert_row(by_canaries, _expected(sent[2]))
-    assert BundleGroupHour.objects.count() == 3
+    assert {r.group_id for r in BundleGroupHour.objects.all()} == {None, site.pk, canaries.pk}
     for i, d in enumerate(devices):
         day = DeviceDay.objects.get(device=d.device)
         assert day.day == hour.date() and day.hours_mask == 1 << hour.hour
         _assert_row(day, _expected(sent[i]))
-    assert fleet.feedback_confusion["pos"]["neg"] == sum(
+    assert fleet.neg == sum(
         f["count"] for s in everyone for f in s["feedback"] if f["actual"] == "neg"
     )
 
@@ -155,10 +173,11 @@ def test_it_never_counts_a_replayed_batch_twice() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_keeps_rollups_exact_when_batches_for_the_same_hour_race() -> None:
+def test_it_keeps_rollups_exact_when_batches_for_the_same_hour_race(monkeypatch: Any) -> None:
     # Eight threads, each with its own database connection, post different batches for
     # the same bundle, group and hour at once; two threads share each device, so the
-    # device-day rows are contended too.
+    # device-day rows are contended too. One shard: every batch hits the same hourly rows.
+    monkeypatch.setattr("fleet.rollups.HOURLY_SHARDS", 1)
     rng = random.Random(2)
     group = Group.objects.create(name="racers", selector="site=race")
     devices = [make_device(f"racer-{i}") for i in range(4)]
@@ -185,7 +204,8 @@ def test_it_keeps_rollups_exact_when_batches_for_the_same_hour_race() -> None:
         t.join()
     assert statuses == [202] * 40
     expected = _expected([s for _, sections in plans for s in sections])
-    for row in BundleGroupHour.objects.filter(bundle=BUNDLE):
+    for where in ({"group": None}, {"group": group}):
+        row = _hourly(**where)
         assert row.devices == 4
         _assert_row(row, expected)
     assert {r.group_id for r in BundleGroupHour.objects.all()} == {None, group.pk}
@@ -275,7 +295,7 @@ def test_retention_deletes_only_old_raw_batches_and_keeps_rollups(settings: Any)
     kept = sorted((now - b.received_at).days for b in TelemetryBatch.objects.all())
     assert kept == [0, 13]
     assert sorted((now.date() - d.day).days for d in DeviceDay.objects.all()) == [0, 13, 20]
-    assert BundleGroupHour.objects.count() == 3
+    assert BundleGroupHour.objects.count() == 3  # one device: one shard per hour
     assert enforce_retention(now) == {"raw_batches": 0, "hourly_rollups": 0, "daily_rollups": 0}
 
 
