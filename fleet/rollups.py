@@ -200,6 +200,10 @@ def group_ids_for(device: Device) -> list[int]:
     return sorted(ids)
 
 
+class _KnownBatchError(Exception):
+    """The batch id is already stored (a replay, or the same batch racing itself)."""
+
+
 def store_batch(
     device: Device,
     batch: dict[str, Any],
@@ -213,9 +217,11 @@ def store_batch(
     """
     parts = contributions(batch)  # validate everything before writing anything
     received = received_at or timezone.now()
-    with transaction.atomic():
-        try:
-            with transaction.atomic():
+    try:
+        with transaction.atomic():
+            try:
+                # First statement of the transaction, so a duplicate needs no savepoint:
+                # the whole (empty) transaction is rolled back.
                 TelemetryBatch.objects.create(
                     batch_id=batch["batch_id"],
                     device=device,
@@ -225,9 +231,12 @@ def store_batch(
                     body=raw_body,
                     received_at=received,
                 )
-        except IntegrityError:
-            return False
-        apply(device, rollup_hour(batch.get("period_end"), received), parts, group_ids_for(device))
+            except IntegrityError as exc:
+                raise _KnownBatchError from exc
+            hour = rollup_hour(batch.get("period_end"), received)
+            apply(device, hour, parts, group_ids_for(device))
+    except _KnownBatchError:
+        return False
     return True
 
 
