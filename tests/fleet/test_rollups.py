@@ -356,3 +356,27 @@ def test_the_rebuild_refuses_days_raw_retention_may_have_deleted(settings: Any) 
     with pytest.raises(CommandError, match="not an ISO 8601"):
         call_command("rebuild_rollups", "--since", "last tuesday")
     assert _snapshot() == before
+
+
+def test_the_device_page_and_api_show_its_daily_rollups(
+    alice_api: Any, client: Any, bob: Any
+) -> None:
+    rng = random.Random(8)
+    device = make_device("daily")
+    now = timezone.now()
+    sections = [_section(rng) for _ in range(3)]
+    for minutes, section in zip((200, 100, 5), sections, strict=True):
+        assert _post(device, _batch(section, now - timedelta(minutes=minutes))) == 202
+    body = alice_api.get(f"/api/v1/metrics?device={device.id}&hours=48").json()
+    expected = _expected(sections)
+    requests = sum(d["requests"] for d in body["days"])
+    assert requests == expected["requests"] and {d["bundle"] for d in body["days"]} == {BUNDLE}
+    merged = [0] * LAT
+    for day in DeviceDay.objects.filter(device=device.device):
+        merged = _add(merged, day.latency_counts)
+    assert merged == expected["latency"]
+    assert alice_api.get("/api/v1/metrics?device=not-a-device").status_code == 404
+    client.force_login(bob)  # a viewer
+    page = client.get(f"/devices/{device.id}/").content.decode()
+    assert 'data-testid="device-days"' in page and 'id="device-chart"' in page
+    assert BUNDLE in page
