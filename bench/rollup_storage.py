@@ -9,7 +9,7 @@ with latencies, token counts, confidences, feedback and a golden self-test) thro
 `fleet.rollups.store_batch`, in this process (no HTTP: the HTTP path is bench/fleet.py's).
 Batches of one device go to one hour, one batch every 5 minutes as the agent's default.
 
-Prints (and writes bench/reports/rollups.md): median and p95 wall time of one raw-only
+Prints (and writes bench/reports/rollup_storage.md): median and p95 wall time of one raw-only
 insert (what ingest did before rollups) and of one raw + rollup ingest, and the bytes per
 row (heap + indexes + TOAST) of the raw table and both rollup tables.
 """
@@ -200,7 +200,7 @@ def run(devices: int, batches: int, groups: int, threads: int = 4) -> str:
         f"{datetime.now(UTC):%Y-%m-%d}.",
         "In-process `store_batch` (no HTTP), the agent's real batch bodies, one bundle, "
         f"each device in one of {groups} selector groups, {batches} batches per device "
-        "in one hour, one at a time (no concurrency).",
+        "in one hour. The table: one batch at a time.",
         "",
         "| ingest of one batch | median ms | p95 ms |",
         "|---|---|---|",
@@ -233,7 +233,7 @@ def main() -> None:
     finally:
         subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DB])
     print(report)
-    (ROOT / "bench" / "reports" / "rollups.md").write_text(report)
+    (ROOT / "bench" / "reports" / "rollup_storage.md").write_text(report)
 
 
 if __name__ == "__main__":
