@@ -23,7 +23,7 @@ from tinyfleet_agent._internal.telemetry import LATENCY_EDGES_MS, percentile_fro
 from fleet.models import BundleGroupHour, DeviceDay, Group, TelemetryBatch
 from fleet.rollup_maintenance import enforce_retention
 from fleet.rollups import rollup_hour
-from fleet.tasks import enforce_telemetry_retention
+from fleet.tasks import enforce_telemetry_retention, rebuild_telemetry_rollups
 from tests.conftest import Worker, wait_for
 from tests.fleet.telemetry_helpers import BUCKETS, ingest
 from tests.fleet.test_publish import TestDevice, make_device
@@ -300,7 +300,7 @@ def test_retention_deletes_only_old_raw_batches_and_keeps_rollups(settings: Any)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_beat_retention_task_runs_on_a_real_worker(celery_worker: Worker) -> None:
+def test_the_retention_and_rebuild_tasks_run_on_a_real_worker(celery_worker: Worker) -> None:
     now = timezone.now()
     device = make_device()
     _raw_and_rollups_at(device, now - timedelta(days=30))
@@ -308,6 +308,14 @@ def test_the_beat_retention_task_runs_on_a_real_worker(celery_worker: Worker) ->
     enforce_telemetry_retention.delay()
     wait_for(lambda: TelemetryBatch.objects.count() == 1, timeout=60)
     assert DeviceDay.objects.count() == 2  # rollups outlive raw batches
+    today = DeviceDay.objects.get(day=now.astimezone(UTC).date())
+    requests = today.requests
+    DeviceDay.objects.filter(pk=today.pk).update(requests=0)
+    rebuild_telemetry_rollups.delay((now - timedelta(hours=1)).isoformat(), now.isoformat())
+    wait_for(
+        lambda: DeviceDay.objects.filter(day=today.day, requests=requests).exists(), timeout=60
+    )
+    assert requests > 0 and DeviceDay.objects.count() == 2
 
 
 def _snapshot() -> list[tuple[Any, ...]]:
