@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tinyfleet_agent._internal.telemetry import CONFIDENCE_EDGES
 
+from compression.models import Job, ModelVersion
 from compression.pipeline.assess import assess
 from compression.pipeline.evaluate import confidence_histogram
+from tests.compression.helpers import upload
+from tests.conftest import Worker, wait_for
 
 
 def _tiny_classifier(path: Path, seed: int) -> Path:
@@ -27,6 +32,29 @@ def _tiny_classifier(path: Path, seed: int) -> Path:
     model.ir_version = 8
     path.mkdir(parents=True)
     onnx.save(model, path / "model.onnx")
+    return path
+
+
+def _text_shaped_classifier(path: Path) -> Path:
+    """input_ids[batch, seq] -> logits[batch, 3] (mean id through a 1x3 MatMul): accepts
+    any sequence length, as the job's benchmark feeds text models."""
+    weight = np.array([[0.05, -0.02, 0.0]], dtype=np.float32)
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["ids_f"], ["mean"], axes=[1], keepdims=1),
+            helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+        ],
+        "text-classifier",
+        [ids],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
     return path
 
 
@@ -65,3 +93,22 @@ def test_assess_records_the_derived_classifiers_confidences(tmp_path: Path) -> N
     assert "reference_confidence" not in assess(
         str(parent), str(child), "text-embedding", str(tmp_path / "e.npz")
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_compression_job_stores_the_reference_on_the_derived_classifier(
+    celery_worker: Worker, alice_api: Any, tmp_path: Path
+) -> None:
+    model = _text_shaped_classifier(tmp_path / "clf.onnx")
+    body = upload(alice_api, model, name="tiny-clf", task="text-classification").json()
+    wait_for(lambda: ModelVersion.objects.get(pk=body["id"]).status == "ready")
+    started = alice_api.post("/api/v1/jobs", {"version": body["id"], "recipe": "onnx-int8-dynamic"})
+    assert started.status_code == 201, started.content
+    job = wait_for(
+        lambda: (j := Job.objects.get(pk=started.json()["id"])).is_finished and j, timeout=120
+    )
+    assert job.status == "succeeded", (job.error, job.log, celery_worker.log())
+    metrics = ModelVersion.objects.get(pk=job.result_version_id).metrics
+    reference = metrics["reference_confidence"]
+    assert reference["edges"] == list(CONFIDENCE_EDGES)
+    assert sum(reference["counts"]) == reference["count"] == metrics["examples"] > 0
