@@ -195,6 +195,11 @@ def _compress(job: Job) -> None:
             "fidelity": assessment["fidelity"],
             "evaluated_on": assessment["inputs"],
             "examples": assessment["examples"],
+            **(
+                {"reference_confidence": assessment["reference_confidence"]}
+                if "reference_confidence" in assessment
+                else {}
+            ),
             "size_bytes": artifact.stat().st_size,
             "size_ratio": artifact.stat().st_size / max(parent.size_bytes, 1),
         }

@@ -227,15 +227,34 @@ def revoke(request: HttpRequest, device_id: str) -> Status[Any]:
     return Status(200, device_json(device))
 
 
-@router.get("/metrics", summary="Fleet overview, or one bundle's hourly in-field series")
+@router.get(
+    "/metrics", summary="Fleet overview, one bundle's hourly in-field series, or one device's days"
+)
 def metrics(
-    request: HttpRequest, bundle: str = "", group: int | None = None, hours: int = 24
+    request: HttpRequest,
+    bundle: str = "",
+    group: int | None = None,
+    hours: int = 24,
+    device: str = "",
 ) -> dict[str, Any]:
-    from fleet.monitoring import bundle_series, overview
+    """Without parameters: the fleet overview. With `bundle`: hourly series (fleet-wide or
+    `group`'s), the per-group breakdown and confidence drift (PSI) over the last `hours`.
+    With `device`: that device's daily numbers per bundle over the last `hours`."""
+    from fleet import monitoring
 
     if not 1 <= hours <= 24 * 30:
         raise HttpError(400, "hours must be between 1 and 720")
+    if device:
+        days = max(1, -(-hours // 24))
+        return {"device": device, "days": monitoring.device_series(_device(device), days)}
     if not bundle:
-        return overview()
+        return monitoring.overview()
     chosen = get_object_or_404(Group, pk=group) if group is not None else None
-    return {"bundle": bundle, "group": group, "series": bundle_series(bundle, hours, chosen)}
+    return {
+        "bundle": bundle,
+        "group": group,
+        "hours": hours,
+        "series": monitoring.bundle_series(bundle, hours, chosen),
+        "groups": monitoring.group_breakdown(bundle, hours),
+        "drift": monitoring.drift_summary(bundle, hours),
+    }

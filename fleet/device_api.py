@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import NinjaAPI, Router, Schema, Status
@@ -20,7 +20,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
 from fleet.enrollment import EnrollmentError, enroll
-from fleet.models import Device, DeviceEvent, TelemetryBatch
+from fleet.models import Device, DeviceEvent
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
 from fleet.rollout_tasks import nudge
 from fleet.state import last_seen_write_interval, state_body, state_etag
@@ -221,18 +221,14 @@ def ingest_telemetry(request: HttpRequest) -> Status[Any]:
         batch = parse_batch(request.body)
     except TelemetryError as exc:
         return Status(400, {"error": str(exc)})
+    from fleet.rollups import store_batch
+
     try:
-        with transaction.atomic():
-            TelemetryBatch.objects.create(
-                batch_id=batch["batch_id"],
-                device=device,
-                bundle=batch.get("bundle") or "",
-                period_start=batch.get("period_start"),
-                period_end=batch.get("period_end"),
-                body=_jsonable(batch),
-            )
-    except IntegrityError:
-        # A replay (or the same batch racing itself): acknowledged, stored once.
+        stored = store_batch(device, batch, _jsonable(batch))
+    except TelemetryError as exc:
+        return Status(400, {"error": str(exc)})
+    if not stored:
+        # A replay (or the same batch racing itself): acknowledged, counted once.
         return Status(200, {"duplicate": True})
     transaction.on_commit(nudge)
     return Status(202, {"accepted": True})

@@ -1,7 +1,9 @@
-"""In-field evidence for rollout gates, from device events and telemetry batches.
+"""In-field evidence for rollout gates and dashboards, read from telemetry rollups.
 
 Histograms share fixed bucket edges across devices (see the agent's telemetry), so
-merging is exact: counts add bucket by bucket.
+merging rollup rows is exact: counts add bucket by bucket, and a percentile from the
+merged buckets is the one the raw batches would give. Gates read `DeviceDay` rows (the
+wave's exact devices, whole UTC days), so their cost does not grow with raw batches.
 """
 
 from __future__ import annotations
@@ -9,10 +11,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
 
-from fleet.models import DeviceEvent, TelemetryBatch
+from tinyfleet_agent._internal.telemetry import LATENCY_EDGES_MS, percentile_from_buckets
+
+from fleet.models import DeviceDay, DeviceEvent
+from fleet.models.rollups import RollupCounters
+
+
+def _add(a: list[int], b: list[int]) -> list[int]:
+    if not a or not b:
+        return list(a or b)
+    return [x + y for x, y in zip(a, b, strict=True)]
 
 
 @dataclass
@@ -21,31 +31,27 @@ class BundleEvidence:
     requests: int = 0
     errors: int = 0
     latency_counts: list[int] = field(default_factory=list)
-    latency_edges: list[float] = field(default_factory=list)
-    golden: dict[str, float] = field(default_factory=dict)  # device -> agreement
+    latency_edges: list[float] = field(default_factory=lambda: list(LATENCY_EDGES_MS))
+    confidence_counts: list[int] = field(default_factory=list)
+    golden: dict[str, float] = field(default_factory=dict)  # device (or row) -> lowest
     feedback_total: int = 0
     feedback_correct: int = 0
 
-    def add_latency(self, edges: list[float], counts: list[int]) -> None:
-        if not self.latency_counts:
-            self.latency_edges, self.latency_counts = list(edges), [0] * len(counts)
-        if len(counts) == len(self.latency_counts):
-            self.latency_counts = [a + b for a, b in zip(self.latency_counts, counts, strict=True)]
+    def add_row(self, row: RollupCounters, key: str) -> None:
+        """Merge one rollup row; `key` names what its golden minimum belongs to."""
+        self.requests += row.requests
+        self.errors += row.errors
+        self.latency_counts = _add(self.latency_counts, row.latency_counts)
+        self.confidence_counts = _add(self.confidence_counts, row.confidence_counts)
+        if row.golden_min_agreement is not None:
+            self.golden[key] = min(row.golden_min_agreement, self.golden.get(key, 1.0))
+        self.feedback_total += row.feedback_total
+        self.feedback_correct += row.feedback_correct
 
     def percentile(self, q: float) -> float | None:
-        total = sum(self.latency_counts)
-        if not total:
+        if not self.latency_counts:
             return None
-        rank, seen = q / 100 * total, 0
-        for index, count in enumerate(self.latency_counts):
-            if count and seen + count >= rank:
-                if index >= len(self.latency_edges):
-                    return float(self.latency_edges[-1])
-                lower = 0.0 if index == 0 else self.latency_edges[index - 1]
-                upper = self.latency_edges[index]
-                return lower + (upper - lower) * max(rank - seen, 0.0) / count
-            seen += count
-        return float(self.latency_edges[-1])
+        return percentile_from_buckets(self.latency_edges, self.latency_counts, q)
 
     @property
     def error_rate(self) -> float | None:
@@ -59,37 +65,24 @@ class BundleEvidence:
     def golden_agreement(self) -> float | None:
         return min(self.golden.values()) if self.golden else None
 
+    @property
+    def confidence_samples(self) -> int:
+        return sum(self.confidence_counts)
+
 
 def collect(bundle_id: str, device_ids: Iterable[str], since: datetime) -> BundleEvidence:
-    """Merge every batch section about `bundle_id` from these devices since `since`."""
+    """Merge the daily rollups of `bundle_id` on these devices from `since`'s UTC day."""
     evidence = BundleEvidence()
-    ids = [str(d) for d in device_ids]
-    batches = TelemetryBatch.objects.filter(device_id__in=ids, received_at__gte=since)
-    for batch in batches.order_by("received_at"):
-        body: dict[str, Any] = batch.body
-        edges = (body.get("buckets") or {}).get("latency_ms") or []
-        for section in body.get("bundles") or []:
-            if section.get("bundle") == bundle_id:
-                _add_section(evidence, str(batch.device_id), edges, section)
+    rows = DeviceDay.objects.filter(
+        bundle=bundle_id,
+        device_id__in=[str(d) for d in device_ids],
+        day__gte=since.astimezone(UTC).date(),
+    )
+    for row in rows:
+        device = str(row.device_id)
+        evidence.devices_reporting.add(device)
+        evidence.add_row(row, device)
     return evidence
-
-
-def _add_section(ev: BundleEvidence, device: str, edges: list[float], s: dict[str, Any]) -> None:
-    ev.devices_reporting.add(device)
-    ev.requests += int(s.get("requests") or 0)
-    ev.errors += sum(int(v) for v in (s.get("errors") or {}).values())
-    if edges and s.get("latency_ms"):
-        ev.add_latency(edges, [int(c) for c in s["latency_ms"]])
-    golden = s.get("golden") or {}
-    # The agent reports min/last agreement of its periodic golden self-tests.
-    agreement = golden.get("min_agreement", golden.get("agreement"))
-    if agreement is not None:
-        ev.golden[device] = min(float(agreement), ev.golden.get(device, 1.0))
-    for item in s.get("feedback") or []:
-        count = int(item.get("count") or 0)
-        ev.feedback_total += count
-        if item.get("predicted") == item.get("actual"):
-            ev.feedback_correct += count
 
 
 def install_outcomes(bundle_id: str, device_ids: Iterable[str], since: datetime) -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from fleet import evidence, rollouts
+from fleet import drift, evidence, rollouts
 from fleet.models import Bundle, Device, Rollout, RolloutStatus
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,14 @@ def evaluate(rollout: Rollout) -> tuple[str, list[GateResult]]:
                 bundle_id if len(by_variant) > 1 else "",
             )
         ],
+        # Each variant against its own compression-time reference.
+        *[
+            result
+            for bundle_id in by_variant
+            for result in _confidence_drift(
+                rollout, bundle_id, per_variant[bundle_id], len(by_variant) > 1
+            )
+        ],
     ]
     if any(r.status == "fail" for r in results):
         return "fail", results
@@ -142,8 +150,8 @@ def _merged(parts: Any) -> evidence.BundleEvidence:
         total.devices_reporting |= part.devices_reporting
         total.requests += part.requests
         total.errors += part.errors
-        if part.latency_counts:
-            total.add_latency(part.latency_edges, part.latency_counts)
+        total.latency_counts = evidence._add(total.latency_counts, part.latency_counts)
+        total.confidence_counts = evidence._add(total.confidence_counts, part.confidence_counts)
         total.golden.update(part.golden)
         total.feedback_total += part.feedback_total
         total.feedback_correct += part.feedback_correct
@@ -198,6 +206,27 @@ def _comparisons(
             )
         )
     return results
+
+
+def _confidence_drift(
+    rollout: Rollout, bundle_id: str, new: evidence.BundleEvidence, name_variant: bool
+) -> list[GateResult]:
+    """Optional: PSI of a variant's in-field confidences against its compression-time
+    reference."""
+    limit = rollout.gate("max_confidence_psi")
+    if limit is None:
+        return []
+    where = f"{bundle_id}: " if name_variant else ""
+    reference = drift.reference_for_bundle(bundle_id)
+    if reference.counts is None:
+        # Embedding models report no confidence; old versions have no reference. Neither
+        # should block a rollout the operator cannot fix from here.
+        return [GateResult("confidence_psi", "n/a", None, limit, where + reference.note)]
+    samples, minimum = new.confidence_samples, rollout.gate("min_confidence_samples")
+    value = reference.psi(new.confidence_counts) if samples else None
+    ok = None if value is None or samples < minimum else value <= limit
+    detail = f"{where}{samples} in-field confidences (at least {minimum} needed)"
+    return [_gate("confidence_psi", value, limit, ok, detail)]
 
 
 def step(rollout: Rollout) -> str:

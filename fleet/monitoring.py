@@ -1,19 +1,22 @@
 """Fleet numbers for dashboards, `GET /api/v1/metrics` and Prometheus `/metrics`.
 
-Per-bundle series are merged from the devices' fixed-bucket histograms per hour, so the
+Per-bundle series read the hourly rollups (`BundleGroupHour`) and device charts the
+daily ones (`DeviceDay`), so their cost grows with hours and groups, not with raw
+batches. Rollups hold the devices' fixed-bucket histograms merged exactly, so the
 percentiles are exact to the bucket whatever the number of devices.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
 
-from fleet.evidence import BundleEvidence, _add_section
-from fleet.models import Bundle, Device, Rollout, TelemetryBatch
+from fleet import drift
+from fleet.evidence import BundleEvidence
+from fleet.models import Bundle, BundleGroupHour, Device, DeviceDay, Group, Rollout, TelemetryBatch
 
 
 def device_counts() -> dict[str, int]:
@@ -32,38 +35,117 @@ def version_shares() -> dict[str, int]:
 
 
 def _hour(ts: datetime) -> datetime:
-    return ts.replace(minute=0, second=0, microsecond=0)
+    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def bundle_series(bundle_id: str, hours: int = 24, group: Any = None) -> list[dict[str, Any]]:
-    """Hourly requests, latency p50/p95/p99, error rate, golden agreement, feedback
-    accuracy for one bundle (optionally one group's devices)."""
-    since = timezone.now() - timedelta(hours=hours)
-    batches = TelemetryBatch.objects.filter(received_at__gte=since)
-    if group is not None:
-        batches = batches.filter(device_id__in=[d.pk for d in group.members()])
-    per_hour: dict[datetime, BundleEvidence] = defaultdict(BundleEvidence)
-    for batch in batches.order_by("received_at"):
-        edges = (batch.body.get("buckets") or {}).get("latency_ms") or []
-        for section in batch.body.get("bundles") or []:
-            if section.get("bundle") == bundle_id:
-                stamp = batch.period_end or batch.received_at
-                _add_section(per_hour[_hour(stamp)], str(batch.device_id), edges, section)
+def _numbers(ev: BundleEvidence, reference: drift.DriftReference, seconds: float) -> dict[str, Any]:
+    value = reference.psi(ev.confidence_counts) if ev.confidence_samples else None
+    return {
+        "requests": ev.requests,
+        "throughput_rps": ev.requests / seconds,
+        "p50_ms": ev.percentile(50),
+        "p95_ms": ev.percentile(95),
+        "p99_ms": ev.percentile(99),
+        "error_rate": ev.error_rate,
+        "golden_agreement": ev.golden_agreement,
+        "feedback_accuracy": ev.accuracy,
+        "feedback_samples": ev.feedback_total,
+        "confidence_samples": ev.confidence_samples,
+        "confidence_psi": value,
+        "confidence_drift": drift.psi_level(value),
+    }
+
+
+def bundle_series(
+    bundle_id: str,
+    hours: int = 24,
+    group: Group | None = None,
+    reference: drift.DriftReference | None = None,
+) -> list[dict[str, Any]]:
+    """Hourly devices, requests, throughput, latency p50/p95/p99, error rate, golden
+    agreement, feedback accuracy and confidence PSI for one bundle (fleet-wide, or one
+    group's devices)."""
+    reference = reference or drift.reference_for_bundle(bundle_id)
+    since = _hour(timezone.now() - timedelta(hours=hours))
+    rows = BundleGroupHour.objects.filter(bundle=bundle_id, hour__gte=since, group=group)
+    per_hour: dict[datetime, tuple[BundleEvidence, int]] = {}
+    for row in rows.order_by("hour", "shard"):
+        ev, devices = per_hour.get(row.hour, (BundleEvidence(), 0))
+        ev.add_row(row, str(row.pk))
+        per_hour[row.hour] = (ev, devices + row.devices)  # shards never share a device
+    return [
+        {"hour": hour.isoformat(), "devices": devices, **_numbers(ev, reference, 3600)}
+        for hour, (ev, devices) in sorted(per_hour.items())
+    ]
+
+
+def group_breakdown(
+    bundle_id: str, hours: int = 24, reference: drift.DriftReference | None = None
+) -> list[dict[str, Any]]:
+    """Per group, the window merged: the same numbers as a series row, with the busiest
+    hour's device count (distinct devices do not add across hours)."""
+    reference = reference or drift.reference_for_bundle(bundle_id)
+    since = _hour(timezone.now() - timedelta(hours=hours))
+    rows = BundleGroupHour.objects.filter(
+        bundle=bundle_id, hour__gte=since, group__isnull=False
+    ).select_related("group")
+    merged: dict[int, tuple[Group, BundleEvidence]] = {}
+    devices_per_hour: dict[tuple[int, datetime], int] = defaultdict(int)
+    for row in rows:
+        group, ev = merged.get(row.group_id, (row.group, BundleEvidence()))
+        ev.add_row(row, str(row.pk))
+        merged[row.group_id] = (group, ev)
+        devices_per_hour[(row.group_id, row.hour)] += row.devices
+    peak: dict[int, int] = defaultdict(int)
+    for (group_id, _), devices in devices_per_hour.items():
+        peak[group_id] = max(peak[group_id], devices)
     return [
         {
-            "hour": hour.isoformat(),
-            "devices": len(ev.devices_reporting),
-            "requests": ev.requests,
-            "p50_ms": ev.percentile(50),
-            "p95_ms": ev.percentile(95),
-            "p99_ms": ev.percentile(99),
-            "error_rate": ev.error_rate,
-            "golden_agreement": ev.golden_agreement,
-            "feedback_accuracy": ev.accuracy,
-            "feedback_samples": ev.feedback_total,
+            "group": g.pk,
+            "name": g.name,
+            "peak_devices": peak[g.pk],
+            **_numbers(ev, reference, hours * 3600),
         }
-        for hour, ev in sorted(per_hour.items())
+        for g, ev in sorted(merged.values(), key=lambda item: item[0].name)
     ]
+
+
+def device_series(device: Device, days: int = 14) -> list[dict[str, Any]]:
+    """Daily numbers per bundle for one device (its detail page's charts)."""
+    since = (timezone.now() - timedelta(days=days)).astimezone(UTC).date()
+    out = []
+    for row in DeviceDay.objects.filter(device=device, day__gte=since).order_by("day", "bundle"):
+        ev = BundleEvidence()
+        ev.add_row(row, "day")
+        out.append(
+            {
+                "day": row.day.isoformat(),
+                "bundle": row.bundle,
+                "hours_reporting": bin(row.hours_mask).count("1"),
+                **_numbers(ev, drift.DriftReference(False), 86400),
+            }
+        )
+    return out
+
+
+def drift_summary(bundle_id: str, hours: int = 24) -> dict[str, Any]:
+    """PSI of the whole window's confidence histogram, with its reading."""
+    reference = drift.reference_for_bundle(bundle_id)
+    since = _hour(timezone.now() - timedelta(hours=hours))
+    ev = BundleEvidence()
+    for row in BundleGroupHour.objects.filter(bundle=bundle_id, hour__gte=since, group=None):
+        ev.add_row(row, str(row.pk))
+    value = reference.psi(ev.confidence_counts) if ev.confidence_samples else None
+    return {
+        "applicable": reference.applicable,
+        "has_reference": reference.counts is not None,
+        "note": reference.note,
+        "confidence_samples": ev.confidence_samples,
+        "psi": value,
+        "level": drift.psi_level(value),
+        "thresholds": {"moderate": drift.PSI_MODERATE, "major": drift.PSI_MAJOR},
+        "epsilon": drift.PSI_EPSILON,
+    }
 
 
 def overview() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import ApiToken, Role, audit, has_role
 from accounts.permissions import role_required
-from fleet import monitoring, rollout_plan, rollouts
+from fleet import drift, monitoring, rollout_plan, rollouts
 from fleet.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
@@ -68,6 +68,7 @@ def device_detail(request: HttpRequest, device_id: str) -> HttpResponse:
             "info": device_json(device),
             "events": DeviceEvent.objects.filter(device=device)[:50],
             "variants": rollout_plan.device_variants(device),
+            "days": monitoring.device_series(device),
         },
     )
 
@@ -254,15 +255,16 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
 def bundle_monitor(request: HttpRequest, bundle_id: str) -> HttpResponse:
     bundle = get_object_or_404(Bundle.objects.select_related("version__model"), pk=bundle_id)
     hours = int(request.GET.get("hours", "24")) if request.GET.get("hours", "").isdigit() else 24
-    groups = Group.objects.all()
-    per_group = [(g, monitoring.bundle_series(bundle.pk, hours, g)) for g in groups]
+    hours = min(max(hours, 1), 720)
+    reference = drift.reference_for_bundle(bundle.pk)
     return render(
         request,
         "fleet/monitor.html",
         {
             "bundle": bundle,
-            "series": monitoring.bundle_series(bundle.pk, min(hours, 720)),
-            "per_group": [(g, s[-1]) for g, s in per_group if s],
+            "series": monitoring.bundle_series(bundle.pk, hours, reference=reference),
+            "per_group": monitoring.group_breakdown(bundle.pk, hours, reference=reference),
+            "drift": monitoring.drift_summary(bundle.pk, hours),
             "hours": hours,
         },
     )

@@ -43,6 +43,9 @@ def check_plan(waves: Any, gates: Any, soak_seconds: Any) -> tuple[list[int], di
         )
     if gates.get("on_failure", "rollback") not in ("rollback", "pause"):
         raise RolloutError("on_failure must be 'rollback' or 'pause'")
+    psi = gates.get("max_confidence_psi")
+    if psi is not None and (isinstance(psi, bool) or not isinstance(psi, (int, float)) or psi <= 0):
+        raise RolloutError("max_confidence_psi must be a positive number (e.g. 0.25) or null")
     if not isinstance(soak_seconds, int) or not 0 <= soak_seconds <= 30 * 86400:
         raise RolloutError("soak_seconds must be between 0 and 2592000")
     return waves, gates

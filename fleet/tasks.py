@@ -49,3 +49,24 @@ def refresh_metadata() -> dict[str, Any]:
     if any(result.values()):
         log.info("refreshed metadata: %s", result)
     return result
+
+
+@shared_task
+def enforce_telemetry_retention() -> dict[str, int]:
+    """Beat: delete raw telemetry and rollups past their retention, in bounded batches."""
+    from fleet.rollup_maintenance import enforce_retention
+
+    deleted = enforce_retention()
+    if any(deleted.values()):
+        log.info("telemetry retention deleted %s", deleted)
+    return deleted
+
+
+@shared_task(acks_late=True)
+def rebuild_telemetry_rollups(start: str, end: str) -> dict[str, Any]:
+    """Recompute the rollups of [start, end) (ISO 8601 times, whole UTC days)."""
+    from datetime import datetime
+
+    from fleet.rollup_maintenance import rebuild
+
+    return rebuild(datetime.fromisoformat(start), datetime.fromisoformat(end)).as_dict()

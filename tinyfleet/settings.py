@@ -263,3 +263,15 @@ BUNDLE_MIN_RUNTIME = {
     "onnxruntime": env_str("TINYFLEET_MIN_ONNXRUNTIME", "1.17"),
     "litert": env_str("TINYFLEET_MIN_LITERT", "1.0"),
 }
+
+# Telemetry: raw batches are kept for a short while (rebuilds, audits); the hourly and
+# daily rollups that dashboards and gates read are kept much longer. Enforced hourly in
+# bounded batches.
+TELEMETRY_RAW_RETENTION_DAYS = env_int("TINYFLEET_TELEMETRY_RAW_RETENTION_DAYS", 14, minimum=1)
+TELEMETRY_ROLLUP_RETENTION_DAYS = env_int(
+    "TINYFLEET_TELEMETRY_ROLLUP_RETENTION_DAYS", 400, minimum=TELEMETRY_RAW_RETENTION_DAYS
+)
+CELERY_BEAT_SCHEDULE["telemetry-retention"] = {
+    "task": "fleet.tasks.enforce_telemetry_retention",
+    "schedule": 3600.0,
+}

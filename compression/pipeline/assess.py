@@ -19,6 +19,7 @@ import numpy as np
 
 from compression.pipeline.evaluate import (
     classifier_fidelity,
+    confidence_histogram,
     embedding_fidelity,
     l2_normalize,
     mean_pool,
@@ -184,7 +185,8 @@ def assess(
 ) -> dict[str, Any]:
     """Fidelity of the ONNX `child` to `parent` (ONNX, or a Hugging Face folder run in
     PyTorch), plus the golden set written to `golden_path`. Returns {"fidelity",
-    "golden": {"sha256", "count", "tolerance"}, "inputs", "examples"}.
+    "golden": {"sha256", "count", "tolerance"}, "inputs", "examples"} and, for
+    classifiers, "reference_confidence" ({"edges", "counts", "count"}).
 
     Raises:
         ValueError: no model found, or inputs that do not fit the model.
@@ -203,12 +205,17 @@ def assess(
     golden = min(GOLDEN_SIZE, len(feeds))
     tolerance = _tolerance(task, ref[:golden], cand[:golden], feeds[:golden])
     digest = write_golden(Path(golden_path), feeds[:golden], ref[:golden], task, tolerance)
-    return {
+    result: dict[str, Any] = {
         "fidelity": fidelity,
         "golden": {"sha256": digest, "count": golden, "tolerance": tolerance},
         "inputs": source,
         "examples": len(feeds),
     }
+    if task == "text-classification":
+        # The derived model's own confidences on the evaluation data: what in-field
+        # confidence drift (PSI) is measured against.
+        result["reference_confidence"] = confidence_histogram(np.concatenate(cand))
+    return result
 
 
 __all__ = ["assess", "find_tokenizer", "write_golden"]

@@ -29,6 +29,7 @@ __all__ = [
     "EmbeddingFidelity",
     "TensorFidelity",
     "classifier_fidelity",
+    "confidence_histogram",
     "embedding_fidelity",
     "l2_normalize",
     "mean_pool",
@@ -155,6 +156,21 @@ def classifier_fidelity(
         candidate_accuracy=cand_acc,
         accuracy_drop_points=100.0 * (ref_acc - cand_acc),
     )
+
+
+def confidence_histogram(logits: np.ndarray) -> dict[str, Any]:
+    """Top-class softmax confidence histogram over the agent's fixed edges: the reference
+    the server compares in-field confidences with (PSI). Same bucketing code as the agent,
+    so a device seeing the evaluation data would report these very counts."""
+    from tinyfleet_agent._internal.telemetry import CONFIDENCE_EDGES, Histogram
+
+    flat = logits.reshape(logits.shape[0], -1).astype(np.float64)
+    shifted = np.exp(flat - flat.max(axis=-1, keepdims=True))
+    top = (shifted / shifted.sum(axis=-1, keepdims=True)).max(axis=-1)
+    histogram = Histogram(CONFIDENCE_EDGES)
+    for value in top:
+        histogram.observe(float(value))
+    return {"edges": list(CONFIDENCE_EDGES), "counts": histogram.counts, "count": histogram.total}
 
 
 def tensor_fidelity(reference: np.ndarray, candidate: np.ndarray) -> TensorFidelity:

@@ -32,6 +32,8 @@ DEFAULT_GATES: dict[str, Any] = {
     "min_feedback_samples": 50,  # per side, before the accuracy test may fail
     "max_error_rate": 0.05,  # inference errors / requests
     "min_devices_reporting": 1,  # of the wave, before gates can pass
+    "max_confidence_psi": None,  # off; e.g. 0.25: confidence drift vs compression time
+    "min_confidence_samples": 200,  # in-field confidences before the PSI gate may fail
     "on_failure": "rollback",  # or "pause"
 }
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import Client
 
-from fleet.models import Group, Rollout, TelemetryBatch
+from fleet.models import Group, Rollout
+from tests.fleet.telemetry_helpers import ingest
 from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
 from tests.fleet.test_rollouts import LATENCY_EDGES
 
@@ -77,11 +77,9 @@ def test_metrics_merge_device_histograms_per_hour(alice_api: Any, tmp_path: Path
         device = make_device(f"d{i}")
         counts = [0] * (len(LATENCY_EDGES) + 1)
         counts[bucket] = 100
-        TelemetryBatch.objects.create(
-            batch_id=uuid.uuid4(),
-            device=device.device,
-            body={
-                "buckets": {"latency_ms": LATENCY_EDGES},
+        ingest(
+            device.device,
+            {
                 "bundles": [
                     {
                         "bundle": bundle.pk,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,9 @@ import pytest
 from django.utils import timezone
 
 from fleet import evidence, gates, rollouts
-from fleet.models import Bundle, DeviceEvent, Group, Rollout, TelemetryBatch
+from fleet.models import Bundle, DeviceEvent, Group, Rollout
 from fleet.security import director
+from tests.fleet.telemetry_helpers import ingest
 from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
 
 pytestmark = pytest.mark.django_db
@@ -50,12 +50,10 @@ def _telemetry(
 ) -> None:
     counts = [0] * (len(LATENCY_EDGES) + 1)
     counts[latency_bucket] = requests
-    TelemetryBatch.objects.create(
-        batch_id=uuid.uuid4(),
-        device=device.device,
-        bundle=bundle.pk,
-        body={
-            "buckets": {"latency_ms": LATENCY_EDGES},
+    ingest(
+        device.device,
+        {
+            "bundle": bundle.pk,
             "bundles": [
                 {
                     "bundle": bundle.pk,
