@@ -12,6 +12,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from fleet import push
 from fleet.evidence import BundleEvidence, _add_section
 from fleet.models import Bundle, Device, Rollout, TelemetryBatch
 
@@ -114,4 +115,5 @@ def prometheus_text() -> str:
         "# TYPE tinyfleet_telemetry_batches_total counter",
         f"tinyfleet_telemetry_batches_total {TelemetryBatch.objects.count()}",
     ]
+    lines += push.prometheus_lines()
     return "\n".join(lines) + "\n"

@@ -27,6 +27,8 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
+from fleet.push import announcement
+
 STATE_PATH = "/api/device/v1/state"
 
 
@@ -39,7 +41,7 @@ def state_body(
     device_id: str, bundle_id: str | None, release: int | None, assigned_at: datetime | None
 ) -> dict[str, Any]:
     """The desired-state answer for one device (also what its ETag is computed from)."""
-    return {
+    body = {
         "device_id": device_id,
         "poll_interval": settings.DEVICE_POLL_INTERVAL,
         "desired": {
@@ -49,6 +51,10 @@ def state_body(
         },
         "revoked": False,
     }
+    mqtt = announcement(device_id)
+    if mqtt is not None:  # only when configured: ETags stay as they were without MQTT
+        body["mqtt"] = mqtt
+    return body
 
 
 def state_etag(body: dict[str, Any]) -> str:
