@@ -38,7 +38,7 @@ class MqttUnavailableError(RuntimeError):
 def paho_available() -> bool:
     try:
         return importlib.util.find_spec("paho.mqtt.client") is not None
-    except ModuleNotFoundError:  # no `paho` package at all
+    except ImportError:  # no `paho` package at all, or a broken one
         return False
 
 
