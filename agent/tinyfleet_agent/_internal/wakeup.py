@@ -139,6 +139,7 @@ class WakeupListener:
             client.tls_set(ca_certs=ca)  # verifies the broker's certificate and name
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.connect_async(endpoint.host, endpoint.port, keepalive=KEEPALIVE_S)
         client.loop_start()  # paho's thread: connects, retries with backoff, delivers
@@ -165,7 +166,17 @@ class WakeupListener:
             # Also after a resumed session: subscribing again is idempotent and covers a
             # broker that lost its sessions (restart without persistence).
             client.subscribe(endpoint.topic, qos=1)
-        self.on_status("mqtt-subscribed")
+        self.on_status("mqtt-connected")
+
+    def _on_subscribe(
+        self, client: Any, userdata: Any, mid: int, reasons: list[Any], props: Any
+    ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:  # e.g. the broker's ACL does not let this device read its topic
+            self.on_status(f"mqtt-subscribe-refused: {refused[0]}")
+            log.warning("mqtt broker refused the subscription: %s", refused[0])
+        else:
+            self.on_status("mqtt-subscribed")
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
