@@ -25,7 +25,7 @@ from tests.compression.helpers import upload
 from tests.conftest import Worker, wait_for
 from tests.e2e.test_agents_and_rollouts import Agent, _derive, _publish, _text_model_zip
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 BROKER = "mqtt://127.0.0.1:1883"
 POLL_INTERVAL = 300
