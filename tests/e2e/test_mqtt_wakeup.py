@@ -81,6 +81,7 @@ def test_a_woken_agent_installs_at_once_and_shrugs_off_forged_wakeups(
     # Its first poll (at start) carries the broker and topic; then it subscribes.
     wait_for(lambda: _health(agent).get("push") == "mqtt-subscribed", timeout=30)
 
+    failed_before = push.publisher().stats["failed"]  # the publisher is per process
     started = time.monotonic()
     rollout = alice_api.post(
         "/api/v1/rollouts",
@@ -93,7 +94,7 @@ def test_a_woken_agent_installs_at_once_and_shrugs_off_forged_wakeups(
     except AssertionError:
         raise AssertionError(agent.log()) from None
     print(f"rollout start -> installed and serving: {time.monotonic() - started:.2f} s")
-    assert push.publisher().stats["failed"] == 0
+    assert push.publisher().stats["failed"] == failed_before
 
     # Forged and garbage messages on its topic: at most a poll each, never a crash.
     topic = f"tinyfleet/devices/{device_id}"

@@ -141,9 +141,10 @@ class WakeupListener:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        # Set before the network thread starts: its first CONNACK may come at once.
+        self._client, self.endpoint = client, endpoint
         client.connect_async(endpoint.host, endpoint.port, keepalive=KEEPALIVE_S)
         client.loop_start()  # paho's thread: connects, retries with backoff, delivers
-        self._client, self.endpoint = client, endpoint
         log.info("mqtt-connecting", extra={"host": endpoint.host, "topic": endpoint.topic})
 
     def _password(self) -> str | None:
