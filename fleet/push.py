@@ -130,10 +130,17 @@ def publish_wakeups(broker: Broker, device_ids: list[str]) -> int:
                 info.wait_for_publish(timeout=remaining)
             except (RuntimeError, ValueError):
                 break  # not connected (refused CONNACK, dropped): count what got through
-        return sum(1 for info in infos if info.is_published())
+        return sum(1 for info in infos if _acknowledged(info))
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _acknowledged(info: Any) -> bool:
+    try:
+        return bool(info.is_published())
+    except (RuntimeError, ValueError):  # paho raises for a message it could never send
+        return False
 
 
 class WakeupPublisher:
