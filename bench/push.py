@@ -1,6 +1,7 @@
 """Rollout start -> devices serving the new bundle, with and without MQTT wake-ups.
 
     python bench/push.py [--agents 6] [--poll-interval 30] [--mqtt-poll-interval 300]
+                         [--wave 10000]
 
 Writes bench/reports/push.md. Everything is real and local: a fresh PostgreSQL database
 (`tinyfleet_bench_push`, dropped at the end), gunicorn (1 worker x 4 threads), the
@@ -15,6 +16,7 @@ Two modes, each with its own group, devices and server process:
 Agents start spread over one polling interval (as a real fleet's polls are), then a
 rollout (one 100% wave) is created in this process, as the API would, and each agent's
 `GET /v1/model` is watched every 50 ms until it serves the new bundle.
+Last, the server side alone: one wave of `--wave` wake-ups published on one connection.
 """
 
 from __future__ import annotations
@@ -157,6 +159,25 @@ def run_mode(
         server.stop()
 
 
+def publish_rate(devices: int, runs: int = 3) -> dict[str, float]:
+    """`push.publish_wakeups` for one wave of `devices` topics on one connection (QoS 1,
+    every PUBACK awaited), against the local Mosquitto; median of `runs`."""
+    import uuid
+
+    from fleet import push
+
+    broker = push.Broker("127.0.0.1", 1883, False, None, None, None)
+    ids = [str(uuid.uuid4()) for _ in range(devices)]
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        acked = push.publish_wakeups(broker, ids)
+        times.append(time.perf_counter() - started)
+        assert acked == devices, f"{acked} of {devices} acknowledged"
+    median = statistics.median(times)
+    return {"devices": devices, "median_s": median, "per_s": devices / median}
+
+
 def _wait(predicate: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,7 +187,9 @@ def _wait(predicate: Any, timeout: float = 60) -> None:
     raise RuntimeError("agents did not subscribe to their MQTT topics")
 
 
-def render(results: list[dict[str, Any]], argv: list[str], took: float) -> str:
+def render(
+    results: list[dict[str, Any]], rate: dict[str, float], argv: list[str], took: float
+) -> str:
     rows = [
         f"| {r['mode']} | {r['poll']} s | {r['converged']}/{r['agents']} | "
         f"**{r['median']:.2f} s** | {r['min']:.2f} s | {r['max']:.2f} s |"
@@ -190,6 +213,10 @@ def render(results: list[dict[str, Any]], argv: list[str], took: float) -> str:
             "`GET /v1/model` names the new bundle: assignment signing, the agent's poll, "
             "metadata verification, download, decrypt, install, golden self-test and switch.",
             f"Wake-up counters in the committing process: {results[-1]['wakeups']}.",
+            "",
+            f"Publishing one wave of {rate['devices']:,} wake-ups (`push.publish_wakeups`: one "
+            f"connection, QoS 1, every PUBACK awaited) to the local Mosquitto: "
+            f"**{rate['median_s']:.2f} s, {rate['per_s']:,.0f} wake-ups/s** (median of 3).",
             "",
             "Without MQTT a device learns of the assignment at its next poll, so the wait is "
             "spread over one (jittered) poll interval; with MQTT every device is woken when the "
@@ -220,6 +247,7 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=6)
     parser.add_argument("--poll-interval", type=int, default=30)
     parser.add_argument("--mqtt-poll-interval", type=int, default=300)
+    parser.add_argument("--wave", type=int, default=10_000, help="wake-ups in the publish run")
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
 
@@ -252,10 +280,11 @@ def main() -> int:
         run_publish(bundle.pk)
         bundle.refresh_from_db()
         results = [run_mode(mode, env, work, args, bundle) for mode in ("polling", "mqtt")]
-        for r in results:
+        rate = publish_rate(args.wave)
+        for r in [*results, rate]:
             print(r, flush=True)
         argv = ["python", "bench/push.py", *sys.argv[1:]]
-        args.report.write_text(render(results, argv, time.monotonic() - started))
+        args.report.write_text(render(results, rate, argv, time.monotonic() - started))
         print(f"wrote {args.report}")
     finally:
         from django.db import connections
