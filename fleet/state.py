@@ -3,11 +3,11 @@
 Every device polls `GET /api/device/v1/state` with the ETag of its last answer; almost
 always nothing changed and the answer is a bodiless 304. `DeviceStateFastPath` answers
 those polls with one SQL query, ahead of the session, CSRF, auth and routing layers, and
-lets everything else through to the full view:
+lets everything else through to the full view (it refreshes `last_seen_at` when due, as
+the view's authentication does):
 
 - no `If-None-Match`, or a changed state (the ETag differs): the view builds the body;
 - an unknown or revoked credential: the view answers 401 with its usual error body;
-- `last_seen_at` due for its periodic refresh: the view's auth writes it;
 - any database error: the view's error handling applies.
 
 Both paths build the body with `state_body`, so their ETags cannot drift apart.
@@ -78,7 +78,8 @@ def _state_sql() -> str:
 
 def unchanged_state_etag(credential_digest: str) -> str | None:
     """The current ETag of the device holding this credential, or None when the fast
-    path must not answer (unknown or revoked device, last_seen_at refresh due)."""
+    path must not answer (unknown or revoked device). Refreshes `last_seen_at` when due,
+    as the view's authentication would."""
     with connection.cursor() as cursor:
         cursor.execute(_state_sql(), [credential_digest])
         row = cursor.fetchone()
@@ -86,13 +87,21 @@ def unchanged_state_etag(credential_digest: str) -> str | None:
         return None
     device_id, revoked_at, last_seen, bundle_id, release, assigned = row
     last_seen_at, assigned_at = _aware(last_seen), _aware(assigned)
-    if revoked_at is not None or last_seen_at is None:
+    if revoked_at is not None:
         return None
-    if (timezone.now() - last_seen_at).total_seconds() > last_seen_write_interval():
-        return None
+    now = timezone.now()
+    if last_seen_at is None or (now - last_seen_at).total_seconds() > last_seen_write_interval():
+        _touch_last_seen(device_id, now)
     # SQLite stores UUIDs as 32 hex digits; the ETag uses the canonical form.
     canonical_id = str(uuid.UUID(str(device_id)))
     return state_etag(state_body(canonical_id, bundle_id, release, assigned_at))
+
+
+def _touch_last_seen(device_id: Any, now: datetime) -> None:
+    """What the view's auth does on a poll, without the ORM: one single-row UPDATE."""
+    from fleet.models import Device
+
+    Device.objects.filter(pk=device_id).update(last_seen_at=now)
 
 
 def _aware(value: datetime | str | None) -> datetime | None:

@@ -66,8 +66,8 @@ def test_it_refuses_a_revoked_device_even_with_a_current_etag(
     assert refused.status_code == 401 and "error" in refused.json()
 
 
-def test_it_lets_the_view_refresh_last_seen_when_due(
-    fleet_of_four: tuple[Group, list[TestDevice]],
+def test_it_refreshes_last_seen_when_due(
+    fleet_of_four: tuple[Group, list[TestDevice]], django_assert_num_queries: Any
 ) -> None:
     device = fleet_of_four[1][0]
     client, etag = _first_answer(device)
@@ -75,6 +75,10 @@ def test_it_lets_the_view_refresh_last_seen_when_due(
     Device.objects.filter(pk=device.device.pk).update(last_seen_at=stale)
     again = client.get(STATE, HTTP_IF_NONE_MATCH=etag)
     assert again.status_code == 304
+    fresh = Device.objects.get(pk=device.device.pk).last_seen_at
+    with django_assert_num_queries(1):  # fresh now: a read only
+        assert client.get(STATE, HTTP_IF_NONE_MATCH=etag).status_code == 304
+    assert Device.objects.get(pk=device.device.pk).last_seen_at == fresh
     device.device.refresh_from_db()
     assert device.device.last_seen_at is not None and device.device.last_seen_at > stale
 
