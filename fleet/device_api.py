@@ -22,6 +22,7 @@ from ninja.security import HttpBearer
 from fleet.enrollment import EnrollmentError, enroll
 from fleet.models import Device, DeviceEvent
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
+from fleet.push import announcement
 from fleet.rollout_tasks import nudge
 from fleet.state import last_seen_write_interval, state_body, state_etag
 
@@ -113,6 +114,7 @@ class EnrollOut(Schema):
     image_root: dict[str, Any]
     director_root: dict[str, Any]
     server_time: datetime
+    mqtt: dict[str, str] | None = None  # {"url", "topic"} when MQTT wake-ups are on
 
 
 @router.post("/enroll", auth=None, response={201: EnrollOut, 400: dict, 401: dict, 409: dict})
@@ -141,6 +143,7 @@ def enroll_device(request: HttpRequest, body: EnrollIn) -> Status[Any]:
             "image_root": roots["image"],
             "director_root": roots["director"],
             "server_time": timezone.now(),
+            "mqtt": announcement(device.pk),
         },
     )
 
@@ -247,6 +250,7 @@ class StateOut(Schema):
     revoked: bool
     # {"url": ...} only while a group of the device has the low-confidence fallback on.
     fallback: dict[str, str] | None = None
+    mqtt: dict[str, str] | None = None  # {"url", "topic"} when MQTT wake-ups are on
 
 
 @router.get("/state", response={200: StateOut, 304: None})

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from fleet import drift
+from fleet import drift, push
 from fleet.evidence import BundleEvidence
 from fleet.models import Bundle, BundleGroupHour, Device, DeviceDay, Group, Rollout, TelemetryBatch
 
@@ -196,4 +196,5 @@ def prometheus_text() -> str:
         "# TYPE tinyfleet_telemetry_batches_total counter",
         f"tinyfleet_telemetry_batches_total {TelemetryBatch.objects.count()}",
     ]
+    lines += push.prometheus_lines()
     return "\n".join(lines) + "\n"

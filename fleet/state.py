@@ -27,6 +27,8 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
+from fleet.push import announcement
+
 STATE_PATH = "/api/device/v1/state"
 
 
@@ -45,7 +47,8 @@ def state_body(
     """The desired-state answer for one device (also what its ETag is computed from).
 
     `fallback` appears only while a group of the device has the low-confidence fallback
-    on (fleet/fallback.py), so devices without it keep their bodies and ETags."""
+    on (fleet/fallback.py), and `mqtt` only when wake-ups are configured, so devices
+    without them keep their bodies and ETags."""
     body: dict[str, Any] = {
         "device_id": device_id,
         "poll_interval": settings.DEVICE_POLL_INTERVAL,
@@ -58,6 +61,9 @@ def state_body(
     }
     if fallback_url:
         body["fallback"] = {"url": fallback_url}
+    mqtt = announcement(device_id)
+    if mqtt is not None:
+        body["mqtt"] = mqtt
     return body
 
 

@@ -80,3 +80,38 @@ def env_list(name: str, default: list[str]) -> list[str]:
 def env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name, "").strip()
     return Path(raw).expanduser().resolve() if raw else default
+
+
+def env_mqtt_url(name: str) -> str:
+    """An MQTT broker URL, `mqtt://host[:1883]` or `mqtts://host[:8883]` (optionally with
+    `user:password@`), or "" when unset (MQTT off)."""
+    from urllib.parse import urlsplit
+
+    raw = env_str(name).strip()
+    if not raw:
+        return ""
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from exc
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} must look like mqtt://host:1883 or mqtts://host"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment or port == 0:
+        raise ImproperlyConfigured(f"{name}={raw!r} must name only a broker (no path or query)")
+    return raw
+
+
+def without_credentials(url: str) -> str:
+    """The URL without `user:password@` (what may be shown to devices and in logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, "", "", ""))

@@ -14,7 +14,16 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from tinyfleet.env import env_bool, env_int, env_list, env_path, env_size, env_str
+from tinyfleet.env import (
+    env_bool,
+    env_int,
+    env_list,
+    env_mqtt_url,
+    env_path,
+    env_size,
+    env_str,
+    without_credentials,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("TINYFLEET_DATA_DIR", BASE_DIR / "data")
@@ -217,6 +226,18 @@ DEVICE_POLL_INTERVAL = env_int("TINYFLEET_DEVICE_POLL_INTERVAL", 30, minimum=1)
 # limit, and stale beyond it.
 DEVICE_ONLINE_SECONDS = env_int("TINYFLEET_DEVICE_ONLINE_SECONDS", 120, minimum=1)
 DEVICE_STALE_SECONDS = env_int("TINYFLEET_DEVICE_STALE_SECONDS", 24 * 3600, minimum=1)
+
+# --- device push: optional MQTT wake-ups (unset = devices only poll) ------------------
+# The server publishes a tiny hint on tinyfleet/devices/<id> when a device's desired state
+# changes; devices then poll at once. Credentials may sit in the URL or in the two
+# variables below (which win; each also has a _FILE variant).
+MQTT_URL = env_mqtt_url("TINYFLEET_MQTT_URL")
+MQTT_USERNAME = env_str("TINYFLEET_MQTT_USERNAME")
+MQTT_PASSWORD = env_str("TINYFLEET_MQTT_PASSWORD")
+MQTT_CA_FILE = env_str("TINYFLEET_MQTT_CA_FILE")  # mqtts: CA bundle (default: system CAs)
+# What devices are told to connect to (their network may reach the broker by another
+# name); never carries credentials. Default: TINYFLEET_MQTT_URL without them.
+MQTT_DEVICE_URL = without_credentials(env_mqtt_url("TINYFLEET_MQTT_DEVICE_URL") or MQTT_URL)
 
 # --- bundle security: keys, TUF metadata, encryption ---------------------------------
 # Every private signing key and bundle content key is sealed under this master key.

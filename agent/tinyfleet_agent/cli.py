@@ -369,6 +369,14 @@ def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
             "tinyfleet-agent run: not enrolled; run `tinyfleet-agent enroll` first", file=sys.stderr
         )
         return EXIT_USAGE
+    if config.mqtt == "on":
+        from ._internal.wakeup import MqttUnavailableError, require_paho
+
+        try:
+            require_paho()
+        except MqttUnavailableError as e:
+            print(f"tinyfleet-agent run: {e}", file=sys.stderr)
+            return EXIT_USAGE
     return serve(config, attach=lambda api: FleetLink(config, api))
 
 

@@ -53,6 +53,13 @@ class AgentConfig:
     # Use only these inference runtimes (None: every installed one); reported to the
     # server, which then sends only bundle variants for them.
     runtimes: tuple[str, ...] | None = None
+    # MQTT wake-ups (a latency hint; polling never stops): "auto" uses them when the
+    # server announces a broker and paho-mqtt is installed, "on" requires paho-mqtt.
+    mqtt: str = "auto"
+    mqtt_url: str | None = None  # override the announced broker (e.g. a local bridge)
+    mqtt_username: str | None = None  # default: the device id, when a password is set
+    mqtt_password_file: Path | None = None
+    mqtt_ca_file: Path | None = None
 
     @property
     def host(self) -> str:
@@ -137,6 +144,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "batch_window_ms": _float,
     "log_level": str,
     "runtimes": _runtime_names,
+    "mqtt": lambda v: str(v).strip().lower(),
+    "mqtt_url": _opt_str,
+    "mqtt_username": _opt_str,
+    "mqtt_password_file": _opt_path,
+    "mqtt_ca_file": _opt_path,
 }
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -164,6 +176,11 @@ def _validate(config: AgentConfig) -> None:
         (
             config.server is None or config.server.startswith(("https://", "http://")),
             "server must be an http(s) URL",
+        ),
+        (config.mqtt in ("auto", "on", "off"), "mqtt must be auto, on or off"),
+        (
+            config.mqtt_url is None or config.mqtt_url.startswith(("mqtt://", "mqtts://")),
+            "mqtt_url must be an mqtt:// or mqtts:// URL",
         ),
     ]
     for ok, message in checks:

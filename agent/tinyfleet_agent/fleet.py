@@ -21,6 +21,7 @@ from ._internal.stream_aead import atomic_write_bytes
 from ._internal.sysinfo import device_facts
 from ._internal.tuf_verify import TrustedState
 from ._internal.updater import TRUST_FILE, Updater
+from ._internal.wakeup import INSTALL_HINT, MqttOptions, WakeupListener, paho_available
 from .config import AgentConfig
 
 log = logging.getLogger("tinyfleet_agent.fleet")
@@ -118,14 +119,18 @@ class FleetLink:
             ),
             on_state=self._apply_state,
         )
+        self.wakeups = _wakeup_listener(config, device["device_id"], self.updater.wake, api)
         self.outbox = Outbox(config.state_dir / "telemetry.sqlite", config.outbox_capacity)
         self.stop = threading.Event()
         self._last_telemetry = time.monotonic()
+        self._hinted = False
         self._thread = threading.Thread(
             target=self.updater.run, args=(self.stop,), name="updater", daemon=True
         )
 
     def _apply_state(self, body: dict[str, Any]) -> None:
+        """Settings that ride on each fresh state answer: fallback and MQTT wake-ups."""
+        self._follow_push(body)
         # Absent or null: the operator has not enabled a fallback for this device's groups.
         fallback = body.get("fallback")
         url = fallback.get("url") if isinstance(fallback, dict) else None
@@ -155,7 +160,35 @@ class FleetLink:
                 return  # offline: keep it for later
             self.outbox.ack([batch["batch_id"]])
 
+    def _follow_push(self, state: dict[str, Any]) -> None:
+        """Each fresh state answer says whether (and where) the server pushes wake-ups."""
+        announced = state.get("mqtt")
+        if self.wakeups is not None:
+            self.wakeups.follow(announced)
+        elif announced is not None and self.config.mqtt == "auto" and not self._hinted:
+            self._hinted = True
+            log.info("the server offers MQTT wake-ups; to use them: %s", INSTALL_HINT)
+
     def close(self) -> None:
         self.api.fallback.close()
         self.stop.set()
+        if self.wakeups is not None:
+            self.wakeups.stop()
         self._thread.join(timeout=10)
+
+
+def _wakeup_listener(
+    config: AgentConfig, device_id: str, wake: threading.Event, api: Any
+) -> WakeupListener | None:
+    """A listener when MQTT is allowed and paho-mqtt is installed (else polling only)."""
+    if config.mqtt == "off" or not paho_available():
+        return None
+    options = MqttOptions(
+        url=config.mqtt_url,
+        username=config.mqtt_username,
+        password_file=config.mqtt_password_file,
+        ca_file=config.mqtt_ca_file,
+    )
+    return WakeupListener(
+        device_id, wake.set, options, on_status=lambda status: api.set_health(push=status)
+    )

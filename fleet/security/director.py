@@ -17,6 +17,7 @@ from django.utils import timezone
 from tinyfleet_agent.bundle import BundleRecord, director_target_custom, wrap_key
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
+from fleet import push
 from fleet.models import Assignment, Bundle, Device, TufMetadata
 from fleet.models.keys import KeyRole, Repo
 from fleet.security import image_repo, keystore
@@ -88,6 +89,7 @@ def assign(device: Device, bundle: Bundle) -> Assignment:
             device=device, bundle=bundle, wrapped_key=_wrap_for(device, bundle), created_at=now
         )
         _sign(assignment, now)
+        push.wake_after_commit([device.pk])  # MQTT hint to poll now (if configured)
     return assignment
 
 
@@ -98,6 +100,9 @@ def unassign(device: Device) -> bool:
         ended = Assignment.objects.filter(device=device, ended_at__isnull=True).update(
             ended_at=timezone.now()
         )
+        if ended or device.revoked_at is not None:
+            # A revoked device learns it at its next poll (401): make that poll now.
+            push.wake_after_commit([device.pk])
     return bool(ended)
 
 

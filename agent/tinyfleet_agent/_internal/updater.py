@@ -30,6 +30,7 @@ import logging
 import random
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ UTC = timezone.utc  # datetime.UTC needs Python 3.11; devices may run 3.10
 log = logging.getLogger("tinyfleet_agent.updater")
 TRUST_FILE = "trust.json"
 MAX_BACKOFF_S = 300.0
+MIN_WAKE_GAP_S = 1.0  # wake-ups (MQTT) cost at most one poll per this many seconds
 DISK_MARGIN = 64 << 20
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -77,13 +79,15 @@ class Updater:
     poll_interval: float = 30.0
     on_health: Callable[..., None] = lambda **_: None
     on_selftest: Callable[[str, bool, float], None] = lambda *_: None
-    # Every fresh desired-state body (settings beside the bundle, e.g. the fallback URL).
+    # Every fresh desired-state body (settings beside the bundle: the fallback URL, the
+    # MQTT broker); `wake` cuts the sleep between polls short.
     on_state: Callable[[dict[str, Any]], None] = lambda _: None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     disk_margin: int = DISK_MARGIN
     etag: str | None = None
     failed: dict[str, str] = field(default_factory=dict)
     backoff: float = 0.0
+    wake: threading.Event = field(default_factory=threading.Event)
 
     @property
     def events(self) -> Outbox:
@@ -110,7 +114,22 @@ class Updater:
             except Exception as exc:  # never let the updater take serving down
                 log.exception("update check failed")
                 self._health(update="error", last_error=f"{type(exc).__name__}: {exc}")
-            stop.wait(delay * random.uniform(0.8, 1.2))
+            self._sleep(stop, delay * random.uniform(0.8, 1.2))
+
+    def _sleep(self, stop: threading.Event, delay: float) -> None:
+        """Until the next poll is due, or earlier when woken (a burst of wake-ups, or a
+        flood of forged ones, costs one poll per MIN_WAKE_GAP_S at most)."""
+        started = time.monotonic()
+        deadline = started + delay
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # Short slices: `stop` is a separate event and must end the loop promptly.
+            if self.wake.wait(min(remaining, 0.5)):
+                self.wake.clear()
+                stop.wait(max(0.0, min(delay, MIN_WAKE_GAP_S) - (time.monotonic() - started)))
+                return
 
     def check_once(self) -> str:
         """One poll; returns what happened ("unchanged", "current", "installed", ...).
@@ -122,8 +141,8 @@ class Updater:
         if response.status == 304:
             return "unchanged"
         body = response.json()
-        self.on_state(body)
         self.poll_interval = float(body.get("poll_interval") or self.poll_interval)
+        self.on_state(body)
         desired = (body.get("desired") or {}).get("bundle")
         active = self.store.active()
         rejected = _rejected_locally(self.state_dir)
