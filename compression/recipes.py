@@ -62,6 +62,16 @@ CATALOGUE: dict[str, RecipeInfo] = {
             Format.ONNX,
             description="Hugging Face directory to ONNX (opset 17).",
         ),
+        RecipeInfo(
+            "tflite",
+            "Export to TFLite (LiteRT)",
+            frozenset({Format.HF_DIR}),
+            Format.TFLITE,
+            description=(
+                "Hugging Face directory to a fixed-shape .tflite with litert-torch; "
+                "fp32, dynamic int8 or weight-only int8."
+            ),
+        ),
     )
     if info.name in RECIPES
 }
