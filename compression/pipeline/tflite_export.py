@@ -41,7 +41,7 @@ from compression.pipeline.export_onnx import (
 )
 from compression.pipeline.runner import ProgressFn, RecipeResult, no_progress
 
-__all__ = ["VARIANTS", "TfliteParams", "export_tflite", "record_ops"]
+__all__ = ["VARIANTS", "TfliteParams", "export_tflite", "quantize_variant", "record_ops"]
 
 VARIANTS = ("fp32", "dynamic-int8", "weight-only-int8")
 MIN_SEQ, MAX_SEQ = 8, 512
@@ -111,7 +111,7 @@ def export_tflite(
         _convert(graph, sample, float_path)
         log.append(f"fp32 graph: {float_path.stat().st_size} bytes")
         progress(0.7, "quantize", params.variant)
-        _quantize(float_path, out_path, params.variant)
+        quantize_variant(float_path, out_path, params.variant)
     finally:
         float_path.unlink(missing_ok=True)
     progress(0.85, "check", "running the result on ai-edge-litert")
@@ -232,7 +232,8 @@ def _convert(graph: Any, sample: dict[str, Any], path: Path) -> None:
     edge_model.export(str(path))
 
 
-def _quantize(float_path: Path, out_path: Path, variant: str) -> None:
+def quantize_variant(float_path: Path, out_path: Path, variant: str) -> None:
+    """Write ``variant`` of the float .tflite at ``float_path`` to ``out_path``."""
     if variant == "fp32":
         shutil.copyfile(float_path, out_path)
         return
