@@ -75,7 +75,10 @@ TARGET = {"cosine_mean": 0.998, "nn_agreement": 0.97, "size_ratio": 0.27, "laten
 RESEARCH_NOTES = """\
 ## Research notes: how onnx-int8-auto was arrived at
 
-Measured while developing the recipe (same machine, same method; latency is CPU time).
+Measured while developing the recipe (same method; latency is CPU time) on an
+AVX2-only host (AMD EPYC family 25 model 1, no VNNI). The Results table above comes
+from the host named under Machine, which may differ: an AVX-512 VNNI host runs int8
+MatMuls much faster, and the latency paragraph below does not apply to it.
 
 | step | cos mean | NN agree | size x | lat x | finding |
 |---|---|---|---|---|---|
@@ -351,7 +354,7 @@ def main() -> int:
         outputs, auto, auto_log = build_all(minilm.get_model_path(), work)
         rows = measure(outputs, texts, ref, held_out, held_ref, args.rounds)
         tflite = tflite_section(outputs["export-onnx (fp32)"], minilm, texts, ref, work, args)
-        report = render(rows, auto, auto_log, machine(), len(texts)) + "\n".join(tflite)
+        report = render(rows, auto, auto_log, machine(), len(texts)) + "\n" + "\n".join(tflite)
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(report)
         print(args.report.read_text())

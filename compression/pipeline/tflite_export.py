@@ -138,6 +138,8 @@ def export_tflite(
             "output": "sentence_embedding" if task == "embedding" else "logits",
             "inputs": list(INPUT_NAMES),
             "fixed_shape": [1, params.seq_len],
+            # Devices tokenize no further than the graph can take.
+            "max_seq_len": params.seq_len,
             "input_dtype": "int32",
             "runtime": "litert",
         },

@@ -76,6 +76,7 @@ def test_it_runs_a_tflite_job_through_the_api_to_a_measured_derived_version(
     assert {"serving_default_input_ids", "serving_default_attention_mask"} <= set(inputs)
     assert all(i["shape"] == [1, 32] and i["dtype"] == "int32" for i in inputs.values())
     assert child.pipeline["fixed_shape"] == [1, 32] and child.pipeline["pooled_in_graph"]
+    assert child.pipeline["max_seq_len"] == 32 and child.pipeline["pooling"] == "none"
     assert child.golden_sha256 and default_storage.exists(child.golden_key)
     with default_storage.open(child.golden_key) as handle:
         golden = np.load(handle)
