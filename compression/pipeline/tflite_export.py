@@ -92,6 +92,7 @@ def export_tflite(
             than the model's position table.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _require_converters()
     src, out_dir = Path(model_dir), Path(output_dir)
     config = _load_config(src)
     task = _detect_task(config, params.task)
@@ -144,6 +145,26 @@ def export_tflite(
             "runtime": "litert",
         },
     )
+
+
+def _require_converters() -> None:
+    """Fail with the fix, not a traceback, on a server installed without the extras."""
+    import importlib.util
+
+    needed = ("torch", "transformers", "litert_torch", "ai_edge_quantizer", "ai_edge_litert")
+
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except ImportError:
+            return True
+
+    missing = [name for name in needed if absent(name)]
+    if missing:
+        raise ExportError(
+            f"the tflite recipe needs {', '.join(missing)} on the worker: "
+            "pip install -e '.[torch,tflite]'"
+        )
 
 
 def record_ops(path: Path) -> dict[str, Any]:

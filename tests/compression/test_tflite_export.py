@@ -196,3 +196,30 @@ def test_it_exports_a_classifier_with_logits_in_the_graph(hf_dir: Path, tmp_path
     ids = np.array([[2, 5, 6, 3]], dtype=np.int64)
     [logits] = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
     assert logits.shape == (1, 3) and np.all(np.isfinite(logits))
+
+
+def test_a_worker_without_the_converters_says_which_extra_to_install(
+    hf_dir: Path, tmp_path: Path
+) -> None:
+    from compression.pipeline.runner import ConverterCrashError, run_in_subprocess
+
+    # A converter subprocess where litert_torch cannot be found, as on a server installed
+    # without the `tflite` extra: a sitecustomize whose import finder hides that package.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'litert_torch':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    with pytest.raises(ConverterCrashError, match=r"needs litert_torch on the worker"):
+        run_in_subprocess(
+            "tflite",
+            {"model_dir": str(hf_dir), "output_dir": str(tmp_path / "out"), "params": {}},
+            env={"PYTHONPATH": str(hide)},
+            timeout=300,
+        )
+    assert not (tmp_path / "out").exists()
