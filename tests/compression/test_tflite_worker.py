@@ -85,6 +85,42 @@ def test_it_runs_a_tflite_job_through_the_api_to_a_measured_derived_version(
     assert "ai-edge-litert" in child.lineage_info["libraries"]
     assert child.lineage_info["parent_chain"][0]["id"] == parent["id"]
     assert any("minimum runtime version" in line for line in job.log.splitlines())
+    _publish_install_and_serve(child, tmp_path)
+
+
+def _publish_install_and_serve(child: ModelVersion, tmp_path: Path) -> None:
+    """Publish the job's result, install it as a device does (TUF metadata, key unwrap,
+    decryption), and serve it with the agent on LiteRT: the golden self-test the job
+    recorded must pass, and a batch of texts must run through the batch-1 graph."""
+    from django.utils import timezone
+    from tinyfleet_agent._internal.record import PipelineSpec
+    from tinyfleet_agent._internal.selftest import run_golden_selftest
+    from tinyfleet_agent.predictor import Predictor
+
+    from fleet.security import director
+    from tests.fleet.test_publish import (
+        device_resolves,
+        enrolled_state,
+        install,
+        make_device,
+        publish_now,
+    )
+
+    bundle = publish_now(child)
+    assert bundle.record["runtime"] == "litert"
+    assert bundle.record["pipeline"]["max_seq_len"] == 32
+    device = make_device()
+    director.assign(device.device, bundle)
+    prefix = "/api/device/v1"
+    assignment = device_resolves(device, prefix, enrolled_state(), timezone.now())
+    files = install(device, prefix, assignment, tmp_path)
+    spec = PipelineSpec.from_dict(bundle.record["pipeline"])
+    predictor = Predictor(files, spec, runtime="litert")
+    check = run_golden_selftest(predictor.runtime, files / "golden.npz")
+    assert check.passed, check.to_dict()
+    batch = predictor.predict(["turn the lights on", "hello world"])
+    alone = predictor.predict(["hello world"])
+    np.testing.assert_allclose(batch[1]["embedding"], alone[0]["embedding"], atol=1e-5)
 
 
 def test_it_refuses_tflite_on_an_onnx_version_and_bad_params_with_400(
