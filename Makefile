@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run test test-fast lint format bench clean
+.PHONY: install install-test run demo test test-fast lint format bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found; set PYTHON=...)"; exit 1; }
@@ -34,6 +34,11 @@ install-test: $(TEST_STAMP)
 
 run: install
 	PORT=$(PORT) $(PY) -m tinyfleet.supervise
+
+# The whole journey with real processes: server stack, MiniLM upload, export, int8, signed
+# bundle, an enrolled agent, a rollout and a prediction (tinyfleet/demo.py). Ctrl-C stops.
+demo: install-test
+	$(PY) -m tinyfleet.demo
 
 test: install-test
 	$(PY) -m pytest $(PYTEST_ARGS)

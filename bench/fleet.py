@@ -1090,7 +1090,7 @@ def profile_state(creds_etags: list[tuple[str, str]], n: int) -> dict[str, Any]:
         ("current_assignment query", "fleet/security/director.py", "current_assignment"),
         ("psycopg Cursor.execute (DB round trips)", "psycopg/cursor.py", "execute"),
         ("SQL compilation", "django/db/models/sql/compiler.py", "as_sql"),
-        ("state_etag (json + sha256)", "fleet/device_api.py", "state_etag"),
+        ("state_etag (json + sha256)", "fleet/state.py", "state_etag"),
     ]
     breakdown = [(label, cum(p, f)) for label, p, f in wanted]
     top = []

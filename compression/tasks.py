@@ -234,7 +234,9 @@ def summarize_benchmark(raw: dict[str, object]) -> dict[str, object]:
         "load_s": raw.get("load_s"),
         "throughput_items_per_s": raw.get("throughput_items_per_s"),
         "peak_rss_mb": round(rss / 2**20, 1),
-        "detail": raw,
+        # The worker's scratch path means nothing to anyone and would end up in the
+        # bundle's signed provenance: keep only the measurements.
+        "detail": {k: v for k, v in raw.items() if k != "model_path"},
     }
 
 

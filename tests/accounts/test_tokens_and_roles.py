@@ -142,3 +142,21 @@ def test_ensure_admin_takes_the_password_from_the_environment(db: None, monkeypa
     call_command("ensure_admin", stdout=out)
     assert "s3cret" not in out.getvalue()
     assert get_user_model().objects.get(username="admin").check_password("s3cret-from-env")
+
+
+def test_create_user_refuses_an_existing_user_unless_asked_to_update(db: None) -> None:
+    from django.contrib.auth import get_user_model
+    from django.core.management.base import CommandError
+
+    from accounts.models import Profile
+
+    call_command("create_user", "dora", "--role", "viewer", "--password", "first-pass-1")
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("create_user", "dora", "--role", "admin", "--password", "second-pass-2")
+    user = get_user_model().objects.get(username="dora")
+    assert user.check_password("first-pass-1") and Profile.objects.get(user=user).role == "viewer"
+    call_command(
+        "create_user", "dora", "--role", "operator", "--password", "third-pass-3", "--update"
+    )
+    user.refresh_from_db()
+    assert user.check_password("third-pass-3") and Profile.objects.get(user=user).role == "operator"

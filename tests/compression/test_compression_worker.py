@@ -3,6 +3,7 @@ fidelity and a golden set; converter failures; cancellation; no duplicates."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from django.conf import settings
 from django.core.files.storage import default_storage
 from onnx import TensorProto, helper
 
@@ -54,6 +56,8 @@ def test_it_quantizes_to_a_derived_version_with_fidelity_and_golden_set(
     bench = child.metrics["benchmark"]
     assert bench["latency_p50_ms"] > 0 and bench["peak_rss_mb"] > 0
     assert bench["throughput_items_per_s"] > 0
+    # Metrics travel into the signed provenance: no worker scratch paths in them.
+    assert str(settings.DATA_DIR) not in json.dumps(child.metrics)
     assert 0 < child.metrics["latency_ratio"] < 10
     assert ModelVersion.objects.get(pk=parent["id"]).metrics["benchmark"]["latency_p50_ms"] > 0
     assert (

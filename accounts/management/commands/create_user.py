@@ -13,11 +13,23 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--role", choices=[r.value for r in Role], default=Role.VIEWER)
         parser.add_argument("--password", required=True)
+        parser.add_argument(
+            "--update",
+            action="store_true",
+            help="if the user exists, set its password and role instead of failing",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         users = get_user_model()
-        if users.objects.filter(username=options["username"]).exists():
+        existing = users.objects.filter(username=options["username"]).first()
+        if existing is not None and not options["update"]:
             raise CommandError(f"user {options['username']!r} already exists")
+        if existing is not None:
+            existing.set_password(options["password"])
+            existing.save(update_fields=["password"])
+            Profile.objects.update_or_create(user=existing, defaults={"role": options["role"]})
+            self.stdout.write(f"Updated {options['role']} {existing.get_username()!r}.")
+            return
         user = users.objects.create_user(options["username"], "", options["password"])
         Profile.objects.update_or_create(user=user, defaults={"role": options["role"]})
         self.stdout.write(f"Created {options['role']} {user.get_username()!r}.")
