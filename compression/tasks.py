@@ -252,10 +252,10 @@ def _benchmark(
     from compression.pipeline.assess import onnx_model_file
     from compression.pipeline.runner import run_in_subprocess
 
-    if child_file.suffix != ".onnx":
+    if child_file.suffix not in (".onnx", ".tflite"):
         return {}
     speed: dict[str, object] = {"benchmark": summarize_benchmark(_bench(child_file, job))}
-    if parent.format == "onnx":
+    if parent.format == "onnx" and child_file.suffix == ".onnx":
         if not parent.metrics.get("benchmark"):
             parent_raw = _bench(Path(onnx_model_file(parent_path)), job)
             ModelVersion.objects.filter(pk=parent.pk).update(

@@ -47,11 +47,12 @@ def find_tokenizer(*paths: str | Path | None) -> Path | None:
 
 
 def _onnx_file(path: Path) -> Path:
+    """The model file of a path: the file itself, or the .onnx (else .tflite) in a folder."""
     if path.is_file():
         return path
-    found = sorted(path.glob("*.onnx"))
+    found = sorted(path.glob("*.onnx")) or sorted(path.glob("*.tflite"))
     if not found:
-        raise ValueError(f"no .onnx model in {path}")
+        raise ValueError(f"no .onnx or .tflite model in {path}")
     return found[0]
 
 
@@ -80,8 +81,10 @@ def _synthetic_feeds(session: Any, rows: int, seed: int = 7) -> list[dict[str, n
     return feeds
 
 
-def _text_feeds(tokenizer: Path, texts: list[str]) -> list[dict[str, np.ndarray]]:
-    encoded = encode(tokenizer, texts, max_length=MAX_SEQ)
+def _text_feeds(
+    tokenizer: Path, texts: list[str], max_length: int = MAX_SEQ
+) -> list[dict[str, np.ndarray]]:
+    encoded = encode(tokenizer, texts, max_length=max_length)
     rows = [encoded.row(i) for i in range(len(texts))]
     return [dataclasses.asdict(row) for row in rows]
 
@@ -100,9 +103,18 @@ def _embedding(output: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _inputs(
-    session: Any, task: str, tokenizer: Path | None, dataset: str | None, kind: str | None
+    session: Any,
+    task: str,
+    tokenizer: Path | None,
+    dataset: str | None,
+    kind: str | None,
+    max_length: int = MAX_SEQ,
 ) -> tuple[list[dict[str, np.ndarray]], list[Any] | None, str]:
-    """Feeds, labels (or None) and a description of where the inputs came from."""
+    """Feeds, labels (or None) and a description of where the inputs came from.
+
+    Texts are cut to ``max_length`` tokens: a fixed-shape child (TFLite) sees no more,
+    so the parent must not either.
+    """
     if dataset and kind == "tensors-npz":
         arrays = load_npz(dataset, [i.name for i in session.get_inputs()])
         rows = len(next(iter(arrays.values())))
@@ -112,8 +124,9 @@ def _inputs(
             examples = load_jsonl(dataset)
             texts, labels = [e.text for e in examples], [e.label for e in examples]
             has_labels = all(label is not None for label in labels)
-            return _text_feeds(tokenizer, texts), labels if has_labels else None, "dataset"
-        return _text_feeds(tokenizer, default_sentences()), None, "built-in sentences"
+            feeds = _text_feeds(tokenizer, texts, max_length)
+            return feeds, labels if has_labels else None, "dataset"
+        return _text_feeds(tokenizer, default_sentences(), max_length), None, "built-in sentences"
     return _synthetic_feeds(session, GOLDEN_SIZE * 4), None, "synthetic tensors"
 
 
@@ -183,7 +196,7 @@ def assess(
     dataset_kind: str | None = None,
     threads: int = 1,
 ) -> dict[str, Any]:
-    """Fidelity of the ONNX `child` to `parent` (ONNX, or a Hugging Face folder run in
+    """Fidelity of the ONNX or TFLite `child` to `parent` (ONNX, or a Hugging Face folder run in
     PyTorch), plus the golden set written to `golden_path`. Returns {"fidelity",
     "golden": {"sha256", "count", "tolerance"}, "inputs", "examples"} and, for
     classifiers, "reference_confidence" ({"edges", "counts", "count"}).
@@ -198,7 +211,10 @@ def assess(
         spec_session = open_session(_onnx_file(Path(parent)), threads)
         run_parent = lambda feed: _run(spec_session, feed)  # noqa: E731
     tokenizer = find_tokenizer(child, parent)
-    feeds, labels, source = _inputs(spec_session, task, tokenizer, dataset, dataset_kind)
+    max_length = getattr(child_session, "fixed_sequence", None) or MAX_SEQ
+    feeds, labels, source = _inputs(
+        spec_session, task, tokenizer, dataset, dataset_kind, min(max_length, MAX_SEQ)
+    )
     ref = [run_parent(f) for f in feeds]
     cand = [_run(child_session, f) for f in feeds]
     fidelity = _fidelity(task, ref, cand, feeds, labels)
@@ -222,7 +238,8 @@ __all__ = ["assess", "find_tokenizer", "write_golden"]
 
 
 def _is_hf_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.onnx"))
+    models = [*path.glob("*.onnx"), *path.glob("*.tflite")] if path.is_dir() else []
+    return path.is_dir() and (path / "config.json").is_file() and not models
 
 
 def _torch_runner(model_dir: Path, task: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:

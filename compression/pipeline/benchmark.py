@@ -1,4 +1,5 @@
-"""Speed and memory of an ONNX model on the CPU onnxruntime will use.
+"""Speed and memory of an ONNX model on the CPU onnxruntime will use (or of a .tflite
+model on ai-edge-litert, through the same session API).
 
 ``benchmark_model`` runs in a *fresh* subprocess with the thread count pinned
 (onnxruntime intra-op threads and the OMP/MKL/OpenBLAS env), so a previous
@@ -43,6 +44,10 @@ def _input_specs(session: Any) -> list[tuple[str, list[Any], str]]:
 
 def vocab_size(model_path: str | Path) -> int | None:
     """Rows of the embedding table that ``input_ids`` indexes, if there is one."""
+    if str(model_path).endswith(".tflite"):
+        from compression.pipeline.tflite_session import open_tflite
+
+        return open_tflite(model_path).vocab_size
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
@@ -158,12 +163,14 @@ def _benchmark_in_process(
     load_s = time.perf_counter() - start
     is_text = any(i.name == "input_ids" for i in session.get_inputs())
     vocab = vocab_size(model_path)
-    seqs = list(sequences) if is_text else [0]
+    # A fixed-shape model (TFLite) always runs its own length, whatever is asked.
+    fixed = getattr(session, "fixed_sequence", None)
+    seqs = ([fixed] if fixed else list(sequences)) if is_text else [0]
     latency: dict[str, dict[str, float]] = {}
     for seq in seqs:
         p50, p95 = _latency(session, synthetic_feeds(session, 1, seq, vocab=vocab), runs)
         latency[str(seq) if is_text else "default"] = {"p50_ms": p50 * 1e3, "p95_ms": p95 * 1e3}
-    big = synthetic_feeds(session, throughput_batch, throughput_sequence, vocab=vocab)
+    big = synthetic_feeds(session, throughput_batch, fixed or throughput_sequence, vocab=vocab)
     p50, _ = _latency(session, big, throughput_runs)
     return {
         "model_path": model_path,

@@ -184,7 +184,14 @@ def tensor_fidelity(reference: np.ndarray, candidate: np.ndarray) -> TensorFidel
 
 
 def open_session(model_path: str | Path, threads: int = 1) -> Any:
-    """An onnxruntime CPU session with pinned thread counts (reproducible timings)."""
+    """An onnxruntime CPU session with pinned thread counts (reproducible timings).
+
+    A .tflite file gets an ai-edge-litert interpreter behind the same run/get_inputs API.
+    """
+    if str(model_path).endswith(".tflite"):
+        from compression.pipeline.tflite_session import open_tflite
+
+        return open_tflite(model_path, threads)
     import onnxruntime as ort
 
     so = ort.SessionOptions()

@@ -282,6 +282,12 @@ _ORT_TYPES = {
 }
 
 
+def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+    """The batch size of a set of feeds (0 when there are none or they are scalars)."""
+    shapes = [np.shape(v) for v in feeds.values()]
+    return int(shapes[0][0]) if shapes and shapes[0] else 0
+
+
 def _clean_tflite_name(name: str) -> str:
     # Converters emit "serving_default_input_ids:0"; keep what the exporter meant.
     return re.sub(r":\d+$", "", name).removeprefix("serving_default_")
@@ -318,6 +324,16 @@ class TfliteRuntime:
         return TensorSpec(_clean_tflite_name(detail["name"]), shape, np.dtype(detail["dtype"]).name)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        rows = _rows(feeds)
+        if rows > 1 and all(spec.shape[:1] == (1,) for spec in self.inputs):
+            # A fixed batch-1 graph (the tflite recipe's [1, seq_len]): one row at a time.
+            parts = [
+                self._run_fitted({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(rows)
+            ]
+            return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+        return self._run_fitted(feeds)
+
+    def _run_fitted(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         arrays = _fit_feeds(self.inputs, feeds)
         with self._lock:
             self._resize_if_needed(arrays)
