@@ -20,6 +20,8 @@ class RecipeInfo:
     needs_calibration: bool = False
     recommended: bool = False
     description: str = ""
+    # Subprocess function measuring fidelity + golden set (compression.pipeline.runner).
+    assessor: str = "assess"
 
 
 CATALOGUE: dict[str, RecipeInfo] = {
@@ -61,6 +63,15 @@ CATALOGUE: dict[str, RecipeInfo] = {
             frozenset({Format.HF_DIR}),
             Format.ONNX,
             description="Hugging Face directory to ONNX (opset 17).",
+        ),
+        RecipeInfo(
+            "tflm",
+            "TFLite Micro (full int8, C array)",
+            frozenset({Format.HF_DIR}),
+            Format.TFLITE,
+            description="Tiny models for microcontrollers: int8 .tflite, model_data.cc/.h "
+            "and the measured tensor arena.",
+            assessor="assess-tflm",
         ),
     )
     if info.name in RECIPES
@@ -105,6 +116,21 @@ def check_params(recipe: str, params: dict[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"invalid parameters for {recipe}: {exc}") from exc
     return _jsonable(dataclasses.asdict(built))
+
+
+def check_model_size(params: dict[str, Any], inspection: dict[str, Any]) -> None:
+    """Refuse before queueing when the recipe bounds the parameter count
+    (``max_parameters``) and the inspected model is above it.
+
+    Raises:
+        RecipeError: the model has more parameters than the bound.
+    """
+    bound, count = params.get("max_parameters"), inspection.get("parameters")
+    if isinstance(bound, int) and isinstance(count, int) and count > bound:
+        raise RecipeError(
+            f"model has {count:,} parameters; this recipe accepts at most {bound:,} "
+            "(set max_parameters to raise the bound)"
+        )
 
 
 def _jsonable(value: Any) -> Any:

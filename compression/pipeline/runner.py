@@ -72,6 +72,7 @@ RECIPES: dict[str, str] = {
     "onnx-int8-static": "compression.pipeline.quantize:quantize_int8_static:StaticInt8Params",
     "onnx-fp16": "compression.pipeline.quantize:convert_fp16:Fp16Params",
     "onnx-int8-auto": "compression.pipeline.auto_int8:quantize_int8_auto:AutoInt8Params",
+    "tflm": "compression.pipeline.tflm.recipe:convert_tflm:TflmParams",
 }
 
 # Functions callable through the subprocess runner that are not recipes.
@@ -79,6 +80,7 @@ _EXTRA_FUNCS: dict[str, str] = {
     "benchmark": "compression.pipeline.benchmark:_benchmark_in_process",
     "crash-for-test": "compression.pipeline.runner:_crash_for_test",
     "assess": "compression.pipeline.assess:assess",
+    "assess-tflm": "compression.pipeline.tflm.assess:assess_tflm",
     "compare-latency": "compression.pipeline.assess:compare_latency_json",
 }
 
