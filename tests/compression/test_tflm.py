@@ -154,3 +154,28 @@ def test_it_rejects_bad_parameters() -> None:
     ):
         with pytest.raises(ValueError):
             TflmParams(**bad)
+
+
+def test_it_converts_a_classifier_whose_logits_agree_with_the_parent(
+    hf_dir: Path, tmp_path: Path
+) -> None:
+    import transformers
+
+    # Save a complete classifier (head weights included) so parent and child load the
+    # same weights in different processes.
+    classifier = transformers.BertForSequenceClassification.from_pretrained(
+        str(hf_dir), num_labels=3, local_files_only=True
+    )
+    folder = tmp_path / "classifier"
+    classifier.save_pretrained(str(folder), safe_serialization=True)
+    shutil.copy(hf_dir / "tokenizer.json", folder)
+    out = tmp_path / "out"
+    params = TflmParams(sequence_length=SEQUENCE, calibration_samples=16, latency_runs=2)
+    result = convert_tflm(str(folder), str(out), params)
+    assert result.pipeline["output"] == "logits" and result.pipeline["task"] == "classifier"
+    summary = micro.graph_summary(_model(result))
+    assert summary.outputs[0]["shape"] == [1, 3] and "TANH" in summary.ops  # BERT pooler
+    shutil.copy(hf_dir / "tokenizer.json", out)
+    assessed = assess_tflm(str(folder), str(out), "text-classification", str(tmp_path / "g.npz"))
+    assert assessed["fidelity"]["count"] == 360
+    assert 0.5 < assessed["fidelity"]["agreement"] <= 1.0

@@ -94,3 +94,24 @@ def test_it_refuses_a_model_too_large_for_a_microcontroller_and_queues_nothing(
         "/api/v1/jobs", {"version": body["id"], "recipe": "tflm", "params": {"gelu": "erf"}}
     )
     assert bad.status_code == 400 and "gelu must be one of sigmoid, tanh" in bad.json()["error"]
+
+
+def test_a_tflm_job_the_converter_refuses_fails_with_its_message_and_leaves_nothing(
+    celery_worker: Worker, alice_api: Any, tmp_path: Path
+) -> None:
+    from tests.compression.helpers import temp_files
+
+    parent = _ready_hf(alice_api, tmp_path, hidden=32)
+    versions_before, temp_before = ModelVersion.objects.count(), temp_files()
+    started = alice_api.post(
+        "/api/v1/jobs",
+        {"version": parent["id"], "recipe": "tflm", "params": {"sequence_length": 100}},
+    )
+    assert started.status_code == 201, started.content
+    job: Job = wait_for(
+        lambda: (j := Job.objects.get(pk=started.json()["id"])).is_finished and j, timeout=120
+    )
+    assert job.status == "failed"
+    assert "sequence_length 100 exceeds the model's 64 positions" in job.error
+    assert ModelVersion.objects.count() == versions_before
+    assert temp_files() <= temp_before
