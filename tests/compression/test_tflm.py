@@ -179,3 +179,23 @@ def test_it_converts_a_classifier_whose_logits_agree_with_the_parent(
     assessed = assess_tflm(str(folder), str(out), "text-classification", str(tmp_path / "g.npz"))
     assert assessed["fidelity"]["count"] == 360
     assert 0.5 < assessed["fidelity"]["agreement"] <= 1.0
+
+
+def test_it_refuses_the_real_minilm_as_too_large_for_a_microcontroller(tmp_path: Path) -> None:
+    from tests.compression.test_inspect import minilm_dir
+
+    out = tmp_path / "out"
+    with pytest.raises(TooLargeError, match=r"model has 22,\d{3},\d{3} parameters"):
+        convert_tflm(str(minilm_dir()), str(out), TflmParams())
+    assert not out.exists()
+
+
+def test_it_never_loads_pickled_weights(tmp_path: Path) -> None:
+    from compression.pipeline.tflm.params import TflmError
+
+    folder = build_tiny_hf_dir(tmp_path / "pickled")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded: pickles from uploads are refused")
+    with pytest.raises(TflmError, match="safetensors"):
+        convert_tflm(str(folder), str(tmp_path / "out"), TflmParams())
+    assert not (tmp_path / "out").exists()

@@ -70,8 +70,9 @@ def load_model(model_dir: Path, task: str) -> Any:
         if task == "classifier"
         else transformers.AutoModel
     )
+    # use_safetensors: never fall back to pytorch_model.bin, a pickle from an upload.
     model = loader.from_pretrained(
-        str(model_dir), attn_implementation="eager", local_files_only=True
+        str(model_dir), attn_implementation="eager", local_files_only=True, use_safetensors=True
     )
     base = getattr(model, "base_model", model)
     if not hasattr(base, "embeddings") or not hasattr(getattr(base, "encoder", None), "layer"):
