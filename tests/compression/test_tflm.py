@@ -199,3 +199,16 @@ def test_it_never_loads_pickled_weights(tmp_path: Path) -> None:
     with pytest.raises(TflmError, match="safetensors"):
         convert_tflm(str(folder), str(tmp_path / "out"), TflmParams())
     assert not (tmp_path / "out").exists()
+
+
+def test_its_kernel_list_matches_the_installed_tflite_micro() -> None:
+    import re
+
+    from tflite_micro.python.tflite_micro import _runtime
+
+    # Kernels are registered by tflite::Register_<OP>() functions; their mangled
+    # names are in the extension's symbol table.
+    library = Path(_runtime.__file__).read_bytes()
+    registered = {m.decode() for m in re.findall(rb"Register_([A-Z0-9_]+?)Ev", library)}
+    assert not micro.TFLM_KERNELS - registered
+    assert "GELU" not in registered and "GELU" not in micro.TFLM_KERNELS
