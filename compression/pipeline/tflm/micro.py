@@ -26,6 +26,7 @@ from compression.pipeline.tflm.params import TflmError, UnsupportedOpsError
 __all__ = [
     "ARENA_ALIGNMENT",
     "TFLM_KERNELS",
+    "ArenaMeasurement",
     "MicroModel",
     "graph_summary",
     "measure_arena",
@@ -145,7 +146,7 @@ class MicroModel:
         self.model = model
         self.input_names = [_plain(i["name"]) for i in summary.inputs]
         # Generous default: the real need is measured by measure_arena().
-        arena = arena_size or max(len(model) * 4, 1 << 20)
+        arena = arena_size or _default_arena(model)
         try:
             self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena)
         except RuntimeError as exc:
@@ -213,13 +214,21 @@ def _dequantize(raw: np.ndarray, details: dict[str, Any]) -> np.ndarray:
     return raw.astype(np.float32)
 
 
-def measure_arena(model: bytes, feed: dict[str, np.ndarray]) -> int:
-    """Bytes of tensor arena the model needs, as TFLM's recording allocator reports
-    after one inference; then checked: that size runs, ARENA_ALIGNMENT less fails.
+@dataclass(frozen=True)
+class ArenaMeasurement:
+    # The smallest arena one inference succeeds in: what firmware must reserve.
+    size_bytes: int
+    # What print_allocations() reports after an inference. It misses temporary
+    # allocations made while kernels prepare, so it can be short of ``bytes``.
+    reported_bytes: int
 
-    Raises:
-        TflmError: no report, or the reported size does not behave as measured.
-    """
+
+def _default_arena(model: bytes) -> int:
+    return max(len(model) * 4, 1 << 20)
+
+
+def reported_arena(model: bytes, feed: dict[str, np.ndarray]) -> int:
+    """The recording allocator's total after one inference (print_allocations)."""
     micro = MicroModel(model)
     micro.run(feed)
     with _captured_native_output() as out:
@@ -227,12 +236,32 @@ def measure_arena(model: bytes, feed: dict[str, np.ndarray]) -> int:
     found = _ARENA_LINE.search(b"".join(out))
     if found is None:
         raise TflmError("TFLite Micro printed no arena allocation report")
-    arena = int(found.group(1))
-    if not fits(model, feed, arena):
-        raise TflmError(f"the model does not run in the reported arena of {arena} bytes")
-    if fits(model, feed, arena - ARENA_ALIGNMENT):
-        raise TflmError(f"the model also runs below the reported arena of {arena} bytes")
-    return arena
+    return int(found.group(1))
+
+
+def measure_arena(model: bytes, feed: dict[str, np.ndarray]) -> ArenaMeasurement:
+    """The exact tensor arena the model needs on TFLite Micro.
+
+    Starts from print_allocations()'s total; when the model does not run in that
+    much, bisects up to the smallest size that does. Then checked: that size runs and
+    ARENA_ALIGNMENT bytes less fails.
+
+    Raises:
+        TflmError: no report, or sizes that do not behave as measured.
+    """
+    reported = reported_arena(model, feed)
+    if fits(model, feed, reported):
+        works, fails = reported, max(0, reported - ARENA_ALIGNMENT)
+        if fits(model, feed, fails):
+            raise TflmError(f"the model also runs below the reported arena of {reported} bytes")
+    else:
+        works, fails = _default_arena(model), reported
+        while works - fails > 1:
+            middle = (works + fails) // 2
+            works, fails = (middle, fails) if fits(model, feed, middle) else (works, middle)
+    if not fits(model, feed, works) or fits(model, feed, works - ARENA_ALIGNMENT):
+        raise TflmError(f"the arena of {works} bytes does not behave as measured")
+    return ArenaMeasurement(size_bytes=works, reported_bytes=reported)
 
 
 def fits(model: bytes, feed: dict[str, np.ndarray], arena_size: int) -> bool:

@@ -136,7 +136,8 @@ def convert_tflm(
     model_path = out / MODEL_FILE
     model_path.write_bytes(model)
     progress(0.7, "arena", "measuring the tensor arena on the TFLite Micro interpreter")
-    arena = micro.measure_arena(model, calibration[0])
+    measured = micro.measure_arena(model, calibration[0])
+    arena = measured.size_bytes
     runner = micro.MicroModel(model, arena_size=arena)
     latency = runner.latency_ms(calibration[0], params.latency_runs)
     progress(0.9, "c-array", "writing model_data.cc and model_data.h")
@@ -159,6 +160,7 @@ def convert_tflm(
         metrics={
             "parameters": parameters,
             "arena_bytes": arena,
+            "arena_reported_bytes": measured.reported_bytes,
             "tflm_latency": {**latency, "sequence_length": params.sequence_length},
             "gelu_swap_fidelity": gelu_fidelity,
             "ops": summary.ops,
