@@ -42,6 +42,28 @@ def _feed(hf_dir: Path) -> dict[str, Any]:
     return text_feeds(hf_dir / "tokenizer.json", ["the sensor reads cold"], SEQUENCE)[0]
 
 
+def _embedding_lookup_types(model: bytes) -> tuple[list[str], list[str]]:
+    from tflite.Model import Model
+    from tflite.TensorType import TensorType
+    from tflite.utils import BUILTIN_OPCODE2NAME
+
+    names = {v: k for k, v in vars(TensorType).items() if not k.startswith("_")}
+    root = Model.GetRootAsModel(model, 0)
+    graph = root.Subgraphs(0)
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = root.OperatorCodes(op.OpcodeIndex())
+        if BUILTIN_OPCODE2NAME[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())] == (
+            "EMBEDDING_LOOKUP"
+        ):
+            return (
+                [names[graph.Tensors(int(t)).Type()] for t in op.InputsAsNumpy()],
+                [names[graph.Tensors(int(t)).Type()] for t in op.OutputsAsNumpy()],
+            )
+    raise AssertionError("no EMBEDDING_LOOKUP in the model")
+
+
+@pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_converts_to_full_int8_without_gelu_and_with_inlined_weights(
     converted: RecipeResult,
 ) -> None:
@@ -54,6 +76,8 @@ def test_it_converts_to_full_int8_without_gelu_and_with_inlined_weights(
     # One float tensor is allowed: the hybrid EMBEDDING_LOOKUP's output (int8 table,
     # float rows), quantized straight after. Everything else is integer.
     assert len(summary.float_tensors) <= 1 and summary.tensor_types["INT8"] > 100
+    lookup_inputs, lookup_outputs = _embedding_lookup_types(_model(converted))
+    assert lookup_inputs == ["INT32", "INT8"] and lookup_outputs == ["FLOAT32"]
     assert [i["dtype"] for i in summary.inputs] == ["INT32", "INT8"]
     assert summary.outputs[0]["dtype"] == "INT8" and summary.outputs[0]["shape"] == [1, 128]
     assert converted.metrics["float_tensors"] == summary.float_tensors
@@ -61,6 +85,7 @@ def test_it_converts_to_full_int8_without_gelu_and_with_inlined_weights(
     assert len(_model(converted)) < 0.4 * converted.metrics["parameters"] * 4
 
 
+@pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_runs_on_tflm_in_the_measured_arena_and_fails_in_less(
     converted: RecipeResult, hf_dir: Path
 ) -> None:
@@ -75,6 +100,7 @@ def test_it_runs_on_tflm_in_the_measured_arena_and_fails_in_less(
     assert converted.metrics["tflm_latency"]["p50_ms"] > 0
 
 
+@pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_writes_a_c_array_that_decodes_to_the_model_and_a_header_with_its_sizes(
     converted: RecipeResult,
 ) -> None:
@@ -89,6 +115,7 @@ def test_it_writes_a_c_array_that_decodes_to_the_model_and_a_header_with_its_siz
     assert constants["kMaskZeroPoint"] == -128 and 0 < constants["kMaskScale"] < 0.01
 
 
+@pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_measures_what_the_gelu_swap_costs_against_the_unmodified_model(
     converted: RecipeResult, hf_dir: Path
 ) -> None:
@@ -100,6 +127,7 @@ def test_it_measures_what_the_gelu_swap_costs_against_the_unmodified_model(
     assert "TanhGelu" in names and "GELUActivation" not in names
 
 
+@pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_assesses_fidelity_on_tflm_and_writes_a_golden_set(
     converted: RecipeResult, hf_dir: Path, tmp_path: Path
 ) -> None:
@@ -130,6 +158,7 @@ def test_it_refuses_a_model_above_the_parameter_bound_and_writes_nothing(
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_lists_the_operators_tflm_has_no_kernel_for(tmp_path: Path) -> None:
     import litert_torch
     import torch
@@ -157,6 +186,7 @@ def test_it_rejects_bad_parameters() -> None:
             TflmParams(**bad)
 
 
+@pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_converts_a_classifier_whose_logits_agree_with_the_parent(
     hf_dir: Path, tmp_path: Path
 ) -> None:
@@ -182,6 +212,7 @@ def test_it_converts_a_classifier_whose_logits_agree_with_the_parent(
     assert 0.5 < assessed["fidelity"]["agreement"] <= 1.0
 
 
+@pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_refuses_the_real_minilm_as_too_large_for_a_microcontroller(tmp_path: Path) -> None:
     from tests.compression.test_inspect import minilm_dir
 
@@ -215,6 +246,7 @@ def test_its_kernel_list_matches_the_installed_tflite_micro() -> None:
     assert "GELU" not in registered and "GELU" not in micro.TFLM_KERNELS
 
 
+@pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_finds_the_real_arena_when_print_allocations_reports_too_little(
     tmp_path: Path,
 ) -> None:

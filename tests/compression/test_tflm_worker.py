@@ -28,6 +28,7 @@ def _ready_hf(api: Any, tmp_path: Path, hidden: int = 128) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.slow  # a full litert-torch conversion in the worker
 def test_it_runs_a_tflm_job_to_a_version_with_metrics_and_firmware_files(
     celery_worker: Worker, alice_api: Any, bob_api: Any, alice: Any, tmp_path: Path
 ) -> None:
