@@ -120,7 +120,10 @@ def convert_tflm(
     gelu_fidelity = _swap_fidelity(reference, torch_outputs(wrapper, check_feeds), task)
     log.append(f"replaced {swapped} GELU activations ({params.gelu} form): {gelu_fidelity}")
 
-    with tempfile.TemporaryDirectory() as tmp:
+    # Beside the output (inside the job's work folder, which the worker always removes,
+    # even when this converter process is killed).
+    scratch = out.parent if out.parent.is_dir() else None
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         float_path = Path(tmp) / "float.tflite"
         progress(0.2, "convert", "litert-torch: PyTorch -> float .tflite")
         torch_side.to_float_tflite(wrapper, params.sequence_length, float_path)
