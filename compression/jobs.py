@@ -21,7 +21,7 @@ from compression.models import (
     VersionStatus,
 )
 from compression.pipeline.textdata import DatasetError, load_jsonl, load_npz
-from compression.recipes import RecipeError, check_params, check_recipe
+from compression.recipes import RecipeError, check_model_size, check_params, check_recipe
 from compression.services import RegistryError
 from compression.storage import safe_filename, store_file
 
@@ -63,6 +63,7 @@ def create_job(
     try:
         info = check_recipe(recipe, version.format)
         clean_params = check_params(recipe, params or {})
+        check_model_size(clean_params, version.inspection or {})
     except RecipeError as exc:
         raise RegistryError(str(exc)) from exc
     evaluation = _dataset(eval_dataset, "evaluation")

@@ -22,6 +22,8 @@ class RecipeInfo:
     description: str = ""
     # Parameters the browser form starts from (JSON); "{}" means the recipe's defaults.
     form_params: str = "{}"
+    # Subprocess function measuring fidelity + golden set (compression.pipeline.runner).
+    assessor: str = "assess"
 
 
 CATALOGUE: dict[str, RecipeInfo] = {
@@ -75,6 +77,15 @@ CATALOGUE: dict[str, RecipeInfo] = {
             ),
             form_params='{"variant": "dynamic-int8", "seq_len": 128}',
         ),
+        RecipeInfo(
+            "tflm",
+            "TFLite Micro (full int8, C array)",
+            frozenset({Format.HF_DIR}),
+            Format.TFLITE,
+            description="Tiny models for microcontrollers: int8 .tflite, model_data.cc/.h "
+            "and the measured tensor arena.",
+            assessor="assess-tflm",
+        ),
     )
     if info.name in RECIPES
 }
@@ -118,6 +129,21 @@ def check_params(recipe: str, params: dict[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"invalid parameters for {recipe}: {exc}") from exc
     return _jsonable(dataclasses.asdict(built))
+
+
+def check_model_size(params: dict[str, Any], inspection: dict[str, Any]) -> None:
+    """Refuse before queueing when the recipe bounds the parameter count
+    (``max_parameters``) and the inspected model is above it.
+
+    Raises:
+        RecipeError: the model has more parameters than the bound.
+    """
+    bound, count = params.get("max_parameters"), inspection.get("parameters")
+    if isinstance(bound, int) and isinstance(count, int) and count > bound:
+        raise RecipeError(
+            f"model has {count:,} parameters; this recipe accepts at most {bound:,} "
+            "(set max_parameters to raise the bound)"
+        )
 
 
 def _jsonable(value: Any) -> Any:

@@ -171,7 +171,7 @@ def _compress(job: Job) -> None:
         golden = work / "golden.npz"
         eval_path = _dataset_path(job.eval_dataset, work) if job.eval_dataset else None
         assessment = run_in_subprocess(
-            "assess",
+            info.assessor,
             {
                 "parent": str(src),
                 "child": str(out_dir),

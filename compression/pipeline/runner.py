@@ -73,6 +73,7 @@ RECIPES: dict[str, str] = {
     "onnx-fp16": "compression.pipeline.quantize:convert_fp16:Fp16Params",
     "onnx-int8-auto": "compression.pipeline.auto_int8:quantize_int8_auto:AutoInt8Params",
     "tflite": "compression.pipeline.tflite_export:export_tflite:TfliteParams",
+    "tflm": "compression.pipeline.tflm.recipe:convert_tflm:TflmParams",
 }
 
 # Functions callable through the subprocess runner that are not recipes.
@@ -80,6 +81,7 @@ _EXTRA_FUNCS: dict[str, str] = {
     "benchmark": "compression.pipeline.benchmark:_benchmark_in_process",
     "crash-for-test": "compression.pipeline.runner:_crash_for_test",
     "assess": "compression.pipeline.assess:assess",
+    "assess-tflm": "compression.pipeline.tflm.assess:assess_tflm",
     "compare-latency": "compression.pipeline.assess:compare_latency_json",
 }
 
