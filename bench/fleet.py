@@ -944,6 +944,24 @@ def converge(
     )
 
 
+def fold_timing() -> dict[str, Any]:
+    """Deferred mode: fold every batch the telemetry phase left pending, as the Celery
+    task would (one process, chunks of FOLD_CHUNK per transaction)."""
+    from fleet.rollup_fold import fold_pending, pending_count
+
+    pending = pending_count()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    done = fold_pending(max_batches=10**9)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {
+        "pending": pending,
+        "folded": done["folded"],
+        "seconds": round(wall, 2),
+        "rate": round(done["folded"] / wall, 1) if wall else None,
+        "cpu_ms_per_batch": round(1000 * cpu / max(done["folded"], 1), 2),
+    }
+
+
 def gate_timing(user: Any, bundle: Any, group: Any, since: datetime) -> dict[str, Any]:
     from fleet import gates, rollouts
     from fleet.models import DeviceEvent, Rollout, TelemetryBatch
@@ -1232,11 +1250,19 @@ def render(ctx: dict[str, Any]) -> str:
         f"{a.p50_ms:.1f} ms, p95 {a.p95_ms:.1f} ms | >= 1,000/s |"
         if a
         else "",
-        f"| telemetry batches, 2 workers x 8 threads | **{t.rate:,.0f}/s**, p50 "
+        f"| telemetry batches, 2 workers x 8 threads (`TINYFLEET_TELEMETRY_FOLD="
+        f"{ctx.get('telemetry_fold', 'ingest')}`) | **{t.rate:,.0f}/s**, p50 "
         f"{t.p50_ms:.1f} ms, p95 {t.p95_ms:.1f} ms | >= 300/s |"
         if t
         else "",
     ]
+    fold = ctx.get("fold")
+    if fold:
+        lines.append(
+            f"| deferred fold of those batches into rollups (one process, this bench) | "
+            f"{fold['folded']:,} in {fold['seconds']} s = **{fold['rate']}/s**, "
+            f"{fold['cpu_ms_per_batch']} ms CPU per batch in the folding process | |"
+        )
     for r in loads:
         if r.workers == 4 and r.name in ("1a-304-keepalive", "2-telemetry"):
             lines.append(
@@ -1463,6 +1489,12 @@ def main() -> int:
     parser.add_argument("--converge-timeout", type=float, default=300.0)
     parser.add_argument("--redis-db", type=int, default=9)
     parser.add_argument("--no-four-workers", action="store_true")
+    parser.add_argument(
+        "--telemetry-fold",
+        choices=("ingest", "deferred"),
+        default="ingest",
+        help="TINYFLEET_TELEMETRY_FOLD for the server (deferred: rollups folded afterwards)",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -1491,6 +1523,7 @@ def main() -> int:
         "TINYFLEET_DEVICE_POLL_INTERVAL": str(args.poll_interval),
         "DJANGO_SETTINGS_MODULE": "tinyfleet.settings",
         "LOG_LEVEL": "WARNING",
+        "TINYFLEET_TELEMETRY_FOLD": args.telemetry_fold,
     }
     server = Server(data_dir=work / "data", log=work / "gunicorn.log", extra_env=env)
     sampler = RssSampler(server)
@@ -1499,6 +1532,7 @@ def main() -> int:
         "argv": ["python", "bench/fleet.py", *sys.argv[1:]],
         "load_before": load_before,
         "redis_db": args.redis_db,
+        "telemetry_fold": args.telemetry_fold,
         "device_procs": args.device_procs,
         "loads": [],
     }
@@ -1603,6 +1637,9 @@ def main() -> int:
         load_phases(True)
         ctx["dup_race"] = duplicate_race(server.port, creds[-1], template)
         print(f"duplicate telemetry race: {ctx['dup_race']}", flush=True)
+        ctx["fold"] = fold_timing() if args.telemetry_fold == "deferred" else None
+        if ctx["fold"]:
+            print(f"fold of pending batches: {ctx['fold']}", flush=True)
         print("convergence", flush=True)
         conv = converge(
             server,

@@ -17,7 +17,10 @@ _nudge_lock = threading.Lock()
 @shared_task(acks_late=True)
 def evaluate_rollouts() -> dict[int, str]:
     from fleet.gates import step_all
+    from fleet.rollup_fold import fold_pending
 
+    # Gates read rollups: in deferred mode, fold what devices just reported first.
+    fold_pending()
     return step_all()
 
 

@@ -77,7 +77,10 @@ def rebuild(start: datetime, end: datetime, *, now: datetime | None = None) -> R
             f"(TINYFLEET_TELEMETRY_RAW_RETENTION_DAYS); rebuild from {earliest:%Y-%m-%d} on"
         )
     result = RebuildResult(first, last)
+    from fleet.rollup_fold import take_fold_lock
+
     with transaction.atomic():
+        take_fold_lock(wait=True)  # no fold interleaves with the rows being replaced
         _block_ingest()
         BundleGroupHour.objects.filter(hour__gte=first, hour__lt=last).delete()
         DeviceDay.objects.filter(day__gte=first.date(), day__lt=last.date()).delete()
@@ -85,6 +88,7 @@ def rebuild(start: datetime, end: datetime, *, now: datetime | None = None) -> R
             received_at__gte=first - CLOCK_SKEW, received_at__lt=last + MAX_BACKDATE
         ).select_related("device")
         groups: dict[Any, list[int]] = {}
+        pending: list[int] = []  # deferred batches counted here must not be folded again
         for batch in raw.order_by("received_at", "id").iterator(chunk_size=500):
             hour = rollup_hour(batch.period_end, batch.received_at)
             if not first <= hour < last:
@@ -98,6 +102,9 @@ def rebuild(start: datetime, end: datetime, *, now: datetime | None = None) -> R
                 groups[batch.device_id] = group_ids_for(batch.device)
             apply(batch.device, hour, parts, groups[batch.device_id])
             result.batches += 1
+            if not batch.folded:
+                pending.append(batch.pk)
+        TelemetryBatch.objects.filter(pk__in=pending).update(folded=True)
     return result
 
 
@@ -117,7 +124,10 @@ def enforce_retention(now: datetime | None = None) -> dict[str, int]:
     raw_cutoff = now - timedelta(days=settings.TELEMETRY_RAW_RETENTION_DAYS)
     rollup_cutoff = now - timedelta(days=settings.TELEMETRY_ROLLUP_RETENTION_DAYS)
     return {
-        "raw_batches": _delete_old(TelemetryBatch.objects.filter(received_at__lt=raw_cutoff)),
+        # Never a batch still waiting to be folded (deferred mode): it would be lost.
+        "raw_batches": _delete_old(
+            TelemetryBatch.objects.filter(received_at__lt=raw_cutoff, folded=True)
+        ),
         "hourly_rollups": _delete_old(BundleGroupHour.objects.filter(hour__lt=rollup_cutoff)),
         "daily_rollups": _delete_old(
             DeviceDay.objects.filter(day__lt=rollup_cutoff.astimezone(UTC).date())

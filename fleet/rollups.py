@@ -1,4 +1,5 @@
-"""Telemetry ingest into raw batches and rollups, in one transaction.
+"""Telemetry ingest into raw batches and rollups, in one transaction (or, with
+TINYFLEET_TELEMETRY_FOLD=deferred, raw only and folded later: fleet/rollup_fold.py).
 
 The raw `TelemetryBatch` insert is what makes a batch id count once: a replay (or the
 same batch racing itself) fails on the unique batch id before any rollup is touched, so
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -217,6 +219,8 @@ def store_batch(
     """
     parts = contributions(batch)  # validate everything before writing anything
     received = received_at or timezone.now()
+    if settings.TELEMETRY_FOLD == "deferred":
+        return _store_pending(device, batch, raw_body, received)
     try:
         with transaction.atomic():
             try:
@@ -236,6 +240,27 @@ def store_batch(
             hour = rollup_hour(batch.get("period_end"), received)
             apply(device, hour, parts, group_ids_for(device))
     except _KnownBatchError:
+        return False
+    return True
+
+
+def _store_pending(
+    device: Device, batch: dict[str, Any], raw_body: dict[str, Any], received: datetime
+) -> bool:
+    """Deferred mode: the raw row only; fleet.rollup_fold adds it to the rollups."""
+    try:
+        with transaction.atomic():
+            TelemetryBatch.objects.create(
+                batch_id=batch["batch_id"],
+                device=device,
+                bundle=batch.get("bundle") or "",
+                period_start=batch.get("period_start"),
+                period_end=batch.get("period_end"),
+                body=raw_body,
+                received_at=received,
+                folded=False,
+            )
+    except IntegrityError:
         return False
     return True
 

@@ -52,6 +52,14 @@ def refresh_metadata() -> dict[str, Any]:
 
 
 @shared_task
+def fold_telemetry() -> dict[str, int]:
+    """Beat (deferred mode): add pending telemetry batches to the rollups."""
+    from fleet.rollup_fold import fold_pending
+
+    return fold_pending()
+
+
+@shared_task
 def enforce_telemetry_retention() -> dict[str, int]:
     """Beat: delete raw telemetry and rollups past their retention, in bounded batches."""
     from fleet.rollup_maintenance import enforce_retention

@@ -54,3 +54,20 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
         read |= set(re.findall(r'os\.environ\.get\(\s*"([A-Z][A-Z0-9_]+)"', path.read_text()))
     read -= {"DJANGO_SETTINGS_MODULE"}
     assert read <= documented, f"missing from .env.example: {sorted(read - documented)}"
+
+
+def test_an_unknown_telemetry_fold_mode_stops_the_server_at_start(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TINYFLEET_TELEMETRY_FOLD": "later", "TINYFLEET_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env={**env, "DJANGO_SETTINGS_MODULE": "tinyfleet.settings"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode != 0 and "TINYFLEET_TELEMETRY_FOLD must be" in done.stderr

@@ -292,6 +292,20 @@ TELEMETRY_RAW_RETENTION_DAYS = env_int("TINYFLEET_TELEMETRY_RAW_RETENTION_DAYS",
 TELEMETRY_ROLLUP_RETENTION_DAYS = env_int(
     "TINYFLEET_TELEMETRY_ROLLUP_RETENTION_DAYS", 400, minimum=TELEMETRY_RAW_RETENTION_DAYS
 )
+# "ingest" adds each batch to the rollups inside its request; "deferred" stores it raw
+# and a Celery task folds pending batches in bulk every few seconds (cheaper requests
+# for large fleets; dashboards and gates lag by up to the fold interval).
+TELEMETRY_FOLD = env_str("TINYFLEET_TELEMETRY_FOLD", "ingest")
+if TELEMETRY_FOLD not in ("ingest", "deferred"):
+    raise ImproperlyConfigured(
+        f"TINYFLEET_TELEMETRY_FOLD must be 'ingest' or 'deferred', not {TELEMETRY_FOLD!r}"
+    )
+TELEMETRY_FOLD_INTERVAL = env_int("TINYFLEET_TELEMETRY_FOLD_INTERVAL", 5, minimum=1)
+if TELEMETRY_FOLD == "deferred":
+    CELERY_BEAT_SCHEDULE["telemetry-fold"] = {
+        "task": "fleet.tasks.fold_telemetry",
+        "schedule": float(TELEMETRY_FOLD_INTERVAL),
+    }
 CELERY_BEAT_SCHEDULE["telemetry-retention"] = {
     "task": "fleet.tasks.enforce_telemetry_retention",
     "schedule": 3600.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 from fleet.models.devices import Device
@@ -34,6 +35,13 @@ class TelemetryBatch(models.Model):
     period_end = models.DateTimeField(null=True, blank=True)
     body = models.JSONField()
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # False while a batch stored with TINYFLEET_TELEMETRY_FOLD=deferred waits for
+    # fleet.rollups.fold_pending to add it to the rollups.
+    folded = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["-received_at"]
+        indexes = [
+            # The fold's queue: small, since folded rows leave it.
+            models.Index(fields=["id"], condition=Q(folded=False), name="telemetry_pending_fold"),
+        ]
