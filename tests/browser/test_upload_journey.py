@@ -102,7 +102,8 @@ def test_an_operator_compresses_a_model_and_compares_variants(
     page.click("text=compare variants")
     table = page.locator("[data-testid=compare-table]")
     assert "onnx-int8-dynamic" in table.inner_text()
-    assert page.evaluate("typeof Chart") == "function"
+    # The chart script is deferred: wait for it rather than racing it.
+    page.wait_for_function("typeof Chart === 'function'", timeout=30_000)
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
 
 
