@@ -20,7 +20,14 @@ from typing import Any
 from django.db import connection, transaction
 
 from fleet.models import TelemetryBatch
-from fleet.rollups import apply, contributions, group_ids_for, rollup_hour
+from fleet.rollups import (
+    add_device_day,
+    add_hourly,
+    contributions,
+    group_ids_for,
+    rollup_hour,
+    shard_of,
+)
 from fleet.telemetry import TelemetryError
 
 log = logging.getLogger(__name__)
@@ -76,19 +83,36 @@ def _fold_chunk(limit: int) -> tuple[int, int] | None:
             .select_related("device")
             .order_by("id")[:limit]
         )
-        groups: dict[Any, list[int]] = {}
-        skipped = 0
-        for batch in rows:
-            try:
-                parts = contributions(batch.body)
-            except TelemetryError as exc:
-                # Validated at ingest; only a schema change could make it fail here.
-                log.warning("telemetry batch %s no longer validates: %s", batch.batch_id, exc)
-                skipped += 1
-                continue
-            if batch.device_id not in groups:
-                groups[batch.device_id] = group_ids_for(batch.device)
-            hour = rollup_hour(batch.period_end, batch.received_at)
-            apply(batch.device, hour, parts, groups[batch.device_id])
+        skipped = _fold_rows(rows)
         TelemetryBatch.objects.filter(pk__in=[b.pk for b in rows]).update(folded=True)
     return len(rows) - skipped, skipped
+
+
+def _fold_rows(rows: list[TelemetryBatch]) -> int:
+    """Add a chunk to the rollups; returns how many batches no longer validate.
+
+    Device-day rows are updated per batch; the hourly rows, which many devices share, are
+    updated once per chunk for each (hour, shard, groups) the chunk touches. Rows of one
+    (hour, shard) reached from different group sets are written before the next set
+    reads them, so every addition lands.
+    """
+    groups: dict[Any, list[int]] = {}
+    hourly: dict[tuple[Any, int, tuple[int, ...]], list[Any]] = {}
+    skipped = 0
+    for batch in rows:
+        try:
+            parts = contributions(batch.body)
+        except TelemetryError as exc:
+            # Validated at ingest; only a schema change could make it fail here.
+            log.warning("telemetry batch %s no longer validates: %s", batch.batch_id, exc)
+            skipped += 1
+            continue
+        if batch.device_id not in groups:
+            groups[batch.device_id] = group_ids_for(batch.device)
+        hour = rollup_hour(batch.period_end, batch.received_at)
+        first_in_hour = add_device_day(batch.device, hour, parts)
+        key = (hour, shard_of(batch.device), tuple(groups[batch.device_id]))
+        hourly.setdefault(key, []).append((parts, first_in_hour))
+    for (hour, shard, group_ids), entries in sorted(hourly.items(), key=lambda kv: kv[0]):
+        add_hourly(hour, shard, list(group_ids), entries)
+    return skipped

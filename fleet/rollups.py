@@ -268,6 +268,17 @@ def _store_pending(
 def apply(device: Device, hour: datetime, parts: list[Contribution], group_ids: list[int]) -> None:
     """Add contributions to the device-day and bundle-group-hour rows (caller's
     transaction); the lock order is the module docstring's."""
+    first_in_hour = add_device_day(device, hour, parts)
+    add_hourly(hour, shard_of(device), group_ids, [(parts, first_in_hour)])
+
+
+def shard_of(device: Device) -> int:
+    return uuid.UUID(str(device.pk)).int % HOURLY_SHARDS
+
+
+def add_device_day(device: Device, hour: datetime, parts: list[Contribution]) -> dict[str, bool]:
+    """Add to the device's day rows; returns, per bundle, whether this is the device's
+    first report in that hour (it then counts once in the hourly `devices`)."""
     day: date = hour.date()
     bit = 1 << hour.hour
     first_in_hour: dict[str, bool] = {}
@@ -279,13 +290,25 @@ def apply(device: Device, hour: datetime, parts: list[Contribution], group_ids: 
         row.hours_mask |= bit
         add_to_row(row, part)
         row.save()
-    shard = uuid.UUID(str(device.pk)).int % HOURLY_SHARDS
-    hourly = _lock_hour_rows(hour, shard, [p.bundle for p in parts], group_ids)
-    for part in parts:
-        for group_id in [None, *group_ids]:
-            row_h = hourly[(part.bundle, group_id)]
-            row_h.devices += 1 if first_in_hour[part.bundle] else 0
-            add_to_row(row_h, part)
+    return first_in_hour
+
+
+def add_hourly(
+    hour: datetime,
+    shard: int,
+    group_ids: list[int],
+    entries: list[tuple[list[Contribution], dict[str, bool]]],
+) -> None:
+    """Add batches of devices in the same groups (and shard) to their hourly rows: each
+    row is locked, updated in memory for every entry and written once."""
+    bundles = sorted({p.bundle for parts, _ in entries for p in parts})
+    hourly = _lock_hour_rows(hour, shard, bundles, group_ids)
+    for parts, first_in_hour in entries:
+        for part in parts:
+            for group_id in [None, *group_ids]:
+                row_h = hourly[(part.bundle, group_id)]
+                row_h.devices += 1 if first_in_hour[part.bundle] else 0
+                add_to_row(row_h, part)
     # Plain per-row UPDATEs: Django's bulk_update builds CASE expressions costing ~40 ms
     # of CPU per batch here (measured), far more than the round trips it saves.
     for row_h in hourly.values():

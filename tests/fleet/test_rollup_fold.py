@@ -124,3 +124,24 @@ def test_the_fold_task_runs_on_a_real_worker(deferred: None, celery_worker: Work
     fold_telemetry.delay()
     wait_for(lambda: pending_count() == 0, timeout=60)
     _assert_row(_hourly(group__isnull=True), _expected(sections))
+
+
+def test_rows_shared_by_devices_in_different_groups_get_every_addition(
+    deferred: None, monkeypatch: Any
+) -> None:
+    import fleet.rollups as rollups
+
+    monkeypatch.setattr(rollups, "HOURLY_SHARDS", 1)  # every device on the same rows
+    Group.objects.create(name="site-a", selector="site=a")
+    devices = [make_device(f"pi-{i}") for i in range(4)]
+    for d in devices[:2]:
+        d.device.labels = {"site": "a"}
+        d.device.save()
+    sections, _ = _report(devices, 8, seed=9)
+    fold_pending()
+    everyone = _hourly(group__isnull=True)
+    _assert_row(everyone, _expected(sections))
+    assert everyone.devices == 4
+    site = _hourly(group__name="site-a")
+    _assert_row(site, _expected([s for i, s in enumerate(sections) if i % 4 < 2]))
+    assert site.devices == 2
