@@ -157,3 +157,29 @@ def test_it_rolls_back_on_a_failed_periodic_selftest_only_when_configured(
             and s["passed"]
         )
     )
+
+
+def test_a_late_second_failure_of_the_bundle_rolled_away_from_does_not_roll_back_again(
+    two_releases: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from tinyfleet_agent._internal.fieldtest import reporter
+    from tinyfleet_agent._internal.selftest import SelfTestResult
+    from tinyfleet_agent._internal.slots import SlotStore
+
+    store = SlotStore(two_releases)
+    api = SimpleNamespace(
+        telemetry=SimpleNamespace(record_golden=lambda *_: None), set_health=lambda **_: None
+    )
+    report = reporter(store, api, rollback=True)
+    failed = SelfTestResult(False, 0.5, 0.2, 8, "below-tolerance", "cosine")
+    report("intent-r2", failed)
+    active = store.active()
+    assert active is not None and active.meta.bundle == "intent-r1"
+    # The served model still was r2 when a second periodic run finished: no second switch.
+    report("intent-r2", failed)
+    active = store.active()
+    assert active is not None and active.meta.bundle == "intent-r1"
+    status = json.loads((two_releases / "status.json").read_text())
+    assert status["rejected_locally"]["bundle"] == "intent-r2"

@@ -109,7 +109,10 @@ def reporter(store: SlotStore, api: Any, *, rollback: bool) -> OnResult:
         log.error("periodic-selftest-failed", extra={"bundle": bundle, "reason": result.reason})
         events = events_outbox(store.state_dir)
         queue_event(events, "selftest-failed", bundle, result.reason, now, periodic=True)
-        if rollback:
+        active = store.active()
+        # The served model may lag the slot switch: a second failure of the bundle just
+        # rolled away from must not roll the device back again (to the rejected bundle).
+        if rollback and active is not None and active.meta.bundle == bundle:
             try:
                 reject_locally(store)
             except SlotError as exc:
