@@ -48,6 +48,17 @@ class BundleEvidence:
         self.feedback_total += row.feedback_total
         self.feedback_correct += row.feedback_correct
 
+    def merge(self, other: BundleEvidence) -> None:
+        """Add evidence gathered over other devices (histograms bucket by bucket)."""
+        self.devices_reporting |= other.devices_reporting
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency_counts = _add(self.latency_counts, other.latency_counts)
+        self.confidence_counts = _add(self.confidence_counts, other.confidence_counts)
+        self.golden.update(other.golden)
+        self.feedback_total += other.feedback_total
+        self.feedback_correct += other.feedback_correct
+
     def percentile(self, q: float) -> float | None:
         if not self.latency_counts:
             return None

@@ -147,14 +147,7 @@ def _merged(parts: Any) -> evidence.BundleEvidence:
     """One evidence from per-variant evidence over disjoint devices."""
     total = evidence.BundleEvidence()
     for part in parts:
-        total.devices_reporting |= part.devices_reporting
-        total.requests += part.requests
-        total.errors += part.errors
-        total.latency_counts = evidence._add(total.latency_counts, part.latency_counts)
-        total.confidence_counts = evidence._add(total.confidence_counts, part.confidence_counts)
-        total.golden.update(part.golden)
-        total.feedback_total += part.feedback_total
-        total.feedback_correct += part.feedback_correct
+        total.merge(part)
     return total
 
 

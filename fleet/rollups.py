@@ -226,15 +226,7 @@ def store_batch(
             try:
                 # First statement of the transaction, so a duplicate needs no savepoint:
                 # the whole (empty) transaction is rolled back.
-                TelemetryBatch.objects.create(
-                    batch_id=batch["batch_id"],
-                    device=device,
-                    bundle=batch.get("bundle") or "",
-                    period_start=batch.get("period_start"),
-                    period_end=batch.get("period_end"),
-                    body=raw_body,
-                    received_at=received,
-                )
+                _insert_raw(device, batch, raw_body, received, folded=True)
             except IntegrityError as exc:
                 raise _KnownBatchError from exc
             hour = rollup_hour(batch.get("period_end"), received)
@@ -244,22 +236,34 @@ def store_batch(
     return True
 
 
+def _insert_raw(
+    device: Device,
+    batch: dict[str, Any],
+    raw_body: dict[str, Any],
+    received: datetime,
+    *,
+    folded: bool,
+) -> None:
+    """The raw row; its unique batch id is what makes a replay count once."""
+    TelemetryBatch.objects.create(
+        batch_id=batch["batch_id"],
+        device=device,
+        bundle=batch.get("bundle") or "",
+        period_start=batch.get("period_start"),
+        period_end=batch.get("period_end"),
+        body=raw_body,
+        received_at=received,
+        folded=folded,
+    )
+
+
 def _store_pending(
     device: Device, batch: dict[str, Any], raw_body: dict[str, Any], received: datetime
 ) -> bool:
     """Deferred mode: the raw row only; fleet.rollup_fold adds it to the rollups."""
     try:
         with transaction.atomic():
-            TelemetryBatch.objects.create(
-                batch_id=batch["batch_id"],
-                device=device,
-                bundle=batch.get("bundle") or "",
-                period_start=batch.get("period_start"),
-                period_end=batch.get("period_end"),
-                body=raw_body,
-                received_at=received,
-                folded=False,
-            )
+            _insert_raw(device, batch, raw_body, received, folded=False)
     except IntegrityError:
         return False
     return True

@@ -15,6 +15,7 @@ Both paths build the body with `state_body`, so their ETags cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -71,6 +72,7 @@ def state_etag(body: dict[str, Any]) -> str:
     return '"' + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32] + '"'
 
 
+@functools.cache
 def _state_sql() -> str:
     from fleet.models import Assignment, Bundle, Device
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._internal.fallback import FallbackForwarder
+from ._internal.fallback import FallbackForwarder, is_loopback_name
 from ._internal.logs import fields
 from ._internal.telemetry import Telemetry
 from .predictor import InputError, Predictor
@@ -76,12 +76,7 @@ def check_loopback(host: str) -> None:
 def _host_is_loopback(header: str) -> bool:
     host = header.rsplit(":", 1)[0] if header.count(":") == 1 else header
     host = host.split("]")[0].lstrip("[") if host.startswith("[") else host
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_name(host)
 
 
 @dataclass

@@ -51,7 +51,8 @@ class FallbackUrlError(ValueError):
     """The fallback URL is not https and not loopback http."""
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_name(host: str) -> bool:
+    """`localhost` or a loopback IP literal (no DNS: a name could point anywhere)."""
     if host == "localhost":
         return True
     try:
@@ -72,7 +73,7 @@ def check_fallback_url(url: str) -> str:
     host = parts.hostname or ""
     if not host or parts.username or parts.password:
         raise FallbackUrlError("fallback URL needs a host and no user:password")
-    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host)):
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback_name(host)):
         return url
     raise FallbackUrlError("fallback URL must be https, or http to a loopback address")
 
