@@ -15,6 +15,7 @@ from fleet import drift, monitoring, rollout_plan, rollouts
 from fleet.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
+from fleet.models.rollouts import DEFAULT_SOAK_SECONDS
 from fleet.presenters import device_json, enroll_command
 from fleet.security import director
 
@@ -183,7 +184,7 @@ def rollout_create(request: HttpRequest) -> HttpResponse:
         return redirect("rollouts")
     try:
         waves = [int(w) for w in request.POST.get("waves", "10,50,100").split(",") if w.strip()]
-        soak = int(request.POST.get("soak_seconds", "600"))
+        soak = int(request.POST.get("soak_seconds", str(DEFAULT_SOAK_SECONDS)))
         gates = {"on_failure": request.POST.get("on_failure", "rollback")}
         rollout = rollouts.create(
             user=request.user,
@@ -214,6 +215,7 @@ def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
         "events": rollout.events.all()[:50],
         "wave_devices": [device for device, _ in wave],
         "gates": rollout.last_evaluation.get("gates", []),
+        "waiting_for": rollouts.waiting_for(rollout),
         "variants": rollout_plan.variant_progress(
             bundles, wave, rollout.started_at or rollout.created_at
         ),
