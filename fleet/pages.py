@@ -16,7 +16,7 @@ from fleet.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
 from fleet.models.rollouts import DEFAULT_SOAK_SECONDS
-from fleet.presenters import device_json, enroll_command
+from fleet.presenters import device_json, enroll_command, server_url
 from fleet.security import director
 
 HTMX_STOP_POLLING = 286
@@ -108,7 +108,7 @@ def _group_post(request: HttpRequest) -> str | None:
         group = get_object_or_404(Group, pk=request.POST.get("group"))
         token, raw = EnrollmentToken.issue(group, user=request.user, ttl=timedelta(hours=24))
         audit(request.user, "enrollment-token.create", token, group=group.name)
-        return enroll_command(raw)
+        return enroll_command(raw, server_url(request))
     name, selector = request.POST.get("name", "").strip(), request.POST.get("selector", "").strip()
     try:
         parse_selector(selector)

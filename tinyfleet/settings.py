@@ -49,6 +49,11 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
+# The URL devices reach this server by (enroll commands, the agent download). Unset: the
+# URL the operator's browser used. Set it behind a proxy or when devices use another name.
+PUBLIC_URL = env_str("TINYFLEET_PUBLIC_URL")
+# Where `make install` builds the agent wheel the server hands out (fleet/agent_dist.py).
+AGENT_WHEEL_DIR = env_path("TINYFLEET_AGENT_WHEEL_DIR", BASE_DIR / "build" / "agent-wheel")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -4,6 +4,7 @@ from django.urls import path
 
 from accounts import views as account_views
 from compression import views as registry_views
+from fleet import agent_dist
 from fleet import pages as fleet_pages
 from fleet import views as fleet_views
 from fleet.device_api import device_api
@@ -13,6 +14,7 @@ from tinyfleet.views import healthz, home
 urlpatterns = [
     path("", home, name="home"),
     path("healthz", healthz, name="healthz"),
+    path("agent/<str:filename>", agent_dist.agent_wheel, name="agent-wheel"),
     path("api/v1/", api.urls),
     path("api/device/v1/", device_api.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),

@@ -44,7 +44,8 @@ def test_the_groups_page_gives_a_copyable_enroll_command(client: Client, alice: 
     client.post("/groups/", {"name": "plant-3", "selector": "site=plant-3"})
     group = Group.objects.get(name="plant-3")
     page = client.post("/groups/", {"action": "token", "group": group.pk})
-    assert b"tinyfleet-agent enroll --server" in page.content and b"tfe_" in page.content
+    assert b"enroll --server http://testserver --token tfe_" in page.content
+    assert b"tinyfleet-agent[onnx,text] @ http://testserver/agent/tinyfleet_agent-" in page.content
     bad = client.post("/groups/", {"name": "bad", "selector": "no equals"})
     assert b"key=value" in bad.content and not Group.objects.filter(name="bad").exists()
 
