@@ -6,6 +6,8 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PORT ?= 8000
+# make run listens on loopback; `make run BIND_HOST=0.0.0.0` exposes it (docs/configuration.md).
+BIND_HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
 .PHONY: install install-test agent-wheel run demo test test-fast lint format bench clean
@@ -41,7 +43,7 @@ install: $(STAMP)
 install-test: $(TEST_STAMP)
 
 run: install
-	PORT=$(PORT) $(PY) -m tinyfleet.supervise
+	BIND_HOST=$(BIND_HOST) PORT=$(PORT) $(PY) -m tinyfleet.supervise
 
 # The whole journey with real processes: server stack, MiniLM upload, export, int8, signed
 # bundle, an enrolled agent, a rollout and a prediction (tinyfleet/demo.py). Ctrl-C stops.
