@@ -181,6 +181,13 @@ def _monitor_rows(session: requests.Session, url: str) -> list[tuple[int, int]]:
     ]
 
 
+def _push_status(agent: Agent) -> str | None:
+    try:
+        return str(agent.get("/v1/health").get("push"))
+    except (OSError, ValueError):
+        return None  # not listening yet
+
+
 def _login(stack: Stack) -> requests.Session:
     session = requests.Session()
     form = session.get(f"{stack.url}/login/", timeout=30).text
@@ -256,6 +263,14 @@ def test_the_whole_journey_on_a_production_like_stack(
                 "enroll", "--server", stack.url, "--token", token["token"], "--label", "site=lab"
             )
             agent.start()
+        # Each agent learns the broker from its first poll and subscribes to its topic.
+        _until(
+            stack,
+            lambda: all(_push_status(a) == "mqtt-subscribed" for a in agents),
+            60,
+            "agents subscribed to Mosquitto",
+            agents,
+        )
         rollout = stack.api(
             "POST",
             "/rollouts",
