@@ -26,7 +26,9 @@ $(STAMP): $(PY) pyproject.toml agent/pyproject.toml
 # from there). Rebuilt on every install; the server builds it on demand if it is missing.
 AGENT_WHEEL_DIR := build/agent-wheel
 agent-wheel: $(PY)
-	rm -rf $(AGENT_WHEEL_DIR)
+	# setuptools builds in agent/build/: a stale copy there could put deleted modules
+	# into the wheel.
+	rm -rf $(AGENT_WHEEL_DIR) agent/build
 	$(PIP) wheel --quiet --no-deps --no-build-isolation --wheel-dir $(AGENT_WHEEL_DIR) ./agent
 
 # Everything the test suite needs: dev tools, the torch export stack (CPU build, pinned)

@@ -54,8 +54,15 @@ def wheel_path() -> Path:
 
 
 def _build_into(cache: Path) -> None:
-    source = Path(settings.BASE_DIR) / "agent"
     with tempfile.TemporaryDirectory(dir=settings.TMP_DIR) as tmp:
+        # Build from a clean copy: setuptools' in-tree build/ folder could hold stale
+        # modules, and the checkout may be read-only.
+        source = Path(tmp) / "agent"
+        shutil.copytree(
+            Path(settings.BASE_DIR) / "agent",
+            source,
+            ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+        )
         done = subprocess.run(
             [
                 sys.executable,
