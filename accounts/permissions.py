@@ -1,4 +1,4 @@
-"""Role checks for pages. The API applies the same rules in `tinyfleet.api`."""
+"""Role checks: `role_required` for pages, `require_role` for API operations."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
+from ninja.errors import HttpError
 
 from accounts.models import has_role
 
@@ -30,3 +31,9 @@ def role_required(role: str) -> Callable[[View], View]:
         return wrapper
 
     return decorator
+
+
+def require_role(request: HttpRequest, role: str) -> None:
+    """Raises HttpError(403) unless the caller has at least `role`."""
+    if not has_role(request.user, role):
+        raise HttpError(403, f"this needs the {role} role")

@@ -16,6 +16,7 @@ from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
 from accounts.models import Role
+from accounts.permissions import require_role
 from compression.jobs import cancel_job, create_job, register_dataset
 from compression.models import Dataset, Job, JobStatus, ModelVersion, RegisteredModel
 from compression.recipes import CATALOGUE
@@ -30,7 +31,6 @@ from compression.schemas import (
 )
 from compression.services import RegistryError, delete_version, register_upload
 from compression.uploads import too_large_message, upload_too_large
-from tinyfleet.api import require_role
 
 router = Router(tags=["registry"])
 ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}

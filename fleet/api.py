@@ -13,13 +13,13 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role, audit
+from accounts.permissions import require_role
 from fleet import rollout_plan
 from fleet.fallback import FallbackUrlError, refresh_devices, set_group_fallback
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import SelectorError, check_labels, parse_selector
 from fleet.presenters import device_json, enroll_command, group_json
 from fleet.security import director
-from tinyfleet.api import require_role
 
 router = Router(tags=["fleet"])
 

@@ -25,6 +25,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role
+from accounts.permissions import require_role
 from compression.models import ModelVersion
 from fleet.models import Bundle, BundleStatus, Device
 from fleet.models.keys import KeyRole, Repo
@@ -36,7 +37,6 @@ from fleet.security.publish import (
     request_publish,
     signed_target,
 )
-from tinyfleet.api import require_role
 
 router = Router(tags=["bundles"])
 ERRORS: dict[int, Any] = {400: dict, 401: dict, 403: dict, 404: dict}

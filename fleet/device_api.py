@@ -19,6 +19,7 @@ from ninja import NinjaAPI, Router, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
+from core.api_errors import error_response
 from fleet.enrollment import EnrollmentError, enroll
 from fleet.models import Device, DeviceEvent
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
@@ -72,7 +73,7 @@ device_api = NinjaAPI(
 
 
 def _error(request: HttpRequest, message: str, status: int) -> HttpResponse:
-    return device_api.create_response(request, {"error": message}, status=status)
+    return error_response(device_api, request, message, status)
 
 
 @device_api.exception_handler(HttpError)

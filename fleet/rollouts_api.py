@@ -12,9 +12,9 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role
+from accounts.permissions import require_role
 from fleet import rollout_plan, rollouts
 from fleet.models import Bundle, Group, Rollout
-from tinyfleet.api import require_role
 
 router = Router(tags=["rollouts"])
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from tinyfleet.env import env_bool, env_int, env_size, env_str
+from core.env import env_bool, env_int, env_size, env_str
 
 ROOT = Path(__file__).resolve().parent.parent
 

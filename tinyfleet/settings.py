@@ -14,7 +14,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from tinyfleet.env import (
+from core.env import (
     env_bool,
     env_int,
     env_list,

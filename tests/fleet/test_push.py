@@ -21,13 +21,13 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
+from core.env import env_mqtt_url, without_credentials
 from fleet import push, rollouts
 from fleet.models import Bundle, Group
 from fleet.security import director
 from tests.conftest import wait_for
 from tests.fleet.device_helpers import FakeDevice
 from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
-from tinyfleet.env import env_mqtt_url, without_credentials
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
