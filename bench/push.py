@@ -273,7 +273,8 @@ def main() -> int:
         fleet_bench = _load_fleet_bench()
         fleet_bench.setup_django(env)
         from fleet.security.device_metadata import trusted_roots
-        from fleet.security.publish import request_publish, run_publish
+        from fleet.security.publish import request_publish
+        from fleet.security.publish_worker import run_publish
 
         trusted_roots()
         bundle, _ = request_publish(fleet_bench.build_version(work), None)

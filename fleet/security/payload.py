@@ -29,12 +29,12 @@ from tinyfleet_agent._internal.payload import (
     _check_layout,
 )
 
+from compression.archives import materialized
 from compression.models import Format, ModelVersion
 from compression.pipeline.assess import find_tokenizer
 from compression.pipeline.errors import InvalidModelError
 from compression.pipeline.onnx_scan import scan_onnx
 from compression.storage import local_copy
-from compression.tasks import materialized
 
 MODEL_MEMBER: dict[str, str] = {Format.ONNX: "model.onnx", Format.TFLITE: "model.tflite"}
 _SUFFIX: dict[str, str] = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite"}

@@ -35,7 +35,8 @@ from onnx import numpy_helper
 from compression.models import Job, ModelVersion
 from fleet import gates
 from fleet.models import Bundle, Device, Rollout
-from fleet.security.publish import request_publish, run_publish
+from fleet.security.publish import request_publish
+from fleet.security.publish_worker import run_publish
 from tests.compression.helpers import upload
 from tests.conftest import ROOT, Worker, wait_for
 from tests.fixtures.tiny_models import build_tiny_bert_onnx, build_tiny_hf_dir

@@ -38,7 +38,8 @@ from fleet.models import Bundle, BundleStatus, Device
 from fleet.models.devices import digest
 from fleet.security import director
 from fleet.security.device_metadata import trusted_roots
-from fleet.security.publish import request_publish, run_publish
+from fleet.security.publish import request_publish
+from fleet.security.publish_worker import run_publish
 from tests.conftest import wait_for
 from tests.fixtures.tiny_models import build_tiny_bert_onnx, build_tiny_tflite
 

@@ -12,7 +12,8 @@ from django.core.files.storage import default_storage
 from django.db import connection
 
 from fleet.models import Bundle
-from fleet.security.publish import request_publish, run_publish
+from fleet.security.publish import request_publish
+from fleet.security.publish_worker import run_publish
 from tests.fleet.test_publish import make_version, onnx_files
 
 
