@@ -16,8 +16,8 @@ from accounts.models import Role
 from accounts.permissions import role_required
 from compression.models import ModelVersion
 from fleet.models import Bundle, BundleStatus
-from fleet.security import keystore
 from fleet.security.publish import PublishError, request_publish, signed_target
+from fleet.security.report import status_report
 
 HTMX_STOP_POLLING = 286
 
@@ -75,4 +75,4 @@ def version_publish(request: HttpRequest, version_id: int) -> HttpResponse:
 
 @role_required(Role.OPERATOR)
 def security(request: HttpRequest) -> HttpResponse:
-    return render(request, "fleet/security.html", {"report": keystore.status_report()})
+    return render(request, "fleet/security.html", {"report": status_report()})

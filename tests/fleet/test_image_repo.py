@@ -18,7 +18,7 @@ from tinyfleet_agent.bundle import (
 )
 
 from fleet.models import TufMetadata
-from fleet.security import image_repo
+from fleet.security import image_repo, rotation
 from fleet.security.device_metadata import image_metadata_bytes
 from fleet.tasks import refresh_metadata
 from tests.conftest import wait_for
@@ -78,7 +78,7 @@ def test_it_keeps_every_root_version_for_the_chain(db: None, device_prefix: str)
     dev = make_device()
     state = enrolled_state()
     for role in ("timestamp", "snapshot", "root"):
-        image_repo.rotate("image", role)
+        rotation.rotate("image", role)
     chain = [fetch(dev, device_prefix, f"metadata/image/{v}.root.json") for v in (2, 3, 4)]
     assert update_root_chain(state, chain).version == 4
     verify_image_metadata(state, *image_set(), timezone.now())
