@@ -18,6 +18,7 @@ from django.utils import timezone
 from ninja import NinjaAPI, Router, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
+from tinyfleet_agent.protocol import EVENT_STATES
 
 from core.api_errors import error_response
 from fleet.enrollment import EnrollmentError, enroll
@@ -29,18 +30,6 @@ from fleet.state import last_seen_write_interval, state_body, state_etag
 
 MAX_EVENTS = 100
 MAX_TELEMETRY_BYTES = 64 * 1024
-EVENT_STATES = {
-    "downloading",
-    "verifying",
-    "installing",
-    "self-test",
-    "active",
-    "failed",
-    "rolled-back",
-    "refused",
-    "frozen",
-    "selftest-failed",  # a periodic in-field golden self-test of the active bundle failed
-}
 
 
 class DeviceAuth(HttpBearer):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tinyfleet_agent._internal.telemetry import CONFIDENCE_EDGES
+from tinyfleet_agent.protocol import CONFIDENCE_EDGES
 
 PSI_EPSILON = 1e-4
 PSI_MODERATE = 0.1

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from tinyfleet_agent._internal.telemetry import (
+from tinyfleet_agent.protocol import (
     CONFIDENCE_EDGES,
     INPUT_LENGTH_EDGES,
     LATENCY_EDGES_MS,

@@ -27,10 +27,11 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 
 from fleet.push import announcement
 
-STATE_PATH = "/api/device/v1/state"
+STATE_PATH = f"{DEVICE_API_PREFIX}/state"
 
 
 def last_seen_write_interval() -> int:

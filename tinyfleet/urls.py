@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
+from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 
 from accounts import views as account_views
 from compression import views as registry_views
@@ -14,7 +15,7 @@ urlpatterns = [
     path("", home, name="home"),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", api.urls),
-    path("api/device/v1/", device_api.urls),
+    path(DEVICE_API_PREFIX.removeprefix("/") + "/", device_api.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("models/", registry_views.model_list, name="models"),

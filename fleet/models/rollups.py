@@ -10,7 +10,7 @@ id de-duplication keeps them exact), and both rebuildable from raw batches:
   (which look at the exact devices of a wave).
 
 Histograms are JSON lists of integer counts over the agent's fixed bucket edges
-(`tinyfleet_agent._internal.telemetry`), merged by element-wise addition under a row
+(`tinyfleet_agent.protocol`), merged by element-wise addition under a row
 lock; JSON keeps SQLite (`make run`) and PostgreSQL on the same code path.
 """
 

@@ -17,7 +17,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
-from tinyfleet_agent.bundle import (
+from tinyfleet_agent.protocol import (
     BundleRecord,
     InvalidRecordError,
     encrypt_bundle,

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from django.conf import settings
-from tinyfleet_agent.bundle import (
+from tinyfleet_agent.protocol import (
     BundleRecord,
     CipherParams,
     InvalidRecordError,
