@@ -11,12 +11,14 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import ApiToken, Role, audit, has_role
 from accounts.permissions import role_required
-from fleet import drift, monitoring, rollout_plan, rollouts
-from fleet.fallback import FallbackUrlError, set_group_fallback
+from fleet.devices.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
 from fleet.presenters import device_json, enroll_command
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import rollout_plan
 from fleet.security import director
+from fleet.telemetry import drift, monitoring
 
 HTMX_STOP_POLLING = 286
 

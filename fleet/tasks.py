@@ -16,10 +16,10 @@ from django.utils import timezone
 
 from fleet.models import Bundle, BundleStatus
 from fleet.models.keys import Repo
-from fleet.rollup_fold import fold_pending
-from fleet.rollup_maintenance import enforce_retention, rebuild
 from fleet.security import director, image_repo
 from fleet.security.publish_worker import run_publish
+from fleet.telemetry.rollup_fold import fold_pending
+from fleet.telemetry.rollup_maintenance import enforce_retention, rebuild
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from accounts.api import router as accounts_router
 from accounts.models import ApiToken
 from compression.api import router as compression_router
 from core.api_errors import error_response
-from fleet.api import router as fleet_router
-from fleet.bundles_api import router as bundles_router
-from fleet.rollouts_api import router as rollouts_router
+from fleet.api.bundles_api import router as bundles_router
+from fleet.api.devices_api import router as fleet_router
+from fleet.api.rollouts_api import router as rollouts_router
 
 
 class BearerToken(HttpBearer):

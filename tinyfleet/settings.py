@@ -68,7 +68,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: unchanged device polls (the fleet's hottest request) are answered with one
     # query before sessions, CSRF and routing; everything else passes through.
-    "fleet.state.DeviceStateFastPath",
+    "fleet.devices.state.DeviceStateFastPath",
     "django.middleware.security.SecurityMiddleware",
     "compression.uploads.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

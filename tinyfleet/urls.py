@@ -7,7 +7,7 @@ from accounts import views as account_views
 from compression import views as registry_views
 from fleet import pages as fleet_pages
 from fleet import views as fleet_views
-from fleet.device_api import device_api
+from fleet.api.device_api import device_api
 from tinyfleet.api import api
 from tinyfleet.views import healthz, home
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 from tinyfleet_agent.protocol import BundleRecord, director_target_custom, wrap_key
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
-from fleet import push
+from fleet.devices import push
 from fleet.models import Assignment, Bundle, Device, TufMetadata
 from fleet.models.keys import KeyRole, Repo
 from fleet.security import image_repo, keystore

@@ -33,8 +33,8 @@ from django.core.files.storage import default_storage
 from onnx import numpy_helper
 
 from compression.models import Job, ModelVersion
-from fleet import gates
 from fleet.models import Bundle, Device, Rollout
+from fleet.rollouts import gates
 from fleet.security.publish import request_publish
 from fleet.security.publish_worker import run_publish
 from tests.compression.helpers import upload

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from compression.models import ModelVersion
-from fleet import push
+from fleet.devices import push
 from fleet.models import Device
 from tests.compression.helpers import upload
 from tests.conftest import Worker, wait_for

@@ -11,8 +11,10 @@ import pytest
 from django.test import Client
 from tinyfleet_agent._internal.telemetry import CONFIDENCE_EDGES
 
-from fleet import drift, gates, rollouts
 from fleet.models import Bundle, DeviceEvent, Group
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import gates
+from fleet.telemetry import drift
 from tests.fleet.telemetry_helpers import ingest
 from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
 

@@ -20,7 +20,7 @@ def test_every_fleet_page_renders_for_a_viewer(client: Client, bob: Any, tmp_pat
     group = Group.objects.create(name="lab", selector="site=lab")
     device = make_device("pi")
     bundle = publish_now(make_version(onnx_files(tmp_path)))
-    from fleet import rollouts
+    from fleet.rollouts import engine as rollouts
 
     rollout = rollouts.create(user=None, bundle=bundle, group=group, waves=[100], gates={})
     client.force_login(bob)

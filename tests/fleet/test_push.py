@@ -22,8 +22,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
 from core.env import env_mqtt_url, without_credentials
-from fleet import push, rollouts
+from fleet.devices import push
 from fleet.models import Bundle, Group
+from fleet.rollouts import engine as rollouts
 from fleet.security import director
 from tests.conftest import wait_for
 from tests.fleet.device_helpers import FakeDevice

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from fleet import gates, rollouts
 from fleet.models import Bundle, BundleStatus, Group, Rollout, RolloutEvent, RolloutVariant
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import gates
 from fleet.security import director
 from tests.fleet.test_publish import (
     TestDevice,

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from fleet import evidence, gates, rollouts
 from fleet.models import Bundle, DeviceEvent, Group, Rollout
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import gates
 from fleet.security import director
+from fleet.telemetry import evidence
 from tests.fleet.telemetry_helpers import ingest
 from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
 

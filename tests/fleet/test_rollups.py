@@ -21,9 +21,9 @@ from django.utils import timezone
 from tinyfleet_agent._internal.telemetry import LATENCY_EDGES_MS, percentile_from_buckets
 
 from fleet.models import BundleGroupHour, DeviceDay, Group, TelemetryBatch
-from fleet.rollup_maintenance import enforce_retention
-from fleet.rollups import rollup_hour
 from fleet.tasks import enforce_telemetry_retention, rebuild_telemetry_rollups
+from fleet.telemetry.rollup_maintenance import enforce_retention
+from fleet.telemetry.rollups import rollup_hour
 from tests.conftest import Worker, wait_for
 from tests.fleet.telemetry_helpers import BUCKETS, ingest
 from tests.fleet.test_publish import TestDevice, make_device
@@ -177,7 +177,7 @@ def test_it_keeps_rollups_exact_when_batches_for_the_same_hour_race(monkeypatch:
     # Eight threads, each with its own database connection, post different batches for
     # the same bundle, group and hour at once; two threads share each device, so the
     # device-day rows are contended too. One shard: every batch hits the same hourly rows.
-    monkeypatch.setattr("fleet.rollups.HOURLY_SHARDS", 1)
+    monkeypatch.setattr("fleet.telemetry.rollups.HOURLY_SHARDS", 1)
     rng = random.Random(2)
     group = Group.objects.create(name="racers", selector="site=race")
     devices = [make_device(f"racer-{i}") for i in range(4)]
@@ -229,7 +229,7 @@ def test_it_gives_the_same_percentiles_as_the_raw_batches() -> None:
     for batch in TelemetryBatch.objects.all():
         for section in batch.body["bundles"]:
             raw_counts = _add(raw_counts, section["latency_ms"])
-    from fleet.monitoring import bundle_series
+    from fleet.telemetry.monitoring import bundle_series
 
     (row,) = bundle_series(BUNDLE, hours=6)
     for q, key in ((50, "p50_ms"), (95, "p95_ms"), (99, "p99_ms")):

@@ -1,4 +1,4 @@
-"""Unchanged desired-state polls are answered by fleet.state.DeviceStateFastPath with one
+"""Unchanged desired-state polls are answered by fleet.devices.state.DeviceStateFastPath with one
 query; anything else reaches the full view (real PostgreSQL, Django's real middleware)."""
 
 from __future__ import annotations

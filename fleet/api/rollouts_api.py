@@ -13,8 +13,9 @@ from ninja.errors import HttpError
 
 from accounts.models import Role
 from accounts.permissions import require_role
-from fleet import rollout_plan, rollouts
 from fleet.models import Bundle, Group, Rollout
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import rollout_plan
 
 router = Router(tags=["rollouts"])
 

@@ -29,7 +29,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 
-from fleet.push import announcement
+from fleet.devices.push import announcement
 
 STATE_PATH = f"{DEVICE_API_PREFIX}/state"
 
@@ -49,7 +49,7 @@ def state_body(
     """The desired-state answer for one device (also what its ETag is computed from).
 
     `fallback` appears only while a group of the device has the low-confidence fallback
-    on (fleet/fallback.py), and `mqtt` only when wake-ups are configured, so devices
+    on (fleet/devices/fallback.py), and `mqtt` only when wake-ups are configured, so devices
     without them keep their bodies and ETags."""
     body: dict[str, Any] = {
         "device_id": device_id,

@@ -12,11 +12,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import audit
-from fleet import rollout_plan
 from fleet.models import Bundle, Device, Group, Rollout, RolloutEvent, RolloutStatus, RolloutVariant
 from fleet.models.rollouts import ACTIVE_ROLLOUT_STATUSES, DEFAULT_GATES
+from fleet.rollouts import rollout_plan
+from fleet.rollouts.variants import VariantError
 from fleet.security import director
-from fleet.variants import VariantError
 
 GATE_NAMES = set(DEFAULT_GATES)
 

@@ -14,9 +14,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from fleet import drift, push
-from fleet.evidence import BundleEvidence
+from fleet.devices import push
 from fleet.models import Bundle, BundleGroupHour, Device, DeviceDay, Group, Rollout, TelemetryBatch
+from fleet.telemetry import drift
+from fleet.telemetry.evidence import BundleEvidence
 
 
 def device_counts() -> dict[str, int]:
