@@ -15,8 +15,7 @@ from fleet.models import Assignment, Bundle, TufMetadata
 from fleet.security import director, image_repo, rotation
 from fleet.security.director import AssignmentError, NotAssignedError
 from fleet.security.publish import request_publish
-from tests.fleet.test_publish import (
-    device_prefix,
+from tests.fleet.publish_helpers import (
     device_resolves,
     enrolled_state,
     fetch,
@@ -25,8 +24,6 @@ from tests.fleet.test_publish import (
     onnx_files,
     publish_now,
 )
-
-__all__ = ["device_prefix"]
 
 
 @pytest.fixture

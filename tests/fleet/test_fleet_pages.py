@@ -9,9 +9,9 @@ import pytest
 from django.test import Client
 
 from fleet.models import Group, Rollout
+from tests.fleet.publish_helpers import make_device, make_version, onnx_files, publish_now
+from tests.fleet.rollout_helpers import LATENCY_EDGES
 from tests.fleet.telemetry_helpers import ingest
-from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
-from tests.fleet.test_rollouts import LATENCY_EDGES
 
 pytestmark = pytest.mark.django_db
 

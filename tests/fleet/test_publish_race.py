@@ -14,7 +14,7 @@ from django.db import connection
 from fleet.models import Bundle
 from fleet.security.publish import request_publish
 from fleet.security.publish_worker import run_publish
-from tests.fleet.test_publish import make_version, onnx_files
+from tests.fleet.publish_helpers import make_version, onnx_files
 
 
 @pytest.mark.django_db(transaction=True)

@@ -28,7 +28,13 @@ from fleet.rollouts import engine as rollouts
 from fleet.security import director
 from tests.conftest import wait_for
 from tests.fleet.device_helpers import FakeDevice
-from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
+from tests.fleet.publish_helpers import (
+    TestDevice,
+    make_device,
+    make_version,
+    onnx_files,
+    publish_now,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

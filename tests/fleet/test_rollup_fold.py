@@ -18,8 +18,16 @@ from fleet.tasks import fold_telemetry
 from fleet.telemetry.rollup_fold import fold_pending, pending_count
 from fleet.telemetry.rollup_maintenance import enforce_retention, rebuild
 from tests.conftest import Worker, wait_for
-from tests.fleet.test_publish import make_device
-from tests.fleet.test_rollups import _assert_row, _batch, _expected, _hour, _hourly, _post, _section
+from tests.fleet.publish_helpers import make_device
+from tests.fleet.rollup_helpers import (
+    _assert_row,
+    _batch,
+    _expected,
+    _hour,
+    _hourly,
+    _post,
+    _section,
+)
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from fleet.models import Device, Group
 from fleet.security import director
-from tests.fleet.test_publish import TestDevice, make_device
-from tests.fleet.test_rollouts import _bundle
+from tests.fleet.publish_helpers import TestDevice, make_device
+from tests.fleet.rollout_helpers import _bundle
 
 STATE = "/api/device/v1/state"
 
