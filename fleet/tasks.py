@@ -1,7 +1,7 @@
-"""Celery tasks of the fleet app: publishing bundles and keeping metadata fresh.
+"""Celery tasks of the fleet app: keeping metadata fresh, telemetry upkeep.
 
-Tasks take primary keys and keep their state in the database; publishing is
-idempotent (a redelivered message re-runs it from the start or finds it done).
+Tasks take primary keys and keep their state in the database. Publishing has its own
+task module beside the code it runs (`fleet.security.tasks`).
 """
 
 from __future__ import annotations
@@ -17,16 +17,10 @@ from django.utils import timezone
 from fleet.models import Bundle, BundleStatus
 from fleet.models.keys import Repo
 from fleet.security import director, image_repo
-from fleet.security.publish_worker import run_publish
 from fleet.telemetry.rollup_fold import fold_pending
 from fleet.telemetry.rollup_maintenance import enforce_retention, rebuild
 
 log = logging.getLogger(__name__)
-
-
-@shared_task(acks_late=True)
-def publish_bundle(bundle_id: str) -> str:
-    return run_publish(bundle_id)
 
 
 def _fail_stuck_publishing() -> int:

@@ -1,7 +1,7 @@
 """Publishing a model version as a bundle, the request side (API and pages).
 
 `request_publish` validates the version and creates the Bundle row with its release
-number, then queues `fleet.tasks.publish_bundle`, whose body is
+number, then queues `fleet.security.tasks.publish_bundle`, whose body is
 `fleet.security.publish_worker.run_publish`. The record rules live in
 `fleet.security.record`.
 """
@@ -20,7 +20,7 @@ from fleet.models.bundles import new_bundle_id
 from fleet.models.keys import KeyRole, Repo
 from fleet.security import image_repo
 from fleet.security.record import RUNTIME, PublishError, model_slug, publish_overrides
-from fleet.tasks import publish_bundle
+from fleet.security.tasks import publish_bundle
 
 __all__ = [
     "PublishError",

@@ -1,4 +1,4 @@
-"""Publishing a bundle, the worker side (`fleet.tasks.publish_bundle` runs `run_publish`).
+"""Publishing a bundle, the worker side (`fleet.security.tasks.publish_bundle` runs it).
 
 It builds the payload ZIP, encrypts it once under a fresh content key (the agent's chunked
 AEAD), stores the ciphertext, and in one transaction adds the image target carrying the
