@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -37,3 +38,11 @@ def require_role(request: HttpRequest, role: str) -> None:
     """Raises HttpError(403) unless the caller has at least `role`."""
     if not has_role(request.user, role):
         raise HttpError(403, f"this needs the {role} role")
+
+
+def signed_in_user(request: HttpRequest) -> User:
+    """The user of a request that a role check already let through (never anonymous)."""
+    user = request.user
+    if not isinstance(user, User):  # the role check turns anonymous callers away first
+        raise PermissionDenied("this needs a signed-in user")
+    return user

@@ -214,7 +214,7 @@ def summarize_benchmark(raw: dict[str, object]) -> dict[str, object]:
     """The headline numbers (batch 1, sequence 64 for text) plus the full measurement."""
     latency = raw.get("latency_batch1") or {}
     assert isinstance(latency, dict)
-    headline = latency.get("64") or next(iter(latency.values()), {})
+    headline: dict[str, object] = latency.get("64") or next(iter(latency.values()), {})
     rss = raw.get("peak_rss_bytes") or 0
     assert isinstance(rss, int)
     return {

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from accounts.models import Role
 from accounts.permissions import role_required
 from compression.models import ModelVersion
+from core.htmx import is_htmx
 from fleet.models import Bundle, BundleStatus
 from fleet.security.publish import PublishError, request_publish, signed_target
 from fleet.security.report import status_report
@@ -52,7 +53,7 @@ def bundle_detail(request: HttpRequest, bundle_id: str) -> HttpResponse:
         "polling": bundle.status == BundleStatus.PUBLISHING,
     }
     response = render(request, "fleet/bundle_detail.html", context)
-    if request.htmx and not context["polling"]:
+    if is_htmx(request) and not context["polling"]:
         response.status_code = HTMX_STOP_POLLING
     return response
 

@@ -77,10 +77,10 @@ def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 
 @api.exception_handler(ValidationError)
 def on_invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    problems = []
+    problems: list[str] = []
     for item in exc.errors:
         where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "form"))
-        problems.append(f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg"))
+        problems.append(f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg")))
     return _error(request, "invalid request: " + "; ".join(problems), 400, details=exc.errors)
 
 

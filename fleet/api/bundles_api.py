@@ -203,7 +203,11 @@ def _consistent_image_set() -> dict[str, bytes]:
     tgt_version = image_repo.load(snap).signed.meta["targets.json"].version
     tgt = image_repo.row_by_version(Repo.IMAGE, KeyRole.TARGETS, tgt_version)
     assert tgt is not None
-    return {"timestamp.json": ts.data, "snapshot.json": snap.data, "targets.json": tgt.data}
+    return {
+        "timestamp.json": bytes(ts.data),
+        "snapshot.json": bytes(snap.data),
+        "targets.json": bytes(tgt.data),
+    }
 
 
 def write_export(bundle: Bundle, out: IO[bytes], device: Device | None = None) -> None:

@@ -13,7 +13,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role, audit
-from accounts.permissions import require_role
+from accounts.permissions import require_role, signed_in_user
 from fleet.devices.fallback import FallbackUrlError, refresh_devices, set_group_fallback
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import SelectorError, check_labels, parse_selector
@@ -109,7 +109,7 @@ def create_group(request: HttpRequest, body: GroupIn) -> Status[Any]:
                 name=name,
                 selector=body.selector.strip(),
                 description=body.description,
-                created_by=request.user,
+                created_by=signed_in_user(request),
             )
     except IntegrityError:
         return Status(409, {"error": f"a group named {name!r} already exists"})

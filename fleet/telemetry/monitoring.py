@@ -93,6 +93,8 @@ def group_breakdown(
     merged: dict[int, tuple[Group, BundleEvidence]] = {}
     devices_per_hour: dict[tuple[int, datetime], int] = defaultdict(int)
     for row in rows:
+        if row.group is None or row.group_id is None:
+            continue  # the query excludes them; this narrows the types
         group, ev = merged.get(row.group_id, (row.group, BundleEvidence()))
         ev.add_row(row, str(row.pk))
         merged[row.group_id] = (group, ev)
