@@ -17,13 +17,11 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from compression.archives import materialized
 from compression.models import Job, JobCancelledError, JobStatus, ModelVersion, VersionStatus
-from compression.pipeline.archive import extract_zip
 from compression.pipeline.errors import InvalidModelError
-from compression.pipeline.formats import model_root
 from compression.pipeline.inspect import inspect_model
 from compression.pipeline.runner import ConverterCrashError
-from compression.services import archive_limits
 from compression.storage import local_copy, store_file
 
 log = logging.getLogger(__name__)
@@ -35,19 +33,6 @@ def job_tmp_prefix(job_id: int) -> str:
     return f"job-{job_id}-"
 
 
-@contextlib.contextmanager
-def materialized(version: ModelVersion, job: Job | None = None) -> Iterator[Path]:
-    """The version as a local model path: the file itself, or the unpacked zip folder."""
-    prefix = job_tmp_prefix(job.pk) if job is not None else None
-    with local_copy(version.storage_key) as path:
-        if not version.is_zip:
-            yield path
-            return
-        with tempfile.TemporaryDirectory(dir=settings.TMP_DIR, prefix=prefix) as tmp:
-            extract_zip(path, Path(tmp), archive_limits())
-            yield model_root(Path(tmp))
-
-
 @shared_task(acks_late=True)
 def inspect_version(job_id: int) -> None:
     job = Job.claim(job_id)
@@ -57,7 +42,7 @@ def inspect_version(job_id: int) -> None:
     ModelVersion.objects.filter(pk=version.pk).update(status=VersionStatus.INSPECTING)
     try:
         job.report(0.1, "fetching", f"inspecting {version.original_filename}")
-        with heartbeats(job), materialized(version, job) as path:
+        with heartbeats(job), materialized(version, job_tmp_prefix(job.pk)) as path:
             job.report(0.4, "inspecting")
             inspection = inspect_model(path, version.format)
     except JobCancelledError:
@@ -136,7 +121,7 @@ def reap_stale_jobs() -> int:
                 log=job.log + f"{timezone.now():%H:%M:%S} worker lost ({silent}); re-queued\n",
             )
             if updated:
-                transaction.on_commit(lambda job=job: _TASKS[job.kind].delay(job.pk))
+                _TASKS[job.kind].delay(job.pk)
                 reaped += 1
             continue
         reason = f"worker stopped responding: {silent} (killed, out of memory or lost)"
@@ -202,7 +187,7 @@ def _compress(job: Job) -> None:
 
     with (
         tempfile.TemporaryDirectory(dir=settings.TMP_DIR, prefix=job_tmp_prefix(job.pk)) as tmp,
-        materialized(parent, job) as src,
+        materialized(parent, job_tmp_prefix(job.pk)) as src,
     ):
         work = Path(tmp)
         out_dir = work / "out"
@@ -288,7 +273,7 @@ def summarize_benchmark(raw: dict[str, object]) -> dict[str, object]:
     """The headline numbers (batch 1, sequence 64 for text) plus the full measurement."""
     latency = raw.get("latency_batch1") or {}
     assert isinstance(latency, dict)
-    headline = latency.get("64") or next(iter(latency.values()), {})
+    headline: dict[str, object] = latency.get("64") or next(iter(latency.values()), {})
     rss = raw.get("peak_rss_bytes") or 0
     assert isinstance(rss, int)
     return {

@@ -15,15 +15,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 from django.conf import settings
-from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
 from django.views.decorators.http import require_GET
-from tinyfleet_agent import __version__
 
 log = logging.getLogger(__name__)
-WHEEL_NAME = f"tinyfleet_agent-{__version__}-py3-none-any.whl"
+
+
+def _agent_version() -> str:
+    """The version the wheel gets: the one in agent/pyproject.toml, which pip builds from."""
+    with (Path(settings.BASE_DIR) / "agent" / "pyproject.toml").open("rb") as handle:
+        return str(tomllib.load(handle)["project"]["version"])
+
+
+WHEEL_NAME = f"tinyfleet_agent-{_agent_version()}-py3-none-any.whl"
 
 
 class AgentBuildError(Exception):
@@ -91,7 +99,7 @@ def _build_into(cache: Path) -> None:
 
 
 @require_GET
-def agent_wheel(request: HttpRequest, filename: str) -> HttpResponse:
+def agent_wheel(request: HttpRequest, filename: str) -> HttpResponseBase:
     if filename != WHEEL_NAME:
         return JsonResponse(
             {"error": f"no such agent file; this server hands out /agent/{WHEEL_NAME}"},

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
-from tinyfleet_agent.fleet import root_fingerprint
+from tinyfleet_agent.protocol import canonical_json
 
 from fleet.agent_dist import wheel_url
 from fleet.models import Device, Group
@@ -56,7 +57,8 @@ def server_url(request: HttpRequest) -> str:
 
 def enroll_command(raw_token: str, server: str) -> str:
     """Install the agent from this server, enroll with the image root pinned, run."""
-    pin = root_fingerprint(trusted_roots()["image"])
+    # What `tinyfleet-agent enroll --root-fingerprint` compares: the image root's digest.
+    pin = hashlib.sha256(canonical_json(trusted_roots()["image"])).hexdigest()
     state = f"--state-dir {ENROLL_STATE_DIR}"
     # PEP 508 "name[extras] @ URL": pip takes no extras after a bare wheel URL.
     return (

@@ -22,7 +22,7 @@ from compression.models import Job, ModelVersion
 from compression.tasks import job_tmp_prefix, reap_stale_jobs
 from tests.compression.helpers import upload
 from tests.conftest import start_worker, stop_worker, wait_for
-from tests.e2e.test_agents_and_rollouts import _text_model_zip
+from tests.e2e.agent_helpers import _text_model_zip
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 HEARTBEAT_TIMEOUT = 10  # the smallest the setting accepts; the workers use it too

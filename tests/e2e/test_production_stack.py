@@ -33,8 +33,8 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, wait_for
+from tests.e2e.agent_helpers import Agent, _text_model_zip
 from tests.e2e.s3 import DoubleAuthProxy, MotoServer, s3_environment
-from tests.e2e.test_agents_and_rollouts import Agent, _text_model_zip
 from tests.services import free_port, mqtt_url, redis_url, start_postgres
 from tinyfleet.supervise import process_commands
 

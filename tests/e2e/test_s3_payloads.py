@@ -29,8 +29,8 @@ from compression.models import ModelVersion
 from fleet.models import Device
 from tests.compression.helpers import upload
 from tests.conftest import start_worker, stop_worker, wait_for
+from tests.e2e.agent_helpers import Agent, _derive, _publish, _text_model_zip
 from tests.e2e.s3 import DoubleAuthProxy, MotoServer, s3_environment, s3_storage_settings
-from tests.e2e.test_agents_and_rollouts import Agent, _derive, _publish, _text_model_zip
 
 BUCKET = "tinyfleet-payloads"
 

@@ -13,12 +13,20 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from fleet import evidence, gates, rollouts
-from fleet.gates import VariantEvidence, WaveEvidence
 from fleet.models import Bundle, DeviceEvent, Group, Rollout
 from fleet.models.rollouts import DEFAULT_GATES
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import gates
+from fleet.rollouts.gates import VariantEvidence, WaveEvidence
+from fleet.telemetry import evidence
+from tests.fleet.publish_helpers import (
+    TestDevice,
+    make_device,
+    make_version,
+    onnx_files,
+    publish_now,
+)
 from tests.fleet.telemetry_helpers import ingest
-from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
 
 
 def _gate(**overrides: Any) -> Any:

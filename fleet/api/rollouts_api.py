@@ -12,10 +12,11 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role
-from fleet import rollout_plan, rollouts
+from accounts.permissions import require_role
 from fleet.models import Bundle, Group, Rollout
 from fleet.models.rollouts import DEFAULT_SOAK_SECONDS
-from tinyfleet.api import require_role
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import rollout_plan
 
 router = Router(tags=["rollouts"])
 

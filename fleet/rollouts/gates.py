@@ -22,8 +22,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from fleet import drift, evidence, rollouts
 from fleet.models import Bundle, Device, Rollout, RolloutStatus
+from fleet.rollouts import engine as rollouts
+from fleet.telemetry import drift, evidence
 
 log = logging.getLogger(__name__)
 # How far back the previous bundle's numbers on the same devices are taken from.
