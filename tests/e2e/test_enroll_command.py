@@ -109,6 +109,8 @@ def test_it_enrolls_a_fresh_venv_with_the_command_copied_from_the_page(
     try:
         device = wait_for(lambda: Device.objects.first(), timeout=300, interval=1)
         state_dir = home / ".tinyfleet-agent"
+        # The server records the device before the agent writes its answer down.
+        wait_for(lambda: (state_dir / "device.json").is_file(), timeout=30)
         saved = json.loads((state_dir / "device.json").read_text())
         assert saved["server"] == live_server.url and saved["device_id"] == str(device.pk)
 
