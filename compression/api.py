@@ -28,7 +28,12 @@ from compression.schemas import (
     UploadedVersionOut,
     VersionOut,
 )
-from compression.services import RegistryError, delete_version, register_upload
+from compression.services import (
+    RegistryError,
+    delete_version,
+    register_upload,
+    set_primary_output,
+)
 from compression.uploads import too_large_message, upload_too_large
 from tinyfleet.api import require_role
 
@@ -127,6 +132,26 @@ def download_version(request: HttpRequest, version_id: int) -> HttpResponse:
         # Object storage: hand out a short-lived presigned URL instead of proxying bytes.
         return HttpResponseRedirect(default_storage.url(version.storage_key))
     return FileResponse(open(path, "rb"), as_attachment=True, filename=version.original_filename)
+
+
+class PrimaryOutputIn(Schema):
+    output: str
+
+
+@router.post(
+    "/versions/{version_id}/primary-output",
+    response={200: VersionOut, **ERRORS},
+    summary="Choose the output every figure, golden set and device pipeline uses",
+)
+def choose_primary_output(
+    request: HttpRequest, version_id: int, body: PrimaryOutputIn
+) -> dict[str, Any]:
+    require_role(request, Role.OPERATOR)
+    try:
+        version = set_primary_output(request.user, _version(version_id), body.output)
+    except RegistryError as exc:
+        raise HttpError(exc.status, str(exc)) from None
+    return VersionOut.from_version(version)
 
 
 @router.delete("/versions/{version_id}", response={204: None, 409: ErrorOut, **ERRORS})

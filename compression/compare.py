@@ -18,11 +18,45 @@ def _fidelity_score(fidelity: dict[str, Any]) -> float | None:
     return None
 
 
+def unmeasured_reason(version: ModelVersion) -> str | None:
+    """Why this version's fidelity figure cannot be trusted (None when it can).
+
+    Derived versions only: a figure flagged by the sanity checks, one measured on
+    another output than today's primary one, or none at all.
+    """
+    if version.parent_id is None:
+        return None
+    fidelity = (version.metrics or {}).get("fidelity") or {}
+    if not fidelity:
+        return "no fidelity was measured"
+    if fidelity.get("measured") is False:
+        return str(fidelity.get("reason") or "the figure failed its sanity checks")
+    measured_on = fidelity.get("output")
+    primary = version.primary_output
+    if "output" in fidelity and primary and measured_on != primary:
+        return f"measured on output {measured_on!r}, not on the primary output {primary!r}"
+    if "output" not in fidelity and version.inspection.get("primary_output") not in (
+        None,
+        _first_output(version),
+    ):
+        return "measured on the first output, which is not the primary output"
+    return None
+
+
+def _first_output(version: ModelVersion) -> str | None:
+    outputs = (version.inspection or {}).get("outputs") or []
+    return str(outputs[0].get("name")) if outputs else None
+
+
 def comparison_row(version: ModelVersion) -> dict[str, Any]:
     metrics = version.metrics or {}
     fidelity = metrics.get("fidelity", {})
     bench = metrics.get("benchmark", {})
+    reason = unmeasured_reason(version)
+    if reason is not None:
+        fidelity = {}
     return {
+        "unmeasured": reason,
         "id": version.pk,
         "number": version.number,
         "recipe": version.recipe or "upload",
@@ -52,6 +86,8 @@ def _headline_sequence(bench: dict[str, Any]) -> str | None:
 def meets_target(row: dict[str, Any]) -> bool:
     if row["parent"] is None:
         return False  # the original is the reference, not a candidate
+    if row.get("unmeasured"):
+        return False  # a figure that cannot be trusted never earns the star
     drop = row.get("accuracy_drop_points")
     if drop is not None:
         return float(drop) <= MAX_ACCURACY_DROP_POINTS

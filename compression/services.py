@@ -153,3 +153,39 @@ def delete_version(user: Any, version: ModelVersion) -> None:
         version.delete()
     if not ModelVersion.objects.filter(storage_key=key).exists():
         default_storage.delete(key)
+
+
+UNMEASURABLE_ROLES = ("echo", "mask")
+
+
+def set_primary_output(user: Any, version: ModelVersion, output: str) -> ModelVersion:
+    """Make `output` the version's primary output (what is measured and served).
+
+    Figures measured on another output stay, marked as such on the comparison page
+    until the version is measured again.
+
+    Raises:
+        RegistryError: the version is not inspected, the output does not exist, or it
+            is an echo of an input or a mask (never measurable).
+    """
+    outputs = {str(o.get("name")): o for o in (version.inspection or {}).get("outputs") or []}
+    if version.status != "ready" or not outputs:
+        raise RegistryError("the version has not been inspected yet; wait for it to be ready")
+    if output not in outputs:
+        raise RegistryError(f"no output named {output!r}; the model has {', '.join(outputs)}")
+    role = outputs[output].get("role")
+    if role in UNMEASURABLE_ROLES:
+        raise RegistryError(
+            f"output {output!r} is the {role} of an input; it says nothing about the model"
+        )
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        previous = (locked.pipeline or {}).get("output")
+        locked.pipeline = {
+            **(locked.pipeline or {}),
+            "output": output,
+            "output_chosen_by": getattr(user, "username", "") or "operator",
+        }
+        locked.save(update_fields=["pipeline"])
+        audit(user, "version.primary_output", locked, output=output, previous=previous)
+    return locked

@@ -19,7 +19,12 @@ from compression.compare import comparison_row, recommend
 from compression.jobs import cancel_job, create_job
 from compression.models import Dataset, Job, ModelVersion, RegisteredModel, Task, VersionStatus
 from compression.recipes import CATALOGUE
-from compression.services import RegistryError, delete_version, register_upload
+from compression.services import (
+    RegistryError,
+    delete_version,
+    register_upload,
+    set_primary_output,
+)
 from compression.uploads import too_large_message, upload_too_large
 
 HTMX_STOP_POLLING = 286
@@ -184,6 +189,21 @@ def job_start(request: HttpRequest, version_id: int) -> HttpResponse:
         messages.error(request, str(exc))
         return redirect("version-detail", version_id=version_id)
     return redirect("job-detail", job_id=job.pk)
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def version_primary_output(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=version_id)
+    try:
+        set_primary_output(request.user, version, request.POST.get("output", ""))
+    except RegistryError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request, "Primary output changed. Measure the variants again to compare on it."
+        )
+    return redirect("version-detail", version_id=version_id)
 
 
 @role_required(Role.OPERATOR)

@@ -22,6 +22,11 @@ urlpatterns = [
     path("models/<int:model_id>/", registry_views.model_detail, name="model-detail"),
     path("versions/<int:version_id>/", registry_views.version_detail, name="version-detail"),
     path("versions/<int:version_id>/delete/", registry_views.version_delete, name="version-delete"),
+    path(
+        "versions/<int:version_id>/primary-output/",
+        registry_views.version_primary_output,
+        name="version-primary-output",
+    ),
     path("models/<int:model_id>/compare/", registry_views.model_compare, name="model-compare"),
     path("versions/<int:version_id>/jobs/", registry_views.job_start, name="job-start"),
     path("jobs/", registry_views.job_list, name="jobs"),

@@ -83,6 +83,7 @@ _EXTRA_FUNCS: dict[str, str] = {
     "assess": "compression.pipeline.assess:assess",
     "assess-tflm": "compression.pipeline.tflm.assess:assess_tflm",
     "compare-latency": "compression.pipeline.assess:compare_latency_json",
+    "probe-outputs": "compression.pipeline.outputs:probe_roles",
 }
 
 

@@ -253,6 +253,14 @@ class Encoded:
     def feeds(self, names: list[str]) -> dict[str, np.ndarray]:
         return {n: getattr(self, n) for n in names}
 
+    def all_feeds(self) -> dict[str, np.ndarray]:
+        """All three token inputs; a fitted session picks and shapes what its graph takes."""
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "token_type_ids": self.token_type_ids,
+        }
+
     def row(self, i: int, trim: bool = True) -> Encoded:
         """One example as a batch of 1; ``trim`` drops its padding."""
         n = int(self.attention_mask[i].sum()) if trim else self.input_ids.shape[1]

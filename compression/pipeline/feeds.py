@@ -1,0 +1,63 @@
+"""Feed a model the way its graph expects, the same way the device does.
+
+Third-party graphs take fixed shapes ([1, 64]), a float additive 4-D attention mask
+instead of the 0/1 [batch, seq] one, or decorated input names. The agent already fits
+feeds to such graphs (`tinyfleet_agent`'s runtime); evaluation, calibration and the
+benchmark use that very code through `FittedSession`, so a number measured here is
+measured on exactly the inputs a device would build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from tinyfleet_agent._internal.runtime import OrtRuntime, TensorSpec, _fit_feeds
+
+__all__ = ["FittedSession", "fit_feeds", "onnx_specs", "static_sequence"]
+
+
+def onnx_specs(session: Any) -> tuple[TensorSpec, ...]:
+    """The agent's view of an onnxruntime session's inputs."""
+    return tuple(OrtRuntime._spec(i) for i in session.get_inputs())
+
+
+def fit_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Feeds renamed, cast, padded or truncated, and masks rebuilt for `specs`.
+
+    Raises:
+        ValueError: an input is missing or cannot be fitted (rank or batch differs).
+    """
+    arrays = _fit_feeds(specs, feeds)
+    return {spec.name: array for spec, array in zip(specs, arrays, strict=True)}
+
+
+def static_sequence(specs: Sequence[TensorSpec]) -> int | None:
+    """The fixed token length of a text graph ([1, 64] input ids), else None."""
+    for spec in specs:
+        if "input_ids" in spec.name and len(spec.shape) == 2 and spec.is_static:
+            return spec.shape[1]
+    return None
+
+
+class FittedSession:
+    """An onnxruntime session whose `run` fits feeds first (same API otherwise)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.specs = onnx_specs(session)
+        self.fixed_sequence = static_sequence(self.specs)
+
+    def get_inputs(self) -> Any:
+        return self.session.get_inputs()
+
+    def get_outputs(self) -> Any:
+        return self.session.get_outputs()
+
+    def fit(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return fit_feeds(self.specs, feeds)
+
+    def run(self, output_names: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        result: list[np.ndarray] = self.session.run(output_names, self.fit(feeds))
+        return result
