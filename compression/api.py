@@ -34,6 +34,7 @@ from compression.services import (
     register_upload,
     set_primary_output,
 )
+from compression.tokenizer_attach import attach_tokenizer
 from compression.uploads import too_large_message, upload_too_large
 from tinyfleet.api import require_role
 
@@ -152,6 +153,30 @@ def choose_primary_output(
     except RegistryError as exc:
         raise HttpError(exc.status, str(exc)) from None
     return VersionOut.from_version(version)
+
+
+@router.post(
+    "/versions/{version_id}/tokenizer",
+    response={201: UploadedVersionOut, **ERRORS},
+    summary="Attach a tokenizer (multipart files, or from_version): returns the new version",
+)
+def post_tokenizer(
+    request: HttpRequest,
+    version_id: int,
+    from_version: Form[int | None] = None,
+    files: list[UploadedFile] | None = File(None),  # noqa: B008 - ninja's parameter marker
+) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    version = _version(version_id)
+    source = _version(from_version) if from_version else None
+    try:
+        uploaded = {Path(f.name or "").name: Path(f.temporary_file_path()) for f in files or []}
+        created, job = attach_tokenizer(request.user, version, files=uploaded, source=source)
+    except RegistryError as exc:
+        raise HttpError(exc.status, str(exc)) from None
+    except AttributeError:
+        raise HttpError(400, "tokenizer files must be sent as multipart uploads") from None
+    return Status(201, {**VersionOut.from_version(created), "job": job.pk})
 
 
 @router.delete("/versions/{version_id}", response={204: None, 409: ErrorOut, **ERRORS})

@@ -65,7 +65,15 @@ def _check_name_and_task(name: str, task: str) -> None:
 
 
 def register_upload(
-    *, user: Any, name: str, task: str, path: Path, filename: str, sha256: str, size: int
+    *,
+    user: Any,
+    name: str,
+    task: str,
+    path: Path,
+    filename: str,
+    sha256: str,
+    size: int,
+    derived: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, Job]:
     """Validate an uploaded file, store it once, and queue its inspection.
 
@@ -93,7 +101,7 @@ def register_upload(
     key = content_key(sha256, filename)
     newly_stored = store_file(key, path)
     try:
-        return _create_version(user, name, task, fmt, key, filename, sha256, size)
+        return _create_version(user, name, task, fmt, key, filename, sha256, size, derived)
     except BaseException:
         # Nothing partial: drop the bytes unless another version already shares them.
         if newly_stored and not ModelVersion.objects.filter(storage_key=key).exists():
@@ -102,7 +110,15 @@ def register_upload(
 
 
 def _create_version(
-    user: Any, name: str, task: str, fmt: str, key: str, filename: str, sha256: str, size: int
+    user: Any,
+    name: str,
+    task: str,
+    fmt: str,
+    key: str,
+    filename: str,
+    sha256: str,
+    size: int,
+    derived: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, Job]:
     try:
         with transaction.atomic():
@@ -120,6 +136,9 @@ def _create_version(
                 size_bytes=size,
                 sha256=sha256,
                 created_by=user,
+                # A version made from another (a tokenizer attached): parent, recipe,
+                # lineage and pipeline, set with the row so it never exists without them.
+                **(derived or {}),
             )
             job = Job.objects.create(kind=JobKind.INSPECT, version=version, created_by=user)
             audit(user, "version.upload", version, model=name, sha256=sha256, size=size)

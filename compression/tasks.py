@@ -89,8 +89,17 @@ def with_output_roles(
     """The inspection with each output's role and the task's primary output.
 
     ONNX graphs get one probe run in a converter subprocess (a model may crash its
-    runtime); when the probe cannot run, the graph's own facts and shapes decide.
+    runtime); when the probe cannot run, the graph's own facts and shapes decide. The
+    recipe to suggest (or why none applies) is added too.
     """
+    from compression.pipeline.recommend import recommend_recipe
+
+    annotated = _annotated(path, fmt, inspection, task)
+    annotated["recommendation"] = recommend_recipe(annotated, task)
+    return annotated
+
+
+def _annotated(path: Path, fmt: str, inspection: dict[str, Any], task: str) -> dict[str, Any]:
     from compression.pipeline.assess import onnx_model_file
     from compression.pipeline.outputs import annotate_outputs, graph_roles
     from compression.pipeline.runner import run_in_subprocess
@@ -210,10 +219,11 @@ def _compress(job: Job) -> None:
         for line in result.get("log", [])[-50:]:
             job.append_log(str(line))
         carry_tokenizer(src, out_dir)
-        inspection = inspect_model(Path(result["output_path"]), info.output_format)
+        out_format = parent.format if job.recipe == "as-is" else info.output_format
+        inspection = inspect_model(Path(result["output_path"]), out_format)
         inspection["tokenizer"] = tokenizer_info(out_dir)
         inspection = with_output_roles(
-            Path(result["output_path"]), info.output_format, inspection, parent.model.task
+            Path(result["output_path"]), out_format, inspection, parent.model.task
         )
         child_primary = _child_primary(primary, inspection)
         job.report(0.72, "evaluating", f"measuring fidelity on output {child_primary}")
@@ -235,6 +245,9 @@ def _compress(job: Job) -> None:
         )
         job.append_log(f"fidelity: {assessment['fidelity']}")
         job.report(0.8, "benchmarking", "latency, throughput and memory in a fresh process")
+        if job.recipe == "as-is":
+            _record_as_is(job, golden, assessment, Path(result["output_path"]))
+            return
         speed = _benchmark(parent, src, Path(result["output_path"]), job)
         job.report(0.9, "storing")
         artifact = package(out_dir, work)
@@ -264,6 +277,26 @@ def _compress(job: Job) -> None:
             golden_sha256=assessment["golden"]["sha256"],
             inspection=inspection,
         )
+
+
+def _record_as_is(job: Job, golden: Path, assessment: dict[str, Any], model_file: Path) -> None:
+    """`as-is`: the golden set and benchmark go onto the version itself (no new bytes)."""
+    version = job.version
+    speed: dict[str, object] = {}
+    if model_file.suffix in (".onnx", ".tflite"):
+        speed["benchmark"] = summarize_benchmark(_bench(model_file, job))
+    golden_key = f"golden/{assessment['golden']['sha256']}.npz"
+    store_file(golden_key, golden)
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        ModelVersion.objects.filter(pk=version.pk).update(
+            golden_key=golden_key,
+            golden_sha256=assessment["golden"]["sha256"],
+            metrics={**(locked.metrics or {}), **speed, "evaluated_on": assessment["inputs"]},
+        )
+        job.append_log(f"golden set recorded on {version} ({assessment['golden']['count']})")
+        Job.objects.filter(pk=job.pk).update(metrics=speed)
+        job.finish(JobStatus.SUCCEEDED, result=version)
 
 
 def _child_primary(parent_primary: str | None, inspection: dict[str, Any]) -> str | None:

@@ -17,7 +17,15 @@ from accounts.models import Role
 from accounts.permissions import role_required
 from compression.compare import comparison_row, recommend
 from compression.jobs import cancel_job, create_job
-from compression.models import Dataset, Job, ModelVersion, RegisteredModel, Task, VersionStatus
+from compression.models import (
+    TEXT_TASKS,
+    Dataset,
+    Job,
+    ModelVersion,
+    RegisteredModel,
+    Task,
+    VersionStatus,
+)
 from compression.recipes import CATALOGUE
 from compression.services import (
     RegistryError,
@@ -60,10 +68,19 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
         ModelVersion.objects.select_related("model", "parent", "created_by"), pk=version_id
     )
     recipes = [r for r in CATALOGUE.values() if version.format in r.input_formats]
+    advice = (version.inspection or {}).get("recommendation") or {}
+    suggested = advice.get("recipe") if "recipe" in advice else None
+
+    def order(info: object) -> tuple[bool, bool]:
+        name, recommended = getattr(info, "name", ""), getattr(info, "recommended", False)
+        return (name != suggested, not recommended and not advice)
+
     context = {
         "version": version,
-        "recipes": sorted(recipes, key=lambda r: not r.recommended),
+        "advice": advice,
+        "recipes": sorted(recipes, key=order),
         "datasets": Dataset.objects.all()[:100],
+        "tokenizer_sources": _tokenizer_sources(version),
         "jobs": version.jobs.all()[:20],
         "blockers": version.deletion_blockers(),
         "finished": version.status in (VersionStatus.READY, VersionStatus.FAILED),
@@ -74,6 +91,19 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
             response.status_code = HTMX_STOP_POLLING
         return response
     return render(request, "compression/version_detail.html", context)
+
+
+def _tokenizer_sources(version: ModelVersion) -> list[ModelVersion]:
+    """Other ready versions that carry a tokenizer (to take it from), newest first."""
+    if version.model.task not in TEXT_TASKS or version.warnings() == []:
+        return []
+    candidates = ModelVersion.objects.filter(status=VersionStatus.READY).exclude(pk=version.pk)
+    found = [
+        v
+        for v in candidates.select_related("model").order_by("-created_at")[:200]
+        if (v.inspection.get("tokenizer") or {}).get("present")
+    ]
+    return found[:50]
 
 
 @role_required(Role.OPERATOR)
@@ -204,6 +234,28 @@ def version_primary_output(request: HttpRequest, version_id: int) -> HttpRespons
             request, "Primary output changed. Measure the variants again to compare on it."
         )
     return redirect("version-detail", version_id=version_id)
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def version_tokenizer(request: HttpRequest, version_id: int) -> HttpResponse:
+    """Attach uploaded tokenizer files, or another version's tokenizer: a new version."""
+    from compression.tokenizer_attach import attach_tokenizer
+
+    version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=version_id)
+    raw = request.POST.get("from_version", "")
+    source = get_object_or_404(ModelVersion, pk=int(raw)) if raw.isdigit() else None
+    files = {
+        Path(f.name or "").name: Path(f.temporary_file_path())  # type: ignore[attr-defined]
+        for f in request.FILES.getlist("files")
+    }
+    try:
+        created, _job = attach_tokenizer(request.user, version, files=files, source=source)
+    except (RegistryError, AttributeError) as exc:
+        messages.error(request, str(exc) if isinstance(exc, RegistryError) else "upload failed")
+        return redirect("version-detail", version_id=version_id)
+    messages.success(request, f"Tokenizer attached: {created} is being inspected.")
+    return redirect("version-detail", version_id=created.pk)
 
 
 @role_required(Role.OPERATOR)

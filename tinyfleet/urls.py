@@ -23,6 +23,11 @@ urlpatterns = [
     path("versions/<int:version_id>/", registry_views.version_detail, name="version-detail"),
     path("versions/<int:version_id>/delete/", registry_views.version_delete, name="version-delete"),
     path(
+        "versions/<int:version_id>/tokenizer/",
+        registry_views.version_tokenizer,
+        name="version-tokenizer",
+    ),
+    path(
         "versions/<int:version_id>/primary-output/",
         registry_views.version_primary_output,
         name="version-primary-output",
