@@ -73,7 +73,9 @@ def run_model(entry: ZooModel, cache: Path, work: Path) -> dict[str, Any]:
     if advice["recipe"] == "onnx-int8-auto":
         kwargs["output"] = row["primary"]
     try:
-        result = run_in_subprocess(advice["recipe"], {**kwargs, "params": {}}, timeout=1800)
+        # Keep the best candidate even below target, so the report shows its figures.
+        params = {"require_target": False} if advice["recipe"] == "onnx-int8-auto" else {}
+        result = run_in_subprocess(advice["recipe"], {**kwargs, "params": params}, timeout=3600)
         for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
             if (folder / name).is_file() and not (out_dir / name).exists():
                 (out_dir / name).write_bytes((folder / name).read_bytes())
@@ -104,6 +106,8 @@ def run_model(entry: ZooModel, cache: Path, work: Path) -> dict[str, Any]:
         parent_ms=latency["parent_s"] * 1e3,
         child_ms=latency["child_s"] * 1e3,
         chosen=(result.get("metrics") or {}).get("chosen"),
+        target_met=(result.get("metrics") or {}).get("target_met"),
+        heldout=(result.get("metrics") or {}).get("fidelity_heldout"),
     )
     return row
 
@@ -205,7 +209,13 @@ def render(rows: list[dict[str, Any]], mini: dict[str, Any] | None, info: dict[s
         role = r.get("roles", {}).get(r.get("primary"), "")
         recipe = r["recipe"] or f"none: {r['reason']}"
         if r.get("chosen"):
-            recipe += f" → {r['chosen']}"
+            recipe += f" → {r['chosen']} (target met: {r.get('target_met')})"
+        held = r.get("heldout") or {}
+        if "cosine_mean" in held:
+            recipe += (
+                f"; real held-out text: cosine {held['cosine_mean']:.4f}, "
+                f"NN {held['nn_agreement']:.3f}"
+            )
         if r.get("failed"):
             recipe += f" — FAILED: {r['failed']}"
         latency = (

@@ -102,3 +102,31 @@ def recommend(rows: list[dict[str, Any]]) -> int | None:
         return None
     best = min(eligible, key=lambda r: (r["latency_ms"] or float("inf"), r["size_bytes"]))
     return int(best["id"])
+
+
+def _point(row: dict[str, Any]) -> tuple[float, float, float] | None:
+    """(size, latency, fidelity) when all three are known; the reference scores 1."""
+    fidelity = 1.0 if row["parent"] is None else row.get("fidelity")
+    if row.get("latency_ms") is None or fidelity is None or row.get("unmeasured"):
+        return None
+    return float(row["size_bytes"]), float(row["latency_ms"]), float(fidelity)
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """Set each row's "pareto": "frontier", "dominated" (another variant is at least as
+    small, as fast and as faithful, and better in one) or "unknown" (a figure missing)."""
+    points = {id(r): _point(r) for r in rows}
+    for row in rows:
+        mine = points[id(row)]
+        if mine is None:
+            row["pareto"] = "unknown"
+            continue
+        dominated = any(
+            other is not None
+            and other != mine
+            and other[0] <= mine[0]
+            and other[1] <= mine[1]
+            and other[2] >= mine[2]
+            for other in points.values()
+        )
+        row["pareto"] = "dominated" if dominated else "frontier"

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role
 from accounts.permissions import role_required
-from compression.compare import comparison_row, recommend
+from compression.compare import comparison_row, mark_pareto, recommend
 from compression.jobs import cancel_job, create_job
 from compression.models import (
     TEXT_TASKS,
@@ -275,6 +275,7 @@ def model_compare(request: HttpRequest, model_id: int) -> HttpResponse:
     model = get_object_or_404(RegisteredModel, pk=model_id)
     versions = list(model.versions.filter(status=VersionStatus.READY).order_by("number"))
     rows = [comparison_row(v) for v in versions]
+    mark_pareto(rows)
     recommended = recommend(rows)
     for row in rows:
         row["recommended"] = row["id"] == recommended

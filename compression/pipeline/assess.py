@@ -26,6 +26,7 @@ from compression.pipeline.evaluate import (
     open_session,
     tensor_fidelity,
 )
+from compression.pipeline.feeds import accepted_length
 from compression.pipeline.outputs import output_index, probe_feeds
 from compression.pipeline.textdata import default_sentences, encode, load_jsonl, load_npz
 
@@ -231,6 +232,8 @@ def assess(
     tokenizer = find_tokenizer(child, parent)
     fixed = [getattr(s, "fixed_sequence", None) for s in (child_session, spec_session)]
     max_length = min([f for f in fixed if f] or [MAX_SEQ])
+    if task in TEXT_TASKS and not any(fixed):
+        max_length = accepted_length(child_session, max_length)
     feeds, labels, source = _inputs(
         spec_session, task, tokenizer, dataset, dataset_kind, min(max_length, MAX_SEQ)
     )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from tinyfleet_agent._internal.runtime import OrtRuntime, TensorSpec, _fit_feeds
 
-__all__ = ["FittedSession", "fit_feeds", "onnx_specs", "static_sequence"]
+__all__ = ["FittedSession", "accepted_length", "fit_feeds", "onnx_specs", "static_sequence"]
 
 
 def onnx_specs(session: Any) -> tuple[TensorSpec, ...]:
@@ -61,3 +61,28 @@ class FittedSession:
     def run(self, output_names: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         result: list[np.ndarray] = self.session.run(output_names, self.fit(feeds))
         return result
+
+
+def accepted_length(session: Any, wanted: int, floor: int = 8) -> int:
+    """The longest token sequence up to `wanted` the graph runs (halving from `wanted`).
+
+    Small or exported-at-a-length models have short position tables; real texts are
+    longer than generated sentences, so truncation must respect the graph, not a default.
+    """
+    fixed = getattr(session, "fixed_sequence", None)
+    if fixed:
+        return min(int(fixed), wanted)
+    length = wanted
+    while length > floor:
+        ids = np.full((1, length), 5, dtype=np.int64)
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids),
+        }
+        try:
+            session.run(None, feeds)
+            return length
+        except Exception:  # onnxruntime raises its own types for shape errors
+            length //= 2
+    return floor

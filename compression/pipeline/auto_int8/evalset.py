@@ -11,6 +11,7 @@ import onnx
 
 from compression.pipeline import evaluate as ev
 from compression.pipeline.auto_int8.candidates import AutoInt8Params
+from compression.pipeline.feeds import accepted_length
 from compression.pipeline.outputs import output_index
 from compression.pipeline.quantize import (
     model_input_names,
@@ -154,7 +155,9 @@ def load_sets(
     task = _detect_task(model, True, output)
     if plan.labels is not None:
         task = "classifier"
-    length = min(params.max_length, fitted.fixed_sequence or params.max_length)
+    length = accepted_length(fitted, params.max_length)
+    if length < params.max_length:
+        logs.append(f"texts cut to {length} tokens: the longest sequence the graph accepts")
     calib = [fitted.fit(f) for f in _text_feeds(tokenizer_path, plan.calibration, length)]
     selection = EvalSet(
         task, _text_feeds(tokenizer_path, plan.selection, length), plan.labels, output=output

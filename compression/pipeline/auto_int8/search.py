@@ -151,8 +151,11 @@ def quantize_int8_auto(
         chosen = _select(rows)
         summary = [{k: v for k, v in r.items() if k != "path"} for r in rows]
         if chosen is None and params.require_target:
+            best_row = max(rows, key=_score)
             raise FidelityTargetError(
-                "no int8 candidate met the fidelity target:\n"
+                f"No int8 candidate met the fidelity target (best: {_describe(best_row)}); "
+                "keep the fp32 model, give an evaluation dataset of your own inputs, or set "
+                "require_target to false to keep the best candidate anyway.\n"
                 + "\n".join(_describe(r) for r in rows),
                 summary,
             )
