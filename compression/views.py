@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from accounts.models import Role
+from accounts.models import Role, has_role
 from accounts.permissions import role_required
 from compression.compare import comparison_row, mark_pareto, recommend
 from compression.jobs import cancel_job, create_job
@@ -267,6 +267,53 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     except RegistryError as exc:
         messages.error(request, str(exc))
     return redirect("job-detail", job_id=job_id)
+
+
+@role_required(Role.VIEWER)
+def dataset_list(request: HttpRequest) -> HttpResponse:
+    """Evaluation and calibration datasets; operators upload new ones here."""
+    if request.method == "POST":
+        return _dataset_upload(request)
+    return render(request, "compression/dataset_list.html", {"datasets": Dataset.objects.all()})
+
+
+def _dataset_upload(request: HttpRequest) -> HttpResponse:
+    from compression.jobs import register_dataset
+
+    if not has_role(request.user, Role.OPERATOR):
+        return HttpResponse("Uploading datasets needs the operator role.", status=403)
+    uploaded = request.FILES.get("file")
+    if uploaded is None:
+        messages.error(request, "Choose a .jsonl or .npz file to upload.")
+        return redirect("datasets")
+    try:
+        dataset = register_dataset(
+            user=request.user,
+            name=request.POST.get("name", ""),
+            path=Path(uploaded.temporary_file_path()),  # type: ignore[attr-defined]
+            filename=uploaded.name or "dataset",
+            size=uploaded.size or 0,
+        )
+    except RegistryError as exc:
+        messages.error(request, str(exc))
+        return redirect("datasets")
+    return redirect("dataset-detail", dataset_id=dataset.pk)
+
+
+@role_required(Role.VIEWER)
+def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    from compression.pipeline.textdata import DatasetError, preview_dataset
+    from compression.storage import local_copy
+
+    dataset = get_object_or_404(Dataset, pk=dataset_id)
+    try:
+        with local_copy(dataset.storage_key) as path:
+            preview = preview_dataset(path, dataset.kind)
+    except (DatasetError, OSError) as exc:
+        preview = {"error": str(exc)}
+    return render(
+        request, "compression/dataset_detail.html", {"dataset": dataset, "preview": preview}
+    )
 
 
 @role_required(Role.VIEWER)

@@ -308,3 +308,35 @@ def encode(
         mask[i, :n] = e.attention_mask[:n]
         types[i, :n] = e.type_ids[:n]
     return Encoded(ids, mask, types)
+
+
+def preview_dataset(path: str | Path, kind: str, rows: int = 10) -> dict[str, object]:
+    """What a person checks before using a dataset: the first rows, text lengths or
+    tensor shapes, and the label histogram (most common first).
+
+    Raises:
+        DatasetError: the file is not readable as `kind`.
+    """
+    if kind == "tensors-npz":
+        arrays = load_npz(path)
+        return {
+            "tensors": [
+                {"name": k, "shape": list(v.shape), "dtype": str(v.dtype)}
+                for k, v in arrays.items()
+            ]
+        }
+    examples = load_jsonl(path)
+    lengths = sorted(len(e.text) for e in examples)
+    labels: dict[str, int] = {}
+    for example in examples:
+        if example.label is not None:
+            labels[str(example.label)] = labels.get(str(example.label), 0) + 1
+    return {
+        "first": [{"text": e.text[:300], "label": e.label} for e in examples[:rows]],
+        "chars": {
+            "min": lengths[0],
+            "median": lengths[len(lengths) // 2],
+            "max": lengths[-1],
+        },
+        "labels": dict(sorted(labels.items(), key=lambda kv: -kv[1])),
+    }

@@ -102,3 +102,32 @@ def test_it_shows_the_page_with_not_measured_and_no_zero_latency(
     data = json.loads(page.split('id="compare-data" type="application/json">')[1].split("<")[0])
     no_latency = next(r for r in data if r["id"] == family["no_latency"].pk)
     assert no_latency["latency_ms"] is None  # the chart skips it rather than drawing 0
+
+
+def test_it_uploads_and_previews_a_dataset_in_the_browser(alice: Any, tmp_path: Any) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    lines = [{"text": f"the {w} is late again", "label": w} for w in ("bus", "bus", "train")]
+    body = "\n".join(json.dumps(line) for line in lines).encode()
+    client = Client()
+    client.force_login(alice)
+    answer = client.post(
+        "/datasets/", {"name": "commute", "file": SimpleUploadedFile("commute.jsonl", body)}
+    )
+    assert answer.status_code == 302
+    page = client.get(answer["Location"]).content.decode()
+    assert "the train is late again" in page and 'data-testid="label-histogram"' in page
+    assert "<td>bus</td><td>2</td>" in page
+    listing = client.get("/datasets/").content.decode()
+    assert "commute" in listing and "<td>3</td>" in listing
+    bad = client.post("/datasets/", {"file": SimpleUploadedFile("x.csv", b"a,b")}, follow=True)
+    assert "datasets are .jsonl" in bad.content.decode()
+
+
+def test_it_refuses_a_dataset_upload_from_a_viewer(bob: Any) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = Client()
+    client.force_login(bob)
+    answer = client.post("/datasets/", {"file": SimpleUploadedFile("x.jsonl", b'{"text": "a"}')})
+    assert answer.status_code == 403
