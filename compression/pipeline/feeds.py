@@ -59,6 +59,15 @@ class FittedSession:
         return fit_feeds(self.specs, feeds)
 
     def run(self, output_names: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        first = next(iter(feeds.values()), None)
+        rows = int(np.shape(first)[0]) if first is not None and np.ndim(first) else 0
+        if rows > 1 and self.specs and all(s.shape[:1] == (1,) for s in self.specs):
+            # A graph exported at batch 1: one row at a time, as the device runs it.
+            parts = [
+                self.run(output_names, {k: v[i : i + 1] for k, v in feeds.items()})
+                for i in range(rows)
+            ]
+            return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
         result: list[np.ndarray] = self.session.run(output_names, self.fit(feeds))
         return result
 

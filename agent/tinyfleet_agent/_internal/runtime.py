@@ -262,6 +262,16 @@ class OrtRuntime:
         return TensorSpec(node.name, tuple(_dim(d) for d in node.shape), dtype)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        rows = _rows(feeds)
+        if rows > 1 and self.inputs and all(spec.shape[:1] == (1,) for spec in self.inputs):
+            # A graph exported at batch 1 ([1, 64]): one row at a time, as TFLite does.
+            parts = [
+                self._run_fitted({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(rows)
+            ]
+            return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+        return self._run_fitted(feeds)
+
+    def _run_fitted(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         arrays = _fit_feeds(self.inputs, feeds)
         named = {spec.name: a for spec, a in zip(self.inputs, arrays, strict=True)}
         return list(self._session.run(self._output_names, named))
