@@ -134,3 +134,33 @@ def test_it_refuses_a_figure_that_cannot_be_trusted(
 def test_it_trusts_a_perfect_score_when_the_bytes_did_not_change() -> None:
     outputs = [np.arange(4.0) + i for i in range(3)]
     assert sanity(outputs, outputs, same_weights=True) == {"measured": True}
+
+
+def test_it_selects_int8_candidates_on_the_pooled_output_and_keeps_every_output(
+    tmp_path: Path,
+) -> None:
+    import onnx
+
+    from compression.pipeline.auto_int8 import AutoInt8Params, quantize_int8_auto
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    model = build_four_output_onnx(folder / "model.onnx", hidden=64)
+    write_tokenizer(folder)
+    params = AutoInt8Params(
+        candidates=("dynamic-per-channel",),
+        eval_samples=40,
+        heldout_samples=30,
+        calibration_samples=16,
+        latency_rounds=1,
+        require_target=False,
+    )
+    result = quantize_int8_auto(str(model), str(tmp_path / "out"), params, output=POOLED)
+    metrics = result.metrics
+    assert metrics["task"] == "embedding" and metrics["fidelity"]["cosine_mean"] < 1.0
+    held = metrics["fidelity_heldout"]
+    assert held["count"] == 30 and 0.0 < held["cosine_mean"] < 1.0
+    assert set(metrics["heldout_lower_bounds"]) == {"cosine_mean_lb", "nn_agreement_lb"}
+    assert metrics["heldout_lower_bounds"]["cosine_mean_lb"] <= held["cosine_mean"]
+    outputs = [o.name for o in onnx.load(result.output_path).graph.output]
+    assert outputs == ["onnx::Identity_7", "onnx::Identity_8", "last_hidden_state", POOLED]
