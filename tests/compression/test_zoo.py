@@ -153,11 +153,9 @@ def test_it_takes_a_real_model_from_upload_to_a_served_prediction(
     assert job.status == "succeeded", (job.error, job.log, celery_worker.log())
     served = ModelVersion.objects.get(pk=job.result_version_id)
     if recipe == "export-onnx":
-        # The exported ONNX is inspected like an upload and recommends int8 next.
+        # The exported ONNX is inspected like an upload and recommends int8 next; the
+        # int8 step on MiniLM is measured in bench/zoo.py (minutes), not repeated here.
         assert served.inspection["recommendation"]["recipe"] == "onnx-int8-auto"
-        job = _run_job(alice_api, served, "onnx-int8-auto", LIGHT_AUTO)
-        assert job.status == "succeeded", (job.error, job.log)
-        version, served = served, ModelVersion.objects.get(pk=job.result_version_id)
     if recipe is not None:
         fidelity = served.metrics["fidelity"]
         assert fidelity["measured"] is True and fidelity["output"] == served.primary_output
