@@ -125,8 +125,9 @@ class ModelVersion(models.Model):
         if self.status != VersionStatus.READY:
             return found
         text = self.model.task in TEXT_TASKS
-        tokenizer = inspection.get("tokenizer") or {}
-        if text and not tokenizer.get("present"):
+        # Versions inspected before tokenizers were recorded say nothing: no false alarm.
+        tokenizer = inspection.get("tokenizer")
+        if text and isinstance(tokenizer, dict) and not tokenizer.get("present"):
             found.append(
                 f"This is a {self.model.task} model but the upload has no tokenizer: it "
                 "cannot be evaluated on text or published. Attach one below, or upload a zip "
