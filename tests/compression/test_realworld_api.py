@@ -119,25 +119,40 @@ def _ready_by_id(version_id: int) -> ModelVersion:
     return version
 
 
-def test_it_says_what_to_change_when_a_job_fails_and_keeps_the_log_behind_details(
-    celery_worker: Worker, alice: Any, alice_api: Any, tmp_path: Path
+def test_it_refuses_to_requantize_naming_the_fp32_original(
+    celery_worker: Worker, alice_api: Any, tmp_path: Path
 ) -> None:
     folder = tmp_path / "export"
-    parent_file = build_four_output_onnx(folder / "model.onnx", hidden=64)
+    build_four_output_onnx(folder / "model.onnx", hidden=64)
     write_tokenizer(folder)
     version = _ready(alice_api, zip_folder(folder, tmp_path / "export.zip"))
     first = alice_api.post("/api/v1/jobs", {"version": version.pk, "recipe": "onnx-int8-dynamic"})
     done = wait_for(lambda: (j := Job.objects.get(pk=first.json()["id"])).is_finished and j, 180)
     int8 = ModelVersion.objects.get(pk=done.result_version_id)
     assert int8.inspection["quantized"].startswith("int8 operators")
-    again = alice_api.post("/api/v1/jobs", {"version": int8.pk, "recipe": "onnx-int8-dynamic"})
-    failed = wait_for(lambda: (j := Job.objects.get(pk=again.json()["id"])).is_finished and j, 180)
+    again = alice_api.post("/api/v1/jobs", {"version": int8.pk, "recipe": "onnx-int8-auto"})
+    assert again.status_code == 400
+    assert again.json()["error"].endswith(
+        f"run onnx-int8-auto on v{version.number}, its fp32 original."
+    )
+    assert Job.objects.filter(version=int8).count() == 0  # nothing queued
+
+
+def test_it_says_what_to_change_when_a_job_fails_and_keeps_the_log_behind_details(
+    celery_worker: Worker, alice: Any, alice_api: Any, tmp_path: Path
+) -> None:
+    # A graph without tokenizer and no .npz calibration set: int8-auto cannot calibrate.
+    version = _ready(alice_api, build_four_output_onnx(tmp_path / "model.onnx"))
+    started = alice_api.post("/api/v1/jobs", {"version": version.pk, "recipe": "onnx-int8-auto"})
+    failed = wait_for(
+        lambda: (j := Job.objects.get(pk=started.json()["id"])).is_finished and j, 180
+    )
     assert failed.status == "failed"
-    assert failed.error.startswith("this model is already quantized"), failed.error
-    assert "Traceback" not in failed.error and "\n" not in failed.error
+    assert failed.error == "a model without a tokenizer needs an .npz calibration set", failed.error
+    assert "Traceback" in failed.log  # the details are kept, in the log
     client = Client()
     client.force_login(alice)
     page = client.get(f"/jobs/{failed.pk}/").content.decode()
     before_details = page.split('data-testid="job-details"')[0]
-    assert "already quantized" in before_details and "Traceback" not in before_details
-    assert parent_file.is_file()
+    assert "needs an .npz calibration set" in before_details
+    assert "Traceback" not in before_details and "<details" in page
