@@ -83,8 +83,9 @@ def input_dicts(session: Any) -> list[dict[str, Any]]:
 
 def _synthetic_feeds(session: Any, rows: int, seed: int = 7) -> list[dict[str, np.ndarray]]:
     # The probe's rules (masks all visible, a 16 kHz sample rate), one seed per row.
-    specs = input_dicts(session)
-    return [probe_feeds(specs, seed + i) for i in range(rows)]
+    # One generator across rows: the same seeded inputs on every machine and run.
+    specs, rng = input_dicts(session), np.random.default_rng(seed)
+    return [probe_feeds(specs, rng=rng) for _ in range(rows)]
 
 
 def _text_feeds(

@@ -105,13 +105,15 @@ def _probe_dim(dim: Any, axis: int, rank: int, is_float: bool, first_dynamic: in
     return 512 if is_float and rank == 2 else 32
 
 
-def probe_feeds(inputs: Sequence[Mapping[str, Any]], seed: int = 11) -> dict[str, np.ndarray]:
+def probe_feeds(
+    inputs: Sequence[Mapping[str, Any]], seed: int = 11, rng: np.random.Generator | None = None
+) -> dict[str, np.ndarray]:
     """One plausible feed per input from its name, dtype and shape (dynamic dims filled).
 
     Token ids are distinct, so a copied input is recognisable; masks are all ones (or
     all zeros for a float additive mask: nothing masked); a scalar sample rate is 16 kHz.
     """
-    rng = np.random.default_rng(seed)
+    rng = rng if rng is not None else np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for spec in inputs:
         name, dtype = str(spec["name"]), str(spec.get("dtype") or "float32")
