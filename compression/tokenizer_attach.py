@@ -53,7 +53,7 @@ def _uploaded(files: dict[str, Path], folder: Path) -> dict[str, Any]:
 
 
 def _borrowed(source: ModelVersion, folder: Path) -> dict[str, Any]:
-    from compression.tasks import materialized
+    from compression.archives import materialized
 
     with materialized(source) as path:
         found = find_tokenizer(path)
@@ -67,7 +67,7 @@ def _borrowed(source: ModelVersion, folder: Path) -> dict[str, Any]:
 
 def _model_files(version: ModelVersion, folder: Path) -> None:
     """The version's model (and external data beside it) without any old tokenizer."""
-    from compression.tasks import materialized
+    from compression.archives import materialized
 
     with materialized(version) as path:
         root = path.parent if path.is_file() and version.is_zip else path

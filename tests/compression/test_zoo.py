@@ -117,7 +117,7 @@ def _run_job(api: Any, version: ModelVersion, recipe: str, params: dict[str, Any
 
 def _parent_answer(version: ModelVersion, work: Path, feeds: dict[str, np.ndarray]) -> Any:
     """The uploaded model's primary output, run here on the same inputs."""
-    from compression.tasks import materialized
+    from compression.archives import materialized
 
     with materialized(version) as path:
         model = path if path.is_file() else next(path.glob(f"*.{version.format}"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from compression.models import ModelVersion
-from fleet.security.publish import pipeline_spec
+from fleet.security.record import pipeline_spec
 from tests.fleet.test_publish import make_version
 
 pytestmark = pytest.mark.django_db
