@@ -13,14 +13,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from tinyfleet_agent._internal.runtime import OrtRuntime, TensorSpec, _fit_feeds
+from tinyfleet_agent.protocol import TensorSpec, onnx_input_specs
+from tinyfleet_agent.protocol import fit_feeds as agent_fit_feeds
 
 __all__ = ["FittedSession", "accepted_length", "fit_feeds", "onnx_specs", "static_sequence"]
 
 
 def onnx_specs(session: Any) -> tuple[TensorSpec, ...]:
     """The agent's view of an onnxruntime session's inputs."""
-    return tuple(OrtRuntime._spec(i) for i in session.get_inputs())
+    return onnx_input_specs(session)
 
 
 def fit_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def fit_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> d
     Raises:
         ValueError: an input is missing or cannot be fitted (rank or batch differs).
     """
-    arrays = _fit_feeds(specs, feeds)
+    arrays = agent_fit_feeds(specs, feeds)
     return {spec.name: array for spec, array in zip(specs, arrays, strict=True)}
 
 

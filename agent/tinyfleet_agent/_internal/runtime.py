@@ -28,7 +28,9 @@ __all__ = [
     "UnsupportedRuntimeError",
     "available_runtimes",
     "check_runtime",
+    "fit_feeds",
     "load_runtime",
+    "onnx_input_specs",
     "restrict_runtimes",
     "version_tuple",
 ]
@@ -230,6 +232,21 @@ def _pad_or_truncate(value: np.ndarray, shape: tuple[int | None, ...], name: str
     keep = min(length, value.shape[-1])
     out[..., :keep] = value[..., :keep]
     return out
+
+
+def fit_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Feeds ordered, cast, padded or cut and masks rebuilt for `specs` (the model's
+    inputs), exactly as the device feeds a model; the server evaluates the same way.
+
+    Raises:
+        ValueError: an input is missing or cannot be fitted.
+    """
+    return _fit_feeds(specs, feeds)
+
+
+def onnx_input_specs(session: Any) -> tuple[TensorSpec, ...]:
+    """The inputs of an onnxruntime session as TensorSpecs."""
+    return tuple(OrtRuntime._spec(i) for i in session.get_inputs())
 
 
 class OrtRuntime:
