@@ -34,7 +34,13 @@ from compression.schemas import (
     UploadedVersionOut,
     VersionOut,
 )
-from compression.services import RegistryError, delete_version, register_upload
+from compression.services import (
+    RegistryError,
+    delete_version,
+    register_upload,
+    set_primary_output,
+)
+from compression.tokenizer_attach import attach_tokenizer
 from compression.uploads import HashedUploadedFile, too_large_message, upload_too_large
 
 router = Router(tags=["registry"])
@@ -139,6 +145,52 @@ def download_version(request: HttpRequest, version_id: int) -> HttpResponseBase:
         # Object storage: hand out a short-lived presigned URL instead of proxying bytes.
         return HttpResponseRedirect(default_storage.url(version.storage_key))
     return FileResponse(open(path, "rb"), as_attachment=True, filename=version.original_filename)
+
+
+class PrimaryOutputIn(Schema):
+    output: str
+
+
+@router.post(
+    "/versions/{version_id}/primary-output",
+    response={200: VersionOut, **ERRORS},
+    summary="Choose the output every figure, golden set and device pipeline uses",
+)
+def choose_primary_output(
+    request: HttpRequest, version_id: int, body: PrimaryOutputIn
+) -> dict[str, Any]:
+    require_role(request, Role.OPERATOR)
+    try:
+        version = set_primary_output(request.user, _version(version_id), body.output)
+    except RegistryError as exc:
+        raise HttpError(exc.status, str(exc)) from None
+    return VersionOut.from_version(version)
+
+
+@router.post(
+    "/versions/{version_id}/tokenizer",
+    response={201: UploadedVersionOut, **ERRORS},
+    summary="Attach a tokenizer (multipart files, or from_version): returns the new version",
+)
+def post_tokenizer(
+    request: HttpRequest,
+    version_id: int,
+    from_version: Form[int | None] = None,
+    files: list[UploadedFile] | None = File(None),  # noqa: B008 - ninja's parameter marker
+) -> Status[Any]:
+    require_role(request, Role.OPERATOR)
+    version = _version(version_id)
+    source = _version(from_version) if from_version else None
+    try:
+        uploaded = {
+            Path(f.name or "").name: Path(_hashed(f).temporary_file_path()) for f in files or []
+        }
+        created, job = attach_tokenizer(request.user, version, files=uploaded, source=source)
+    except RegistryError as exc:
+        raise HttpError(exc.status, str(exc)) from None
+    except AttributeError:
+        raise HttpError(400, "tokenizer files must be sent as multipart uploads") from None
+    return Status(201, {**VersionOut.from_version(created), "job": job.pk})
 
 
 @router.delete("/versions/{version_id}", response={204: None, 409: ErrorOut, **ERRORS})

@@ -18,11 +18,45 @@ def _fidelity_score(fidelity: dict[str, Any]) -> float | None:
     return None
 
 
+def unmeasured_reason(version: ModelVersion) -> str | None:
+    """Why this version's fidelity figure cannot be trusted (None when it can).
+
+    Derived versions only: a figure flagged by the sanity checks, one measured on
+    another output than today's primary one, or none at all.
+    """
+    if version.parent_id is None:
+        return None
+    fidelity = (version.metrics or {}).get("fidelity") or {}
+    if not fidelity:
+        return "no fidelity was measured"
+    if fidelity.get("measured") is False:
+        return str(fidelity.get("reason") or "the figure failed its sanity checks")
+    measured_on = fidelity.get("output")
+    primary = version.primary_output
+    if "output" in fidelity and primary and measured_on != primary:
+        return f"measured on output {measured_on!r}, not on the primary output {primary!r}"
+    if "output" not in fidelity and version.inspection.get("primary_output") not in (
+        None,
+        _first_output(version),
+    ):
+        return "measured on the first output, which is not the primary output"
+    return None
+
+
+def _first_output(version: ModelVersion) -> str | None:
+    outputs = (version.inspection or {}).get("outputs") or []
+    return str(outputs[0].get("name")) if outputs else None
+
+
 def comparison_row(version: ModelVersion) -> dict[str, Any]:
     metrics = version.metrics or {}
     fidelity = metrics.get("fidelity", {})
     bench = metrics.get("benchmark", {})
+    reason = unmeasured_reason(version)
+    if reason is not None:
+        fidelity = {}
     return {
+        "unmeasured": reason,
         "id": version.pk,
         "number": version.number,
         "recipe": version.recipe or "upload",
@@ -52,6 +86,8 @@ def _headline_sequence(bench: dict[str, Any]) -> str | None:
 def meets_target(row: dict[str, Any]) -> bool:
     if row["parent"] is None:
         return False  # the original is the reference, not a candidate
+    if row.get("unmeasured"):
+        return False  # a figure that cannot be trusted never earns the star
     drop = row.get("accuracy_drop_points")
     if drop is not None:
         return float(drop) <= MAX_ACCURACY_DROP_POINTS
@@ -66,3 +102,31 @@ def recommend(rows: list[dict[str, Any]]) -> int | None:
         return None
     best = min(eligible, key=lambda r: (r["latency_ms"] or float("inf"), r["size_bytes"]))
     return int(best["id"])
+
+
+def _point(row: dict[str, Any]) -> tuple[float, float, float] | None:
+    """(size, latency, fidelity) when all three are known; the reference scores 1."""
+    fidelity = 1.0 if row["parent"] is None else row.get("fidelity")
+    if row.get("latency_ms") is None or fidelity is None or row.get("unmeasured"):
+        return None
+    return float(row["size_bytes"]), float(row["latency_ms"]), float(fidelity)
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """Set each row's "pareto": "frontier", "dominated" (another variant is at least as
+    small, as fast and as faithful, and better in one) or "unknown" (a figure missing)."""
+    points = {id(r): _point(r) for r in rows}
+    for row in rows:
+        mine = points[id(row)]
+        if mine is None:
+            row["pareto"] = "unknown"
+            continue
+        dominated = any(
+            other is not None
+            and other != mine
+            and other[0] <= mine[0]
+            and other[1] <= mine[1]
+            and other[2] >= mine[2]
+            for other in points.values()
+        )
+        row["pareto"] = "dominated" if dominated else "frontier"

@@ -67,6 +67,7 @@ def create_job(
         check_model_size(clean_params, version.inspection or {})
     except RecipeError as exc:
         raise RegistryError(str(exc)) from exc
+    _refuse_requantizing(version, recipe)
     evaluation = _dataset(eval_dataset, "evaluation")
     calibration = _dataset(calibration_dataset, "calibration")
     if info.needs_calibration and calibration is None:
@@ -96,6 +97,39 @@ def create_job(
         audit(user, "job.create", job, recipe=recipe, version=version.pk)
         transaction.on_commit(lambda: _enqueue(job.pk))
     return job
+
+
+INT8_RECIPES = ("onnx-int8-auto", "onnx-int8-dynamic", "onnx-int8-static")
+
+
+def _refuse_requantizing(version: ModelVersion, recipe: str) -> None:
+    """Refuse int8 on an already-int8 graph before queueing, naming its fp32 original in
+    the lineage when there is one (that is the version to quantize).
+
+    Raises:
+        RegistryError: the version is already quantized.
+    """
+    found = (version.inspection or {}).get("quantized")
+    if recipe not in INT8_RECIPES or not found:
+        return
+    original = next(
+        (
+            v
+            for v in reversed(version.lineage()[:-1])
+            if v.format == version.format and not (v.inspection or {}).get("quantized")
+        ),
+        None,
+    )
+    advice = (
+        f"run {recipe} on v{original.number}, its fp32 original"
+        if original is not None
+        else "upload its fp32 original as a version of this model, or publish this one as it "
+        "is (recipe as-is)"
+    )
+    raise RegistryError(
+        f"v{version.number} is already quantized ({found}); quantizing it again only adds "
+        f"error: {advice}."
+    )
 
 
 def _enqueue(job_id: int) -> None:

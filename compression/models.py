@@ -21,6 +21,9 @@ class Task(models.TextChoices):
     TENSOR = "tensor", "Tensor in, tensor out"
 
 
+TEXT_TASKS = ("text-embedding", "text-classification", "token-classification")
+
+
 class Format(models.TextChoices):
     ONNX = "onnx", "ONNX"
     TFLITE = "tflite", "TFLite"
@@ -98,6 +101,46 @@ class ModelVersion(models.Model):
             if stored and any(stored[f] != getattr(self, f) for f in self.IMMUTABLE_FIELDS):
                 raise ValueError("a model version's bytes and identity are immutable")
         super().save(*args, **kwargs)
+
+    @property
+    def primary_output(self) -> str | None:
+        """The output every figure, golden set and device pipeline uses."""
+        chosen = (self.pipeline or {}).get("output") or (self.inspection or {}).get(
+            "primary_output"
+        )
+        return str(chosen) if chosen else None
+
+    def output_roles(self) -> list[dict[str, Any]]:
+        """Inspected outputs with their role and whether each is the primary one."""
+        primary = self.primary_output
+        return [
+            {**o, "primary": o.get("name") == primary}
+            for o in (self.inspection or {}).get("outputs") or []
+        ]
+
+    def warnings(self) -> list[str]:
+        """What will stop or mislead the journey later, said now (upload, version page)."""
+        found: list[str] = []
+        inspection = self.inspection or {}
+        if self.status != VersionStatus.READY:
+            return found
+        text = self.model.task in TEXT_TASKS
+        # Versions inspected before tokenizers were recorded say nothing: no false alarm.
+        tokenizer = inspection.get("tokenizer")
+        if text and isinstance(tokenizer, dict) and not tokenizer.get("present"):
+            found.append(
+                f"This is a {self.model.task} model but the upload has no tokenizer: it "
+                "cannot be evaluated on text or published. Attach one below, or upload a zip "
+                "holding the .onnx file and its tokenizer files (tokenizer.json, vocab.txt)."
+            )
+        if inspection.get("quantized"):
+            found.append(
+                f"Already quantized ({inspection['quantized']}): int8 recipes refuse it. "
+                "Quantize its fp32 original instead, or publish it as it is."
+            )
+        if inspection.get("outputs") and not self.primary_output:
+            found.append(inspection.get("primary_reason") or "No output can be measured.")
+        return found
 
     @property
     def is_zip(self) -> bool:

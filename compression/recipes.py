@@ -60,6 +60,14 @@ CATALOGUE: dict[str, RecipeInfo] = {
             description="Half-precision weights; float32 inputs and outputs kept.",
         ),
         RecipeInfo(
+            "as-is",
+            "Publish as is (golden set only)",
+            frozenset({Format.ONNX, Format.TFLITE}),
+            Format.ONNX,
+            description="No compression: measures the golden set and benchmark that "
+            "publishing needs on this very version (already int8, tiny or MCU models).",
+        ),
+        RecipeInfo(
             "export-onnx",
             "Export to ONNX",
             frozenset({Format.HF_DIR}),

@@ -26,6 +26,8 @@ class VersionOut(Schema):
     metrics: dict[str, Any]
     pipeline: dict[str, Any]
     golden_sha256: str
+    primary_output: str | None
+    warnings: list[str]
     lineage: dict[str, Any]
     created_by: str | None
     created_at: datetime
@@ -49,6 +51,8 @@ class VersionOut(Schema):
             "params": version.params,
             "inspection": version.inspection,
             "metrics": version.metrics,
+            "primary_output": version.primary_output,
+            "warnings": version.warnings(),
             "pipeline": version.pipeline,
             "golden_sha256": version.golden_sha256,
             "lineage": version.lineage_info,

@@ -58,7 +58,15 @@ def _check_name_and_task(name: str, task: str) -> None:
 
 
 def register_upload(
-    *, user: Any, name: str, task: str, path: Path, filename: str, sha256: str, size: int
+    *,
+    user: Any,
+    name: str,
+    task: str,
+    path: Path,
+    filename: str,
+    sha256: str,
+    size: int,
+    derived: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, Job]:
     """Validate an uploaded file, store it once, and queue its inspection.
 
@@ -86,7 +94,7 @@ def register_upload(
     key = content_key(sha256, filename)
     newly_stored = store_file(key, path)
     try:
-        return _create_version(user, name, task, fmt, key, filename, sha256, size)
+        return _create_version(user, name, task, fmt, key, filename, sha256, size, derived)
     except BaseException:
         # Nothing partial: drop the bytes unless another version already shares them.
         if newly_stored and not ModelVersion.objects.filter(storage_key=key).exists():
@@ -95,7 +103,15 @@ def register_upload(
 
 
 def _create_version(
-    user: Any, name: str, task: str, fmt: str, key: str, filename: str, sha256: str, size: int
+    user: Any,
+    name: str,
+    task: str,
+    fmt: str,
+    key: str,
+    filename: str,
+    sha256: str,
+    size: int,
+    derived: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, Job]:
     try:
         with transaction.atomic():
@@ -113,6 +129,9 @@ def _create_version(
                 size_bytes=size,
                 sha256=sha256,
                 created_by=user,
+                # A version made from another (a tokenizer attached): parent, recipe,
+                # lineage and pipeline, set with the row so it never exists without them.
+                **(derived or {}),
             )
             job = Job.objects.create(kind=JobKind.INSPECT, version=version, created_by=user)
             audit(user, "version.upload", version, model=name, sha256=sha256, size=size)
@@ -144,3 +163,39 @@ def delete_version(user: Any, version: ModelVersion) -> None:
         version.delete()
     if not ModelVersion.objects.filter(storage_key=key).exists():
         default_storage.delete(key)
+
+
+UNMEASURABLE_ROLES = ("echo", "mask")
+
+
+def set_primary_output(user: Any, version: ModelVersion, output: str) -> ModelVersion:
+    """Make `output` the version's primary output (what is measured and served).
+
+    Figures measured on another output stay, marked as such on the comparison page
+    until the version is measured again.
+
+    Raises:
+        RegistryError: the version is not inspected, the output does not exist, or it
+            is an echo of an input or a mask (never measurable).
+    """
+    outputs = {str(o.get("name")): o for o in (version.inspection or {}).get("outputs") or []}
+    if version.status != "ready" or not outputs:
+        raise RegistryError("the version has not been inspected yet; wait for it to be ready")
+    if output not in outputs:
+        raise RegistryError(f"no output named {output!r}; the model has {', '.join(outputs)}")
+    role = outputs[output].get("role")
+    if role in UNMEASURABLE_ROLES:
+        raise RegistryError(
+            f"output {output!r} is the {role} of an input; it says nothing about the model"
+        )
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        previous = (locked.pipeline or {}).get("output")
+        locked.pipeline = {
+            **(locked.pipeline or {}),
+            "output": output,
+            "output_chosen_by": getattr(user, "username", "") or "operator",
+        }
+        locked.save(update_fields=["pipeline"])
+        audit(user, "version.primary_output", locked, output=output, previous=previous)
+    return locked

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
@@ -20,7 +21,7 @@ from django.utils import timezone
 from compression.archives import materialized
 from compression.models import Job, JobCancelledError, JobStatus, ModelVersion, VersionStatus
 from compression.pipeline.errors import InvalidModelError
-from compression.pipeline.inspect import inspect_model
+from compression.pipeline.inspect import inspect_model, tokenizer_info
 from compression.pipeline.runner import ConverterCrashError
 from compression.storage import local_copy, store_file
 
@@ -45,6 +46,11 @@ def inspect_version(job_id: int) -> None:
         with heartbeats(job), materialized(version, job_tmp_prefix(job.pk)) as path:
             job.report(0.4, "inspecting")
             inspection = inspect_model(path, version.format)
+            if version.is_zip and path.is_file():
+                # A zip with one graph: its tokenizer files sit beside the .onnx.
+                inspection["tokenizer"] = tokenizer_info(path.parent)
+            job.report(0.7, "outputs", "classifying outputs (one probe run)")
+            inspection = with_output_roles(path, version.format, inspection, version.model.task)
     except JobCancelledError:
         _mark_version(version, VersionStatus.FAILED, "inspection was cancelled")
         return
@@ -53,14 +59,57 @@ def inspect_version(job_id: int) -> None:
         return
     except Exception as exc:
         log.exception("inspection of version %s crashed", version.pk)
-        _fail(job, version, f"inspection crashed: {type(exc).__name__}: {exc}")
+        job.append_log(f"inspection crashed: {type(exc).__name__}: {exc}")
+        _fail(job, version, failure_sentence(exc))
         return
     with transaction.atomic():
+        fresh = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        pipeline = dict(fresh.pipeline or {})
+        # An operator's choice (pipeline "output_chosen_by") outlives a re-inspection.
+        if not pipeline.get("output_chosen_by"):
+            pipeline["output"] = inspection.get("primary_output")
         ModelVersion.objects.filter(pk=version.pk).update(
-            status=VersionStatus.READY, inspection=inspection, error=""
+            status=VersionStatus.READY, inspection=inspection, error="", pipeline=pipeline
         )
         job.append_log(f"{inspection.get('parameters', 0):,} parameters")
+        job.append_log(f"primary output: {inspection.get('primary_output')}")
         job.finish(JobStatus.SUCCEEDED, result=version)
+
+
+def with_output_roles(
+    path: Path, fmt: str, inspection: dict[str, Any], task: str
+) -> dict[str, Any]:
+    """The inspection with each output's role and the task's primary output.
+
+    ONNX graphs get one probe run in a converter subprocess (a model may crash its
+    runtime); when the probe cannot run, the graph's own facts and shapes decide. The
+    recipe to suggest (or why none applies) is added too.
+    """
+    from compression.pipeline.recommend import recommend_recipe
+
+    annotated = _annotated(path, fmt, inspection, task)
+    annotated["recommendation"] = recommend_recipe(annotated, task)
+    return annotated
+
+
+def _annotated(path: Path, fmt: str, inspection: dict[str, Any], task: str) -> dict[str, Any]:
+    from compression.pipeline.assess import onnx_model_file
+    from compression.pipeline.outputs import annotate_outputs, graph_roles
+    from compression.pipeline.runner import run_in_subprocess
+
+    if fmt != "onnx":
+        return annotate_outputs(inspection, task)
+    model_file = onnx_model_file(path)
+    graph = graph_roles(model_file)
+    try:
+        probe = run_in_subprocess(
+            "probe-outputs",
+            {"model_path": model_file, "inputs": inspection.get("inputs") or []},
+            timeout=300,
+        )
+    except ConverterCrashError as exc:
+        probe = {"error": str(exc).splitlines()[0][:300]}
+    return annotate_outputs(inspection, task, graph, probe)
 
 
 def _fail(job: Job, version: ModelVersion, message: str) -> None:
@@ -160,16 +209,16 @@ def run_compression(job_id: int) -> None:
     except JobCancelledError:
         return
     except (ConverterCrashError, InvalidModelError, ValueError, OSError) as exc:
-        message = str(exc)
         tail = getattr(exc, "stderr_tail", "")
         if tail:
             job.append_log(tail[-3000:])
         with transaction.atomic():
-            job.append_log(f"failed: {message}")
-            job.finish(JobStatus.FAILED, error=message)
+            job.append_log(f"failed: {exc}")
+            job.finish(JobStatus.FAILED, error=failure_sentence(exc))
     except Exception as exc:
         log.exception("compression job %s crashed", job.pk)
-        job.finish(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        job.append_log(f"failed: {type(exc).__name__}: {exc}")
+        job.finish(JobStatus.FAILED, error=failure_sentence(exc))
 
 
 def _compress(job: Job) -> None:
@@ -200,6 +249,9 @@ def _compress(job: Job) -> None:
         }
         tokenizer = find_tokenizer(src)
         kwargs["tokenizer_path"] = str(tokenizer) if tokenizer else None
+        primary = (parent.pipeline or {}).get("output")
+        if job.recipe == "onnx-int8-auto":
+            kwargs["output"] = primary
         if job.calibration_dataset is not None:
             kwargs["calibration_path"] = _dataset_path(job.calibration_dataset, work)
         if job.recipe == "onnx-int8-auto" and job.eval_dataset is not None:
@@ -210,7 +262,14 @@ def _compress(job: Job) -> None:
         for line in result.get("log", [])[-50:]:
             job.append_log(str(line))
         carry_tokenizer(src, out_dir)
-        job.report(0.72, "evaluating", "measuring fidelity against the parent")
+        out_format = parent.format if job.recipe == "as-is" else info.output_format
+        inspection = inspect_model(Path(result["output_path"]), out_format)
+        inspection["tokenizer"] = tokenizer_info(out_dir)
+        inspection = with_output_roles(
+            Path(result["output_path"]), out_format, inspection, parent.model.task
+        )
+        child_primary = _child_primary(primary, inspection)
+        job.report(0.72, "evaluating", f"measuring fidelity on output {child_primary}")
         golden = work / "golden.npz"
         eval_path = _dataset_path(job.eval_dataset, work) if job.eval_dataset else None
         assessment = run_in_subprocess(
@@ -222,11 +281,16 @@ def _compress(job: Job) -> None:
                 "golden_path": str(golden),
                 "dataset": eval_path,
                 "dataset_kind": job.eval_dataset.kind if job.eval_dataset else None,
+                "output": primary,
+                "child_output": child_primary,
             },
             timeout=3600,
         )
         job.append_log(f"fidelity: {assessment['fidelity']}")
         job.report(0.8, "benchmarking", "latency, throughput and memory in a fresh process")
+        if job.recipe == "as-is":
+            _record_as_is(job, golden, assessment, Path(result["output_path"]))
+            return
         speed = _benchmark(parent, src, Path(result["output_path"]), job)
         job.report(0.9, "storing")
         artifact = package(out_dir, work)
@@ -246,17 +310,95 @@ def _compress(job: Job) -> None:
             "size_bytes": artifact.stat().st_size,
             "size_ratio": artifact.stat().st_size / max(parent.size_bytes, 1),
         }
-        inspection = inspect_model(Path(result["output_path"]), info.output_format)
         store_derived(
             job,
             artifact,
             info.output_format,
             metrics=metrics,
-            pipeline={**parent.pipeline, **result.get("pipeline", {})},
+            pipeline={**parent.pipeline, **result.get("pipeline", {}), "output": child_primary},
             golden_key=golden_key,
             golden_sha256=assessment["golden"]["sha256"],
             inspection=inspection,
         )
+
+
+def _record_as_is(job: Job, golden: Path, assessment: dict[str, Any], model_file: Path) -> None:
+    """`as-is`: the golden set and benchmark go onto the version itself (no new bytes)."""
+    version = job.version
+    speed: dict[str, object] = {}
+    if model_file.suffix in (".onnx", ".tflite"):
+        speed["benchmark"] = summarize_benchmark(_bench(model_file, job))
+    golden_key = f"golden/{assessment['golden']['sha256']}.npz"
+    store_file(golden_key, golden)
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        ModelVersion.objects.filter(pk=version.pk).update(
+            golden_key=golden_key,
+            golden_sha256=assessment["golden"]["sha256"],
+            metrics={**(locked.metrics or {}), **speed, "evaluated_on": assessment["inputs"]},
+        )
+        job.append_log(f"golden set recorded on {version} ({assessment['golden']['count']})")
+        Job.objects.filter(pk=job.pk).update(metrics=speed)
+        job.finish(JobStatus.SUCCEEDED, result=version)
+
+
+def _child_primary(parent_primary: str | None, inspection: dict[str, Any]) -> str | None:
+    """The parent's primary output when the child kept it (recipes keep every output);
+    else the child's own choice (a converter renamed or pooled it)."""
+    names = [str(o.get("name")) for o in inspection.get("outputs") or []]
+    if parent_primary in names:
+        return parent_primary
+    chosen = inspection.get("primary_output")
+    return str(chosen) if chosen else parent_primary
+
+
+# Exception types whose message already says what to change; anything else is a bug or
+# a crash, and the sentence says so.
+_ACTIONABLE = (
+    "QuantizeError",
+    "DatasetError",
+    "InvalidModelError",
+    "FidelityTargetError",
+    "RecipeError",
+    "ShapeMismatchError",
+    "GoldenError",
+)
+
+
+def failure_sentence(exc: BaseException) -> str:
+    """One sentence a person can act on; the traceback stays in the job log."""
+    from compression.pipeline.runner import ConverterTimeoutError
+
+    if isinstance(exc, ConverterTimeoutError):
+        return (
+            "The converter ran past its time limit and was stopped: try a smaller model, "
+            "fewer candidates or evaluation samples, or raise the job time limit."
+        )
+    text = str(exc)
+    if isinstance(exc, ConverterCrashError):
+        first = text.splitlines()[0] if text else ""
+        if " failed: " not in first:
+            return (
+                "The converter process crashed or ran out of memory "
+                f"({first.split(' converter ', 1)[-1]}); try a smaller model or more memory. "
+                "Details are in the log."
+            )
+        kind, _, message = first.split(" failed: ", 1)[1].partition(": ")
+        if kind in _ACTIONABLE and message:
+            return message
+        return _generic(kind, message)
+    if isinstance(exc, InvalidModelError) or type(exc).__name__ in _ACTIONABLE:
+        return text.splitlines()[0] if text else type(exc).__name__
+    return _generic(type(exc).__name__, text)
+
+
+def _generic(kind: str, message: str) -> str:
+    detail = message.splitlines()[0][:200] if message else kind
+    return (
+        f"The job stopped on an unexpected error ({kind}: {detail}). The model may use "
+        "inputs or operators this recipe does not handle: try another recipe, or publish "
+        "the version as it is. Details are in the log."
+    )
 
 
 def _dataset_path(dataset: object, work: Path) -> str:

@@ -13,13 +13,26 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from accounts.models import Role
+from accounts.models import Role, has_role
 from accounts.permissions import role_required
-from compression.compare import comparison_row, recommend
+from compression.compare import comparison_row, mark_pareto, recommend
 from compression.jobs import cancel_job, create_job
-from compression.models import Dataset, Job, ModelVersion, RegisteredModel, Task, VersionStatus
+from compression.models import (
+    TEXT_TASKS,
+    Dataset,
+    Job,
+    ModelVersion,
+    RegisteredModel,
+    Task,
+    VersionStatus,
+)
 from compression.recipes import CATALOGUE
-from compression.services import RegistryError, delete_version, register_upload
+from compression.services import (
+    RegistryError,
+    delete_version,
+    register_upload,
+    set_primary_output,
+)
 from compression.uploads import too_large_message, upload_too_large
 from core.htmx import is_htmx
 
@@ -56,10 +69,19 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
         ModelVersion.objects.select_related("model", "parent", "created_by"), pk=version_id
     )
     recipes = [r for r in CATALOGUE.values() if version.format in r.input_formats]
+    advice = (version.inspection or {}).get("recommendation") or {}
+    suggested = advice.get("recipe") if "recipe" in advice else None
+
+    def order(info: object) -> tuple[bool, bool]:
+        name, recommended = getattr(info, "name", ""), getattr(info, "recommended", False)
+        return (name != suggested, not recommended and not advice)
+
     context = {
         "version": version,
-        "recipes": sorted(recipes, key=lambda r: not r.recommended),
+        "advice": advice,
+        "recipes": sorted(recipes, key=order),
         "datasets": Dataset.objects.all()[:100],
+        "tokenizer_sources": _tokenizer_sources(version),
         "jobs": version.jobs.all()[:20],
         "blockers": version.deletion_blockers(),
         "finished": version.status in (VersionStatus.READY, VersionStatus.FAILED),
@@ -70,6 +92,19 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
             response.status_code = HTMX_STOP_POLLING
         return response
     return render(request, "compression/version_detail.html", context)
+
+
+def _tokenizer_sources(version: ModelVersion) -> list[ModelVersion]:
+    """Other ready versions that carry a tokenizer (to take it from), newest first."""
+    if version.model.task not in TEXT_TASKS or version.warnings() == []:
+        return []
+    candidates = ModelVersion.objects.filter(status=VersionStatus.READY).exclude(pk=version.pk)
+    found = [
+        v
+        for v in candidates.select_related("model").order_by("-created_at")[:200]
+        if (v.inspection.get("tokenizer") or {}).get("present")
+    ]
+    return found[:50]
 
 
 @role_required(Role.OPERATOR)
@@ -189,6 +224,43 @@ def job_start(request: HttpRequest, version_id: int) -> HttpResponse:
 
 @role_required(Role.OPERATOR)
 @require_POST
+def version_primary_output(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=version_id)
+    try:
+        set_primary_output(request.user, version, request.POST.get("output", ""))
+    except RegistryError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request, "Primary output changed. Measure the variants again to compare on it."
+        )
+    return redirect("version-detail", version_id=version_id)
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def version_tokenizer(request: HttpRequest, version_id: int) -> HttpResponse:
+    """Attach uploaded tokenizer files, or another version's tokenizer: a new version."""
+    from compression.tokenizer_attach import attach_tokenizer
+
+    version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=version_id)
+    raw = request.POST.get("from_version", "")
+    source = get_object_or_404(ModelVersion, pk=int(raw)) if raw.isdigit() else None
+    files = {
+        Path(f.name or "").name: Path(f.temporary_file_path())  # type: ignore[attr-defined]
+        for f in request.FILES.getlist("files")
+    }
+    try:
+        created, _job = attach_tokenizer(request.user, version, files=files, source=source)
+    except (RegistryError, AttributeError) as exc:
+        messages.error(request, str(exc) if isinstance(exc, RegistryError) else "upload failed")
+        return redirect("version-detail", version_id=version_id)
+    messages.success(request, f"Tokenizer attached: {created} is being inspected.")
+    return redirect("version-detail", version_id=created.pk)
+
+
+@role_required(Role.OPERATOR)
+@require_POST
 def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(Job, pk=job_id)
     try:
@@ -199,11 +271,59 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
 
 
 @role_required(Role.VIEWER)
+def dataset_list(request: HttpRequest) -> HttpResponse:
+    """Evaluation and calibration datasets; operators upload new ones here."""
+    if request.method == "POST":
+        return _dataset_upload(request)
+    return render(request, "compression/dataset_list.html", {"datasets": Dataset.objects.all()})
+
+
+def _dataset_upload(request: HttpRequest) -> HttpResponse:
+    from compression.jobs import register_dataset
+
+    if not has_role(request.user, Role.OPERATOR):
+        return HttpResponse("Uploading datasets needs the operator role.", status=403)
+    uploaded = request.FILES.get("file")
+    if uploaded is None:
+        messages.error(request, "Choose a .jsonl or .npz file to upload.")
+        return redirect("datasets")
+    try:
+        dataset = register_dataset(
+            user=request.user,
+            name=request.POST.get("name", ""),
+            path=Path(uploaded.temporary_file_path()),  # type: ignore[attr-defined]
+            filename=uploaded.name or "dataset",
+            size=uploaded.size or 0,
+        )
+    except RegistryError as exc:
+        messages.error(request, str(exc))
+        return redirect("datasets")
+    return redirect("dataset-detail", dataset_id=dataset.pk)
+
+
+@role_required(Role.VIEWER)
+def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    from compression.pipeline.textdata import DatasetError, preview_dataset
+    from compression.storage import local_copy
+
+    dataset = get_object_or_404(Dataset, pk=dataset_id)
+    try:
+        with local_copy(dataset.storage_key) as path:
+            preview = preview_dataset(path, dataset.kind)
+    except (DatasetError, OSError) as exc:
+        preview = {"error": str(exc)}
+    return render(
+        request, "compression/dataset_detail.html", {"dataset": dataset, "preview": preview}
+    )
+
+
+@role_required(Role.VIEWER)
 def model_compare(request: HttpRequest, model_id: int) -> HttpResponse:
     """All ready variants side by side, with the recommended one marked."""
     model = get_object_or_404(RegisteredModel, pk=model_id)
     versions = list(model.versions.filter(status=VersionStatus.READY).order_by("number"))
     rows = [comparison_row(v) for v in versions]
+    mark_pareto(rows)
     recommended = recommend(rows)
     for row in rows:
         row["recommended"] = row["id"] == recommended

@@ -116,10 +116,27 @@ class Predictor:
         name = self.record.runtime if self.record else runtime or _guess_runtime(self.model_dir)
         check_runtime(name, self.record.min_runtime_version if self.record else "0")
         self.runtime: Runtime = load_runtime(name, self.model_dir / model_file_for(name), threads)
+        self.output_index = self._output_index()
         self.encoder = self._load_encoder()
         self.threads = threads
         self._batcher = _Batcher(self, batch_window_ms, max_batch) if batch_window_ms > 0 else None
         self.load_seconds = time.perf_counter() - started
+
+    def _output_index(self) -> int:
+        """Where the record's primary output sits among the runtime's outputs.
+
+        Converters decorate names (TFLite's "StatefulPartitionedCall:0"), so an exact
+        match wins, then a name ending in the wanted one."""
+        wanted = self.spec.output
+        names = [o.name for o in self.runtime.outputs]
+        if not wanted:
+            return 0
+        if wanted in names:
+            return names.index(wanted)
+        for i, name in enumerate(names):
+            if name.endswith(wanted) or wanted.endswith(name):
+                return i
+        raise RuntimeLoadError(f"the model has no output {wanted!r} (it has {names})")
 
     def _load_encoder(self) -> TextEncoder | None:
         if self.spec.task not in TEXT_TASKS:
@@ -164,8 +181,11 @@ class Predictor:
         return self._predict_now(list(inputs))
 
     def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the raw model on already-prepared feeds (the golden self-test)."""
-        return self.runtime.run(feeds)
+        """Run the raw model on already-prepared feeds (the golden self-test); the
+        primary output comes first, the others follow in the model's order."""
+        outputs = self.runtime.run(feeds)
+        index = self.output_index
+        return [outputs[index], *outputs[:index], *outputs[index + 1 :]]
 
     def close(self) -> None:
         if self._batcher is not None:
@@ -189,7 +209,7 @@ class Predictor:
             return self._predict_tensors(inputs)
         task, spec = self.spec.task, self.spec
         encoded = self.encoder.encode(inputs, details=task == "token-classification")
-        first = self.runtime.run(encoded.feeds)[0]
+        first = self.runtime.run(encoded.feeds)[self.output_index]
         if task == "text-embedding":
             vectors = pool(first, encoded.feeds["attention_mask"], spec.pooling)
             if spec.normalize:

@@ -22,6 +22,7 @@ from ._internal.payload import (
     check_layout,
     extract_payload,
 )
+from ._internal.runtime import TensorSpec, fit_feeds, onnx_input_specs
 from ._internal.telemetry import (
     CONFIDENCE_EDGES,
     INPUT_LENGTH_EDGES,
@@ -88,6 +89,7 @@ __all__ = [
     "InvalidRecordError",
     "PayloadLimits",
     "PipelineSpec",
+    "TensorSpec",
     "TrustedState",
     "UnsafePayloadError",
     "allowed_member",
@@ -99,8 +101,10 @@ __all__ = [
     "download_capped",
     "encrypt_bundle",
     "extract_payload",
+    "fit_feeds",
     "generate_content_key",
     "image_target_custom",
+    "onnx_input_specs",
     "percentile_from_buckets",
     "resolve_assignment",
     "unwrap_key",

@@ -26,12 +26,13 @@ from compression.pipeline.evaluate import (
     open_session,
     tensor_fidelity,
 )
+from compression.pipeline.feeds import accepted_length
+from compression.pipeline.outputs import output_index, probe_feeds
 from compression.pipeline.textdata import default_sentences, encode, load_jsonl, load_npz
 
 TEXT_TASKS = ("text-embedding", "text-classification", "token-classification")
 GOLDEN_SIZE = 32
 MAX_SEQ = 128
-_INT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def find_tokenizer(*paths: str | Path | None) -> Path | None:
@@ -56,29 +57,35 @@ def _onnx_file(path: Path) -> Path:
     return found[0]
 
 
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def input_dicts(session: Any) -> list[dict[str, Any]]:
+    """{"name", "dtype", "shape"} of a session's inputs (as the inspection lists them)."""
+    return [
+        {
+            "name": spec.name,
+            "dtype": _ORT_DTYPES.get(spec.type, "float32"),
+            "shape": [d if isinstance(d, int) and d > 0 else None for d in spec.shape],
+        }
+        for spec in session.get_inputs()
+    ]
+
+
 def _synthetic_feeds(session: Any, rows: int, seed: int = 7) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for _ in range(rows):
-        feed: dict[str, np.ndarray] = {}
-        for spec in session.get_inputs():
-            shape = [
-                d if isinstance(d, int) and d > 0 else (1 if i == 0 else 16)
-                for i, d in enumerate(spec.shape)
-            ]
-            if spec.type in _INT_DTYPES:
-                value: np.ndarray
-                if "mask" in spec.name:
-                    value = np.ones(shape)
-                elif "type" in spec.name:
-                    value = np.zeros(shape)
-                else:
-                    value = rng.integers(0, 100, size=shape)
-                feed[spec.name] = value.astype(_INT_DTYPES[spec.type])
-            else:
-                feed[spec.name] = rng.standard_normal(shape).astype(np.float32)
-        feeds.append(feed)
-    return feeds
+    # The probe's rules (masks all visible, a 16 kHz sample rate), one seed per row.
+    # One generator across rows: the same seeded inputs on every machine and run.
+    specs, rng = input_dicts(session), np.random.default_rng(seed)
+    return [probe_feeds(specs, rng=rng) for _ in range(rows)]
 
 
 def _text_feeds(
@@ -89,10 +96,15 @@ def _text_feeds(
     return [dataclasses.asdict(row) for row in rows]
 
 
-def _run(session: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
-    names = {i.name for i in session.get_inputs()}
-    output: np.ndarray = session.run(None, {k: v for k, v in feed.items() if k in names})[0]
-    return output
+def _runner(session: Any, output: str | None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Run `session` (fitting feeds to its graph) and return its `output` (primary)."""
+    index = output_index([o.name for o in session.get_outputs()], output)
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        result: np.ndarray = session.run(None, feed)[index]
+        return result
+
+    return run
 
 
 def _embedding(output: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -137,6 +149,10 @@ def _fidelity(
     feeds: list[dict[str, np.ndarray]],
     labels: list[Any] | None,
 ) -> dict[str, Any]:
+    if any(np.asarray(r).dtype.kind in "iub" for r in ref):
+        # Label ids (or any integers) are compared for equality, never as floats.
+        same = [bool(np.array_equal(r, c)) for r, c in zip(ref, cand, strict=True)]
+        return {"agreement": float(np.mean(same)), "count": len(same), "metric": "exact"}
     if task == "text-embedding":
         r = np.concatenate([_embedding(o, f) for o, f in zip(ref, feeds, strict=True)])
         c = np.concatenate([_embedding(o, f) for o, f in zip(cand, feeds, strict=True)])
@@ -154,7 +170,7 @@ def _tolerance(
     task: str, ref: list[np.ndarray], cand: list[np.ndarray], feeds: list[dict[str, np.ndarray]]
 ) -> dict[str, float]:
     """A per-example bound the candidate met here, with headroom for other CPUs/runtimes."""
-    if task == "text-embedding":
+    if task == "text-embedding" and all(np.asarray(r).dtype.kind == "f" for r in ref):
         cos = [
             float((_embedding(r, f) * _embedding(c, f)).sum())
             for r, c, f in zip(ref, cand, feeds, strict=True)
@@ -195,9 +211,12 @@ def assess(
     dataset: str | None = None,
     dataset_kind: str | None = None,
     threads: int = 1,
+    output: str | None = None,
+    child_output: str | None = None,
 ) -> dict[str, Any]:
     """Fidelity of the ONNX or TFLite `child` to `parent` (ONNX, or a Hugging Face folder run in
-    PyTorch), plus the golden set written to `golden_path`. Returns {"fidelity",
+    PyTorch), plus the golden set written to `golden_path`, both on the primary `output`
+    (`child_output` when a converter renamed it; None: the first output). Returns {"fidelity",
     "golden": {"sha256", "count", "tolerance"}, "inputs", "examples"} and, for
     classifiers, "reference_confidence" ({"edges", "counts", "count"}).
 
@@ -205,19 +224,25 @@ def assess(
         ValueError: no model found, or inputs that do not fit the model.
     """
     child_session = open_session(_onnx_file(Path(child)), threads)
+    run_child = _runner(child_session, child_output or output)
     if _is_hf_dir(Path(parent)):
         spec_session, run_parent = child_session, _torch_runner(Path(parent), task)
     else:
         spec_session = open_session(_onnx_file(Path(parent)), threads)
-        run_parent = lambda feed: _run(spec_session, feed)  # noqa: E731
+        run_parent = _runner(spec_session, output)
     tokenizer = find_tokenizer(child, parent)
-    max_length = getattr(child_session, "fixed_sequence", None) or MAX_SEQ
+    fixed = [getattr(s, "fixed_sequence", None) for s in (child_session, spec_session)]
+    max_length = min([f for f in fixed if f] or [MAX_SEQ])
+    if task in TEXT_TASKS and not any(fixed):
+        max_length = accepted_length(child_session, max_length)
     feeds, labels, source = _inputs(
         spec_session, task, tokenizer, dataset, dataset_kind, min(max_length, MAX_SEQ)
     )
     ref = [run_parent(f) for f in feeds]
-    cand = [_run(child_session, f) for f in feeds]
+    cand = [run_child(f) for f in feeds]
     fidelity = _fidelity(task, ref, cand, feeds, labels)
+    fidelity["output"] = output
+    fidelity.update(sanity(ref, cand, _same_weights(parent, child)))
     golden = min(GOLDEN_SIZE, len(feeds))
     tolerance = _tolerance(task, ref[:golden], cand[:golden], feeds[:golden])
     digest = write_golden(Path(golden_path), feeds[:golden], ref[:golden], task, tolerance)
@@ -234,7 +259,45 @@ def assess(
     return result
 
 
-__all__ = ["assess", "find_tokenizer", "write_golden"]
+__all__ = ["assess", "find_tokenizer", "sanity", "write_golden"]
+
+
+def sanity(ref: list[np.ndarray], cand: list[np.ndarray], same_weights: bool) -> dict[str, Any]:
+    """{"measured": True} when the figure means something, else False and the reason.
+
+    A perfect score from a model whose weights changed says the measured output does
+    not depend on them; an output that is the same for every input cannot tell a good
+    model from a broken one. Either way the figure is "not measured", never ★.
+    """
+    flat_r = [np.asarray(r, dtype=np.float64).reshape(-1) for r in ref]
+    flat_c = [np.asarray(c, dtype=np.float64).reshape(-1) for c in cand]
+    if not all(np.all(np.isfinite(c)) for c in flat_c):
+        return {"measured": False, "reason": "the derived model returns NaN or infinity"}
+    same_shape = len(flat_r) > 1 and all(r.shape == flat_r[0].shape for r in flat_r)
+    if same_shape and all(np.array_equal(r, flat_r[0]) for r in flat_r[1:]):
+        return {
+            "measured": False,
+            "reason": "the parent's output is the same for every input (constant output)",
+        }
+    identical = all(np.array_equal(r, c) for r, c in zip(flat_r, flat_c, strict=True))
+    if identical and not same_weights:
+        return {
+            "measured": False,
+            "reason": "a perfect score although the weights changed: the measured output does "
+            "not depend on them (an echo of the input?); choose another primary output",
+        }
+    return {"measured": True}
+
+
+def _same_weights(parent: str, child: str) -> bool:
+    """True when parent and child hold the same model bytes (a pure re-packaging)."""
+    try:
+        a, b = Path(_onnx_file(Path(parent))), Path(_onnx_file(Path(child)))
+    except ValueError:
+        return False
+    if a.suffix != b.suffix or a.stat().st_size != b.stat().st_size:
+        return False
+    return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
 
 
 def _is_hf_dir(path: Path) -> bool:

@@ -68,10 +68,13 @@ def synthetic_feeds(
     """
     rng = np.random.default_rng(seed)
     low, high = (1000, 2000) if vocab is None or vocab > 2000 else (0, vocab)
+    specs = _input_specs(session)
+    if not any("input_ids" in name for name, _, _ in specs):
+        return _tensor_feeds(session, batch, seed)
     feeds: dict[str, np.ndarray] = {}
-    for name, shape, type_ in _input_specs(session):
+    for name, shape, type_ in specs:
         dims = [
-            batch if i == 0 else sequence if isinstance(d, str) or d is None else int(d)
+            int(d) if isinstance(d, int) and d > 0 else (batch if i == 0 else sequence)
             for i, d in enumerate(shape)
         ]
         if name == "input_ids":
@@ -86,6 +89,23 @@ def synthetic_feeds(
         else:
             dtype = np.float16 if "float16" in type_ else np.float32
             feeds[name] = rng.standard_normal(dims).astype(dtype)
+    return feeds
+
+
+def _tensor_feeds(session: Any, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Non-text models: the inspection probe's inputs (a state keeps its fixed axes, a
+    scalar sample rate is 16 kHz), with `batch` rows on each input's first free axis."""
+    from compression.pipeline.assess import input_dicts
+    from compression.pipeline.outputs import probe_feeds
+
+    specs = input_dicts(session)
+    feeds = probe_feeds(specs, seed)
+    if batch > 1:
+        for spec in specs:
+            free = [i for i, d in enumerate(spec["shape"] or []) if d is None]
+            if free:
+                name = spec["name"]
+                feeds[name] = np.repeat(feeds[name], batch, axis=free[0])
     return feeds
 
 

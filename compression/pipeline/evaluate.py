@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from compression.pipeline.feeds import FittedSession
 from compression.pipeline.textdata import Encoded, encode
 
 __all__ = [
@@ -88,7 +89,13 @@ def _check_pair(reference: np.ndarray, candidate: np.ndarray) -> None:
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Average token vectors over the attention mask: [b, s, d] -> [b, d]."""
+    """Average token vectors over the attention mask: [b, s, d] -> [b, d].
+
+    A graph that pads internally (to 128) or takes a fixed length returns more or
+    fewer positions than the mask has: only the positions both cover count, as on
+    the device."""
+    seq = min(hidden.shape[1], mask.shape[1])
+    hidden, mask = hidden[:, :seq], mask[:, :seq]
     m = mask.astype(np.float32)[..., None]
     summed = (hidden.astype(np.float32) * m).sum(axis=1)
     return summed / np.clip(m.sum(axis=1), 1e-9, None)
@@ -199,19 +206,22 @@ def open_session(model_path: str | Path, threads: int = 1) -> Any:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    # Fixed shapes and 4-D float masks are fed the way the device feeds them.
+    return FittedSession(session)
 
 
-def onnx_outputs(session: Any, encoded: Encoded, batch_size: int = 32) -> list[np.ndarray]:
-    """Run the first output over ``encoded`` in batches; one array per batch."""
-    names = [i.name for i in session.get_inputs()]
+def onnx_outputs(
+    session: Any, encoded: Encoded, batch_size: int = 32, output: int = 0
+) -> list[np.ndarray]:
+    """Run output number ``output`` over ``encoded`` in batches; one array per batch."""
     outs = []
     for start in range(0, encoded.input_ids.shape[0], batch_size):
         sl = slice(start, start + batch_size)
         part = Encoded(
             encoded.input_ids[sl], encoded.attention_mask[sl], encoded.token_type_ids[sl]
         )
-        outs.append(session.run(None, part.feeds(names))[0])
+        outs.append(session.run(None, part.all_feeds())[output])
     return outs
 
 

@@ -186,9 +186,11 @@ def _classify_zip(path: Path) -> str:
             _read_json(zf, f"{prefix}config.json")
             return HF_DIR
     if len(onnx_files) > 1:
+        names = ", ".join(sorted(Path(f).name for f in onnx_files)[:4])
         raise InvalidModelError(
-            f"The zip holds {len(onnx_files)} .onnx files; upload one model per zip "
-            "(the .onnx file and its external data only)."
+            f"The zip holds {len(onnx_files)} .onnx files ({names}); an encoder-decoder pair "
+            "or a pipeline of graphs is several models: upload each graph as its own model, "
+            "one per zip with its external data and tokenizer files."
         )
     raise InvalidModelError(
         "The zip holds no model we can use. It must contain either one .onnx file (with its "

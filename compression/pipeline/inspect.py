@@ -49,12 +49,21 @@ def inspect_model(path: Path, fmt: str) -> Json:
         InvalidModelError: the model is malformed or fmt is unknown.
     """
     if fmt == ONNX:
-        return _inspect_onnx(_onnx_file(path))
+        model_file = _onnx_file(path)
+        return {**_inspect_onnx(model_file), "tokenizer": _beside(path, model_file)}
     if fmt == TFLITE:
-        return _inspect_tflite(path)
+        model_file = _onnx_file(path) if path.is_dir() else path
+        return {**_inspect_tflite(model_file), "tokenizer": _beside(path, model_file)}
     if fmt == HF_DIR:
         return _inspect_hf(find_model_dir(path) if path.is_dir() else path)
     raise InvalidModelError(f"Unknown model format {fmt!r}; expected onnx, tflite or hf-dir.")
+
+
+def _beside(upload: Path, model_file: Path) -> Json:
+    """Tokenizer files shipped with a graph: only a zip (a folder here) can carry them."""
+    if not upload.is_dir():
+        return {"present": False, "type": None, "class": None, "files": []}
+    return tokenizer_info(model_file.parent)
 
 
 def _onnx_file(path: Path) -> Path:
@@ -89,6 +98,53 @@ def _elements(dims: Any) -> int:
     return math.prod(max(int(d), 0) for d in dims)
 
 
+_QUANT_OPS = (
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeLinear",
+    "QLinearMatMul",
+    "QLinearConv",
+    "MatMulNBits",
+    "DequantizeLinear",
+)
+_INT8_TYPES = (3, 2, 22)  # TensorProto INT8, UINT8, INT4
+
+
+def already_quantized(model: Any) -> str:
+    """Why the graph already is int8 ("" when it is not): quantized ops, or int8 weight
+    tensors a Cast turns back into floats (weight-only int8)."""
+    ops = Counter(n.op_type for n in model.graph.node)
+    found = [f"{ops[op]} {op}" for op in _QUANT_OPS if ops.get(op)]
+    if found:
+        return "int8 operators: " + ", ".join(found)
+    weights = [
+        t
+        for t in model.graph.initializer
+        if t.data_type in _INT8_TYPES and len(t.dims) >= 2 and math.prod(t.dims) >= 1024
+    ]
+    if weights and ops.get("Cast"):
+        return f"weight-only int8: {len(weights)} int8 weight tensors dequantized by Cast/Mul"
+    return ""
+
+
+def _graph_parameters(graph: Any) -> int:
+    """Weights in initializers, sparse initializers and Constant nodes, counted inside
+    If/Loop/Scan subgraphs too (stateful exports keep every weight in an If branch;
+    paddle2onnx stores them as Constant nodes). Scalars and shape constants count as 1
+    or a few each, which is noise next to real weights."""
+    total = sum(_elements(t.dims) for t in graph.initializer)
+    total += sum(_elements(s.values.dims) for s in graph.sparse_initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                total += _graph_parameters(attr.g)
+            for sub in attr.graphs:
+                total += _graph_parameters(sub)
+            if node.op_type == "Constant" and attr.name == "value" and attr.HasField("t"):
+                total += _elements(attr.t.dims)
+    return total
+
+
 def _inspect_onnx(path: Path) -> Json:
     import onnx
 
@@ -101,8 +157,7 @@ def _inspect_onnx(path: Path) -> Json:
         ) from exc
     graph = model.graph
     init_names = {t.name for t in graph.initializer}
-    params = sum(_elements(t.dims) for t in graph.initializer)
-    params += sum(_elements(s.values.dims) for s in graph.sparse_initializer)
+    params = _graph_parameters(graph)
     ext_files = [
         {"location": loc, "bytes": (path.parent / loc).stat().st_size}
         for loc in scan.external_locations
@@ -121,6 +176,7 @@ def _inspect_onnx(path: Path) -> Json:
         "ops": dict(Counter(n.op_type for n in graph.node).most_common()),
         "nodes": len(graph.node),
         "external_data": {"files": ext_files, "bytes": sum(f["bytes"] for f in ext_files)},
+        "quantized": already_quantized(model),
     }
 
 
@@ -368,7 +424,8 @@ def _config_value(config: dict[str, Any], *keys: str) -> Any:
     return next((config[k] for k in keys if isinstance(config.get(k), int)), None)
 
 
-def _tokenizer_info(root: Path) -> Json:
+def tokenizer_info(root: Path) -> Json:
+    """Which tokenizer files a folder holds, and the tokenizer's kind."""
     names = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
     files = [f for f in names if (root / f).is_file()]
     kind = None
@@ -420,7 +477,7 @@ def _inspect_hf(root: Path) -> Json:
         "ops": {},
         "tensors": n_tensors,
         "dtypes": sorted(dtypes),
-        "tokenizer": _tokenizer_info(root),
+        "tokenizer": tokenizer_info(root),
         # Class names a classifier's bundle carries by default (fleet publish).
         "labels": _labels_from_config(config),
     }

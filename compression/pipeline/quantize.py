@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from compression.pipeline.inspect import already_quantized
 from compression.pipeline.runner import ProgressFn, RecipeResult, no_progress
 from compression.pipeline.textdata import (
     DatasetError,
@@ -177,6 +178,16 @@ def _finish(
     )
 
 
+def refuse_quantized(model_path: str) -> None:
+    found = already_quantized(onnx.load(model_path, load_external_data=False))
+    if found:
+        raise QuantizeError(
+            f"this model is already quantized ({found}); quantizing it again only adds error. "
+            "Run the recipe on its fp32 original (upload it as a version of this model), "
+            "or publish this version as it is."
+        )
+
+
 def quantize_int8_dynamic(
     model_path: str,
     output_dir: str,
@@ -193,6 +204,7 @@ def quantize_int8_dynamic(
     from onnxruntime.quantization import quantize_dynamic
 
     model_path = str(_check_model(model_path))
+    refuse_quantized(model_path)
     weight_type = _quant_type(params.weight_type)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -291,6 +303,7 @@ def quantize_int8_static(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     model_path = str(_check_model(model_path))
+    refuse_quantized(model_path)
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,

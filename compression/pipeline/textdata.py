@@ -253,6 +253,14 @@ class Encoded:
     def feeds(self, names: list[str]) -> dict[str, np.ndarray]:
         return {n: getattr(self, n) for n in names}
 
+    def all_feeds(self) -> dict[str, np.ndarray]:
+        """All three token inputs; a fitted session picks and shapes what its graph takes."""
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "token_type_ids": self.token_type_ids,
+        }
+
     def row(self, i: int, trim: bool = True) -> Encoded:
         """One example as a batch of 1; ``trim`` drops its padding."""
         n = int(self.attention_mask[i].sum()) if trim else self.input_ids.shape[1]
@@ -300,3 +308,35 @@ def encode(
         mask[i, :n] = e.attention_mask[:n]
         types[i, :n] = e.type_ids[:n]
     return Encoded(ids, mask, types)
+
+
+def preview_dataset(path: str | Path, kind: str, rows: int = 10) -> dict[str, object]:
+    """What a person checks before using a dataset: the first rows, text lengths or
+    tensor shapes, and the label histogram (most common first).
+
+    Raises:
+        DatasetError: the file is not readable as `kind`.
+    """
+    if kind == "tensors-npz":
+        arrays = load_npz(path)
+        return {
+            "tensors": [
+                {"name": k, "shape": list(v.shape), "dtype": str(v.dtype)}
+                for k, v in arrays.items()
+            ]
+        }
+    examples = load_jsonl(path)
+    lengths = sorted(len(e.text) for e in examples)
+    labels: dict[str, int] = {}
+    for example in examples:
+        if example.label is not None:
+            labels[str(example.label)] = labels.get(str(example.label), 0) + 1
+    return {
+        "first": [{"text": e.text[:300], "label": e.label} for e in examples[:rows]],
+        "chars": {
+            "min": lengths[0],
+            "median": lengths[len(lengths) // 2],
+            "max": lengths[-1],
+        },
+        "labels": dict(sorted(labels.items(), key=lambda kv: -kv[1])),
+    }

@@ -142,7 +142,18 @@ def pipeline_spec(
         normalize=bool(p.get("normalize", embedding)),
         labels=tuple(str(label) for label in p.get("labels") or inherited_labels(version)),
         confidence_threshold=None if threshold is None else round(float(threshold), 6),
+        # The primary output (compression inspection or the operator); devices read it.
+        output=_primary_output(version),
     )
+
+
+def _primary_output(version: ModelVersion) -> str | None:
+    """None when the primary output is the first one: the record then stays as before."""
+    primary = version.primary_output
+    outputs = (version.inspection or {}).get("outputs") or []
+    if not primary or (outputs and outputs[0].get("name") == primary):
+        return None
+    return primary
 
 
 def _signable(value: Any, depth: int = 0) -> Any:

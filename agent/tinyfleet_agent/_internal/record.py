@@ -44,6 +44,8 @@ DIRECTOR_ONLY_FIELDS = ("device_id", "wrapped_key")
 RUNTIMES = ("onnxruntime", "litert", "tflite-runtime")
 POOLINGS = ("mean", "cls", "max", "none")
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Exporters name outputs freely ("onnx::Shape_422", "save_infer_model/scale_0.tmp_1").
+_OUTPUT_NAME = re.compile(r"[A-Za-z0-9_:./-][A-Za-z0-9_:./ -]{0,199}")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _RUNTIME_VERSION = re.compile(r"\d{1,6}(\.\d{1,6}){0,3}")
 _ARCH = re.compile(r"[a-z0-9_]{1,32}")
@@ -136,9 +138,13 @@ class PipelineSpec:
     normalize: bool
     labels: tuple[str, ...] = ()
     confidence_threshold: float | None = None
+    # The model output to read (the server's primary output); None: the first one.
+    output: str | None = None
 
     def __post_init__(self) -> None:
         _check_str("pipeline.task", self.task, _TASK)
+        if self.output is not None:
+            _check_str("pipeline.output", self.output, _OUTPUT_NAME)
         if self.tokenizer is not None:
             # A bare file name inside the bundle: never a path.
             _check_str("pipeline.tokenizer", self.tokenizer, _SLUG)
@@ -177,6 +183,8 @@ class PipelineSpec:
             "normalize": self.normalize,
             "labels": list(self.labels),
             "confidence_threshold": None if threshold is None else _format_threshold(threshold),
+            # Only when set: records without it stay byte-identical for older agents.
+            **({"output": self.output} if self.output is not None else {}),
         }
 
     @classmethod
@@ -186,7 +194,9 @@ class PipelineSpec:
         Raises:
             InvalidRecordError: unknown, missing or malformed fields.
         """
-        d = _exact_keys("pipeline", data, set(cls.__dataclass_fields__))
+        fields = set(cls.__dataclass_fields__)
+        optional = {"output"} & set(data) if isinstance(data, Mapping) else set()
+        d = _exact_keys("pipeline", data, fields - {"output"} | optional)
         labels = d["labels"]
         if not isinstance(labels, list):
             raise _fail("pipeline.labels must be a list")
@@ -202,6 +212,7 @@ class PipelineSpec:
             normalize=d["normalize"],
             labels=tuple(labels),
             confidence_threshold=threshold,
+            output=d.get("output"),
         )
 
 

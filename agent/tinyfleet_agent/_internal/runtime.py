@@ -28,7 +28,9 @@ __all__ = [
     "UnsupportedRuntimeError",
     "available_runtimes",
     "check_runtime",
+    "fit_feeds",
     "load_runtime",
+    "onnx_input_specs",
     "restrict_runtimes",
     "version_tuple",
 ]
@@ -232,6 +234,21 @@ def _pad_or_truncate(value: np.ndarray, shape: tuple[int | None, ...], name: str
     return out
 
 
+def fit_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Feeds ordered, cast, padded or cut and masks rebuilt for `specs` (the model's
+    inputs), exactly as the device feeds a model; the server evaluates the same way.
+
+    Raises:
+        ValueError: an input is missing or cannot be fitted.
+    """
+    return _fit_feeds(specs, feeds)
+
+
+def onnx_input_specs(session: Any) -> tuple[TensorSpec, ...]:
+    """The inputs of an onnxruntime session as TensorSpecs."""
+    return tuple(OrtRuntime._spec(i) for i in session.get_inputs())
+
+
 class OrtRuntime:
     """onnxruntime on the CPU provider, sequential, with a pinned thread count."""
 
@@ -262,6 +279,16 @@ class OrtRuntime:
         return TensorSpec(node.name, tuple(_dim(d) for d in node.shape), dtype)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        rows = _rows(feeds)
+        if rows > 1 and self.inputs and all(spec.shape[:1] == (1,) for spec in self.inputs):
+            # A graph exported at batch 1 ([1, 64]): one row at a time, as TFLite does.
+            parts = [
+                self._run_fitted({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(rows)
+            ]
+            return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+        return self._run_fitted(feeds)
+
+    def _run_fitted(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         arrays = _fit_feeds(self.inputs, feeds)
         named = {spec.name: a for spec, a in zip(self.inputs, arrays, strict=True)}
         return list(self._session.run(self._output_names, named))

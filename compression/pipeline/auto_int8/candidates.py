@@ -66,6 +66,8 @@ class AutoInt8Params:
     candidates: tuple[str, ...] = ()  # names from DEFAULT_CANDIDATES; empty = all
     calibration_samples: int = 128
     eval_samples: int = 360
+    # Real texts the choice is checked on, never chosen on (0: no held-out set).
+    heldout_samples: int = 300
     max_length: int = 128
     latency_sequence_length: int = 64
     latency_rounds: int = 15

@@ -21,6 +21,7 @@ from compression.pipeline.auto_int8.candidates import (
 from compression.pipeline.auto_int8.evalset import (
     EvalSet,
     load_sets,
+    lower_bounds,
     measure_fidelity,
     model_outputs,
 )
@@ -30,27 +31,41 @@ from compression.pipeline.quantize import (
     QuantizeError,
     copy_sidecars,
     op_histogram,
+    refuse_quantized,
     resolve_onnx,
 )
+from compression.pipeline.realtext import corpus_digest
 from compression.pipeline.runner import ProgressFn, RecipeResult, no_progress
 
 
 def _select(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Fastest passing candidate; within 3% of its latency the smallest; sizes
-    within 1% of each other count as equal and the better fidelity wins.
+    """Among passing candidates (target met on the selection *and* the held-out set),
+    those whose held-out lower bounds also clear the target come first. Then the
+    fastest; within 3% of its latency the smallest; sizes within 1% of each other
+    count as equal and the better held-out lower bound wins.
 
     Latency ratios on a shared CPU wobble by a few percent, and NN agreement
-    sits close to its bar, so among near-equal candidates fidelity is the
-    tie-breaker that generalises best to unseen inputs.
+    sits close to its bar, so among near-equal candidates the held-out lower bound
+    is the tie-breaker that generalises best to unseen inputs.
     """
     passing = [r for r in rows if r["passed"]]
     if not passing:
         return None
+    confident = [r for r in passing if r.get("heldout_confident")]
+    passing = confident or passing
     fastest = min(r["latency_ratio"] for r in passing)
     close = [r for r in passing if r["latency_ratio"] <= fastest * 1.03]
     smallest = min(r["size_bytes"] for r in close)
     small = [r for r in close if r["size_bytes"] <= smallest * 1.01]
-    return max(small, key=_score)
+    return max(small, key=_heldout_score)
+
+
+def _heldout_score(row: dict[str, Any]) -> tuple[float, float]:
+    bounds = row.get("heldout_lower_bounds") or {}
+    first = bounds.get("nn_agreement_lb", bounds.get("agreement_lb"))
+    if first is None:
+        return (_score(row), 0.0)
+    return (float(first), float(bounds.get("cosine_mean_lb", 0.0)))
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -63,6 +78,14 @@ def _describe(row: dict[str, Any]) -> str:
         )
     else:
         parts.append(", ".join(f"{k} {v:.4g}" for k, v in fid.items() if isinstance(v, float)))
+    held = row.get("heldout") or {}
+    if "cosine_mean" in held:
+        bounds = row.get("heldout_lower_bounds") or {}
+        parts.append(
+            f"held-out cosine {held['cosine_mean']:.5f} NN {held['nn_agreement']:.3f} "
+            f"(lower bounds {bounds.get('cosine_mean_lb', 0):.5f} / "
+            f"{bounds.get('nn_agreement_lb', 0):.3f})"
+        )
     parts.append(f"latency {row['latency_ratio']:.3f}x")
     parts.append("PASS" if row["passed"] else "fail")
     return "; ".join(parts)
@@ -84,6 +107,7 @@ def quantize_int8_auto(
     tokenizer_path: str | None = None,
     calibration_path: str | None = None,
     eval_path: str | None = None,
+    output: str | None = None,
 ) -> RecipeResult:
     """Build int8 candidates, measure them, return the best one meeting the target.
 
@@ -96,8 +120,9 @@ def quantize_int8_auto(
     candidates = _candidates(params.candidates)
     logs: list[str] = []
     model = onnx.load(model_path)
-    calib, data = load_sets(
-        model_path, model, params, tokenizer_path, calibration_path, eval_path, logs
+    refuse_quantized(model_path)
+    calib, data, heldout = load_sets(
+        model_path, model, params, tokenizer_path, calibration_path, eval_path, logs, output
     )
     progress(0.05, "calibrate", f"activation statistics on {len(calib)} samples")
     absmax, sensitivity = activation_absmax(model, calib)
@@ -106,25 +131,31 @@ def quantize_int8_auto(
         "most sensitive MatMuls: " + ", ".join(f"{k} ({sensitivity[k]:.2e})" for k in ranked[:6])
     )
     data.reference = model_outputs(model_path, data)
+    if heldout is not None:
+        heldout.reference = model_outputs(model_path, heldout)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parent_size = Path(model_path).stat().st_size
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        sets = (data, heldout)
         rows = _measure_all(
-            candidates, model, absmax, sensitivity, data, params, Path(tmp), logs, progress
+            candidates, model, absmax, sensitivity, sets, params, Path(tmp), logs, progress
         )
         progress(0.9, "latency", "interleaved latency vs the parent")
         _add_latency(model_path, rows, params)
         for row in rows:
             row["size_ratio"] = row["size_bytes"] / parent_size
             size_ok = params.size_ratio_max is None or row["size_ratio"] <= params.size_ratio_max
-            row["passed"] = row["fidelity_ok"] and size_ok
+            row["passed"] = row["fidelity_ok"] and row.get("heldout_ok", True) and size_ok
             logs.append(_describe(row))
         chosen = _select(rows)
         summary = [{k: v for k, v in r.items() if k != "path"} for r in rows]
         if chosen is None and params.require_target:
+            best_row = max(rows, key=_score)
             raise FidelityTargetError(
-                "no int8 candidate met the fidelity target:\n"
+                f"No int8 candidate met the fidelity target (best: {_describe(best_row)}); "
+                "keep the fp32 model, give an evaluation dataset of your own inputs, or set "
+                "require_target to false to keep the best candidate anyway.\n"
                 + "\n".join(_describe(r) for r in rows),
                 summary,
             )
@@ -145,6 +176,10 @@ def quantize_int8_auto(
             "target_met": chosen is not None,
             "task": data.task,
             "fidelity": best["fidelity"],
+            "fidelity_selection": best["fidelity"],
+            "fidelity_heldout": best.get("heldout"),
+            "heldout_lower_bounds": best.get("heldout_lower_bounds"),
+            "evaluation_texts": _text_summary(data, heldout),
             "size_bytes": best["size_bytes"],
             "size_ratio": best["size_ratio"],
             "latency_ratio": best["latency_ratio"],
@@ -168,12 +203,13 @@ def _measure_all(
     model: onnx.ModelProto,
     absmax: dict[str, np.ndarray],
     sensitivity: dict[str, float],
-    data: EvalSet,
+    sets: tuple[EvalSet, EvalSet | None],
     params: AutoInt8Params,
     tmp: Path,
     logs: list[str],
     progress: ProgressFn,
 ) -> list[dict[str, Any]]:
+    data, heldout = sets
     rows = []
     for i, cand in enumerate(candidates):
         progress(0.1 + 0.8 * i / len(candidates), f"candidate:{cand.name}", "quantize and evaluate")
@@ -185,18 +221,42 @@ def _measure_all(
             logs.append(f"{cand.name}: skipped ({type(exc).__name__}: {exc})")
             continue
         fidelity, ok = measure_fidelity(data, model_outputs(path, data), params)
-        rows.append(
-            {
-                "name": cand.name,
-                "path": str(path),
-                "size_bytes": path.stat().st_size,
-                "fidelity": fidelity,
-                "fidelity_ok": ok,
-            }
-        )
+        row: dict[str, Any] = {
+            "name": cand.name,
+            "path": str(path),
+            "size_bytes": path.stat().st_size,
+            "fidelity": fidelity,
+            "fidelity_ok": ok,
+        }
+        if heldout is not None:
+            held, held_ok = measure_fidelity(heldout, model_outputs(path, heldout), params)
+            bounds = lower_bounds(held)
+            row.update(heldout=held, heldout_ok=held_ok, heldout_lower_bounds=bounds)
+            row["heldout_confident"] = _clears(bounds, params)
+        rows.append(row)
     if not rows:
         raise QuantizeError("every candidate failed to build; see the log")
     return rows
+
+
+def _clears(bounds: dict[str, float], params: AutoInt8Params) -> bool:
+    """The held-out lower bounds themselves meet the target."""
+    if "cosine_mean_lb" in bounds:
+        return (
+            bounds["cosine_mean_lb"] >= params.cosine_mean_min
+            and bounds.get("nn_agreement_lb", 0.0) >= params.nn_agreement_min
+        )
+    return bounds.get("agreement_lb", 0.0) >= params.agreement_min
+
+
+def _text_summary(data: EvalSet, heldout: EvalSet | None) -> dict[str, Any]:
+    summary: dict[str, Any] = {"selection": len(data.feeds)}
+    if data.texts:
+        summary["selection_digest"] = corpus_digest(data.texts)
+    if heldout is not None and heldout.texts:
+        summary["heldout"] = len(heldout.feeds)
+        summary["heldout_digest"] = corpus_digest(heldout.texts)
+    return summary
 
 
 def _add_latency(model_path: str, rows: list[dict[str, Any]], params: AutoInt8Params) -> None:

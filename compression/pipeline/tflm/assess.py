@@ -49,8 +49,11 @@ def assess_tflm(
     dataset: str | None = None,
     dataset_kind: str | None = None,
     threads: int = 1,
+    output: str | None = None,
+    child_output: str | None = None,
 ) -> dict[str, Any]:
     """Same contract as ``assess.assess``: {"fidelity", "golden", "inputs", "examples"}.
+    The TFLM graph has one output, so `output` and `child_output` need no choosing.
 
     Raises:
         ValueError: unsupported task, missing model or tokenizer, tensor datasets.
