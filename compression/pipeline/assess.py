@@ -27,7 +27,7 @@ from compression.pipeline.evaluate import (
     tensor_fidelity,
 )
 from compression.pipeline.feeds import accepted_length
-from compression.pipeline.outputs import output_index, probe_feeds
+from compression.pipeline.outputs import input_dicts, output_index, probe_feeds
 from compression.pipeline.textdata import default_sentences, encode, load_jsonl, load_npz
 
 TEXT_TASKS = ("text-embedding", "text-classification", "token-classification")
@@ -55,30 +55,6 @@ def _onnx_file(path: Path) -> Path:
     if not found:
         raise ValueError(f"no .onnx or .tflite model in {path}")
     return found[0]
-
-
-_ORT_DTYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
-
-
-def input_dicts(session: Any) -> list[dict[str, Any]]:
-    """{"name", "dtype", "shape"} of a session's inputs (as the inspection lists them)."""
-    return [
-        {
-            "name": spec.name,
-            "dtype": _ORT_DTYPES.get(spec.type, "float32"),
-            "shape": [d if isinstance(d, int) and d > 0 else None for d in spec.shape],
-        }
-        for spec in session.get_inputs()
-    ]
 
 
 def _synthetic_feeds(session: Any, rows: int, seed: int = 7) -> list[dict[str, np.ndarray]]:

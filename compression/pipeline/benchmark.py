@@ -95,8 +95,7 @@ def synthetic_feeds(
 def _tensor_feeds(session: Any, batch: int, seed: int) -> dict[str, np.ndarray]:
     """Non-text models: the inspection probe's inputs (a state keeps its fixed axes, a
     scalar sample rate is 16 kHz), with `batch` rows on each input's first free axis."""
-    from compression.pipeline.assess import input_dicts
-    from compression.pipeline.outputs import probe_feeds
+    from compression.pipeline.outputs import input_dicts, probe_feeds
 
     specs = input_dicts(session)
     feeds = probe_feeds(specs, seed)

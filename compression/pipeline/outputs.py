@@ -279,3 +279,27 @@ def output_index(names: Sequence[str], primary: str | None) -> int:
         if name.endswith(primary) or primary.endswith(name):
             return i
     raise ValueError(f"output {primary!r} is not among the model's outputs {list(names)}")
+
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def input_dicts(session: Any) -> list[dict[str, Any]]:
+    """{"name", "dtype", "shape"} of a session's inputs (as the inspection lists them)."""
+    return [
+        {
+            "name": spec.name,
+            "dtype": _ORT_DTYPES.get(spec.type, "float32"),
+            "shape": [d if isinstance(d, int) and d > 0 else None for d in spec.shape],
+        }
+        for spec in session.get_inputs()
+    ]
