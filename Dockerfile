@@ -9,5 +9,5 @@ COPY fleet ./fleet
 COPY templates ./templates
 COPY static ./static
 COPY manage.py ./
-RUN pip install --no-cache-dir -e '.[server,compress]' -e './agent[onnx,text]'
+RUN pip install --no-cache-dir -e '.[server,compress]' -e './agent[onnx,text,fast]'
 EXPOSE 8000

@@ -16,7 +16,7 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml agent/pyproject.toml
-	$(PIP) install --quiet -e '.[server,compress]' -e './agent[onnx,text,mqtt]'
+	$(PIP) install --quiet -e '.[server,compress]' -e './agent[onnx,text,mqtt,fast]'
 	@touch $@
 
 # Everything the test suite needs: dev tools, the torch export stack (CPU build, pinned)
