@@ -224,6 +224,11 @@ def _confidence_drift(
 
 def step(rollout: Rollout) -> str:
     """Evaluate one running rollout and act: promote, wait, pause or roll back."""
+    from fleet.rollup_fold import fold_pending
+
+    # Gates read rollups: with deferred folding (the default), fold what devices reported
+    # first, outside the rollout's transaction so no partition lock waits on its decision.
+    fold_pending()
     with transaction.atomic():
         rollout = Rollout.objects.select_for_update().get(pk=rollout.pk)
         if rollout.status != RolloutStatus.RUNNING:

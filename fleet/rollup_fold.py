@@ -8,17 +8,24 @@ request path, a chunk of batches per transaction.
 
 Exactness: a batch is counted once because marking it folded happens in the same
 transaction as adding it; replays are still refused at ingest by the unique batch id.
-One fold runs at a time (a PostgreSQL advisory lock; SQLite runs one writer anyway), so
-folds never wait on each other's row locks, and a rollup rebuild takes the same lock.
+
+Parallel folds: pending batches are partitioned by device like the hourly rollup rows
+(`shard_of`, HOURLY_SHARDS partitions), and each partition has its own PostgreSQL
+advisory lock. A partition is folded by one folder at a time, so folds never wait on
+each other's row locks, and folders on different partitions write disjoint rows: N
+Celery workers fold up to N partitions at once. A rollup rebuild takes every partition's
+lock. SQLite runs one writer anyway: one partition there.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from django.db import connection, transaction
 
+from fleet import rollups
 from fleet.models import TelemetryBatch
 from fleet.rollups import (
     add_device_day,
@@ -32,22 +39,38 @@ from fleet.telemetry import TelemetryError
 
 log = logging.getLogger(__name__)
 FOLD_CHUNK = 500
-# Any constant shared by the fold and the rebuild: pg_advisory_xact_lock's key.
+# Any constant shared by the fold and the rebuild: pg_advisory_xact_lock's key for
+# partition p is _FOLD_LOCK_KEY + p.
 _FOLD_LOCK_KEY = 0x7F1EE7F01D
 
 
-def take_fold_lock(wait: bool) -> bool:
-    """Serialise with other folds and rebuilds until the transaction ends. Returns False
-    (without waiting) when `wait` is False and another holds it."""
+def partition_count() -> int:
+    """Folds are partitioned like the hourly rows: partition p holds the devices of shard
+    p (`shard_of`), so two partitions never touch the same device-day or hourly row and
+    fold in parallel without waiting on each other's row locks."""
+    shards = rollups.HOURLY_SHARDS
+    if not 0 < shards <= 256 or shards & (shards - 1):
+        raise ValueError("HOURLY_SHARDS must be a power of two up to 256")
+    return shards if connection.vendor == "postgresql" else 1
+
+
+def take_fold_lock(wait: bool, partition: int | None = None) -> bool:
+    """Serialise with other folds of `partition` (None: every partition, for a rebuild)
+    until the transaction ends. Returns False (without waiting) when `wait` is False and
+    another holds a lock asked for."""
     if connection.vendor != "postgresql":
         return True
+    wanted = range(partition_count()) if partition is None else [partition]
     with connection.cursor() as cursor:
-        if wait:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_FOLD_LOCK_KEY])
-            return True
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_FOLD_LOCK_KEY])
-        row = cursor.fetchone()
-        return bool(row and row[0])
+        for p in wanted:  # ascending: two rebuilds cannot deadlock
+            if wait:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_FOLD_LOCK_KEY + p])
+                continue
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_FOLD_LOCK_KEY + p])
+            row = cursor.fetchone()
+            if not (row and row[0]):
+                return False
+    return True
 
 
 def pending_count() -> int:
@@ -55,36 +78,60 @@ def pending_count() -> int:
 
 
 def fold_pending(max_batches: int = 20_000) -> dict[str, int]:
-    """Fold up to `max_batches` pending batches, oldest first, a chunk per transaction.
+    """Fold up to `max_batches` pending batches, a chunk per transaction, partition by
+    partition starting at a random one (so concurrent folders spread out); partitions
+    another folder holds are left to it.
 
-    Returns {"folded": n, "skipped": m, "busy": 1 if another fold held the lock}.
+    Returns {"folded": n, "skipped": m, "busy": partitions another fold held}.
     """
     result = {"folded": 0, "skipped": 0, "busy": 0}
-    while result["folded"] + result["skipped"] < max_batches:
-        limit = min(FOLD_CHUNK, max_batches - result["folded"] - result["skipped"])
-        chunk = _fold_chunk(limit)
-        if chunk is None:
-            result["busy"] = 1
-            break
-        folded, skipped = chunk
-        result["folded"] += folded
-        result["skipped"] += skipped
-        if folded + skipped < limit:
-            break
+    count = partition_count()
+    start = random.randrange(count)  # spreading concurrent folders, not security
+    todo = [(start + i) % count for i in range(count)]
+    while todo and result["folded"] + result["skipped"] < max_batches:
+        for partition in list(todo):
+            limit = min(FOLD_CHUNK, max_batches - result["folded"] - result["skipped"])
+            if limit <= 0:
+                break
+            chunk = _fold_chunk(limit, partition, count)
+            if chunk is None:
+                result["busy"] += 1
+                todo.remove(partition)
+                continue
+            folded, skipped = chunk
+            result["folded"] += folded
+            result["skipped"] += skipped
+            if folded + skipped < limit:
+                todo.remove(partition)  # drained
     return result
 
 
-def _fold_chunk(limit: int) -> tuple[int, int] | None:
+def _partition_ids(limit: int, partition: int, count: int) -> list[int]:
+    """Oldest pending batch ids of the devices in `partition`."""
+    pending = TelemetryBatch.objects.filter(folded=False).order_by("id")
+    if count == 1:
+        return list(pending.values_list("pk", flat=True)[:limit])
+    # shard_of(device) = UUID.int % count: the low bits of the UUID's last byte.
+    table = TelemetryBatch._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {table} WHERE folded = false "  # noqa: S608
+            "AND get_byte(uuid_send(device_id), 15) %% %s = %s ORDER BY id LIMIT %s",
+            [count, partition, limit],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _fold_chunk(limit: int, partition: int, count: int) -> tuple[int, int] | None:
     with transaction.atomic():
-        if not take_fold_lock(wait=False):
+        if not take_fold_lock(wait=False, partition=partition if count > 1 else None):
             return None
+        ids = _partition_ids(limit, partition, count)
         rows = list(
-            TelemetryBatch.objects.filter(folded=False)
-            .select_related("device")
-            .order_by("id")[:limit]
+            TelemetryBatch.objects.filter(pk__in=ids).select_related("device").order_by("id")
         )
         skipped = _fold_rows(rows)
-        TelemetryBatch.objects.filter(pk__in=[b.pk for b in rows]).update(folded=True)
+        TelemetryBatch.objects.filter(pk__in=ids).update(folded=True)
     return len(rows) - skipped, skipped
 
 

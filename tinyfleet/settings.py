@@ -111,6 +111,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file-backed test database lets the real Celery worker process see test data.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+# The device fast paths run their few statements as prepared statements (fleet/fastsql.py);
+# turn off behind PgBouncer < 1.21 in transaction mode.
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -292,10 +295,11 @@ TELEMETRY_RAW_RETENTION_DAYS = env_int("TINYFLEET_TELEMETRY_RAW_RETENTION_DAYS",
 TELEMETRY_ROLLUP_RETENTION_DAYS = env_int(
     "TINYFLEET_TELEMETRY_ROLLUP_RETENTION_DAYS", 400, minimum=TELEMETRY_RAW_RETENTION_DAYS
 )
-# "ingest" adds each batch to the rollups inside its request; "deferred" stores it raw
-# and a Celery task folds pending batches in bulk every few seconds (cheaper requests
-# for large fleets; dashboards and gates lag by up to the fold interval).
-TELEMETRY_FOLD = env_str("TINYFLEET_TELEMETRY_FOLD", "ingest")
+# "deferred" (default) stores each batch raw and a Celery task folds pending batches in
+# bulk every few seconds, partitioned so several workers fold at once (cheap requests;
+# dashboards and gates lag by up to the fold interval). "ingest" adds each batch to the
+# rollups inside its request.
+TELEMETRY_FOLD = env_str("TINYFLEET_TELEMETRY_FOLD", "deferred")
 if TELEMETRY_FOLD not in ("ingest", "deferred"):
     raise ImproperlyConfigured(
         f"TINYFLEET_TELEMETRY_FOLD must be 'ingest' or 'deferred', not {TELEMETRY_FOLD!r}"

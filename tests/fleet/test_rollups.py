@@ -30,6 +30,14 @@ from tests.fleet.test_publish import TestDevice, make_device
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture(autouse=True)
+def _ingest_mode(settings: Any) -> None:
+    # These tests check the rollups right after each request: `ingest` mode (the default
+    # `deferred` mode is covered by test_rollup_fold.py and test_device_fastpaths.py).
+    settings.TELEMETRY_FOLD = "ingest"
+
+
 BUNDLE = "b-rollup-test"
 LAT, TOK, CONF = len(LATENCY_EDGES_MS) + 1, len(BUCKETS["input_tokens"]) + 1, 21
 
