@@ -24,7 +24,8 @@ def evaluate_rollouts() -> dict[int, str]:
 def nudge() -> None:
     """Ask for an evaluation soon after a device reported; never fails the report.
 
-    Debounced per process, and sent without retries: with the broker down, devices are
+    Debounced per process and across processes (fleet/shared_state.py), and sent without
+    retries: with the broker down, devices are
     still answered and beat catches up later.
     """
     global _last_nudge
@@ -33,6 +34,12 @@ def nudge() -> None:
         if now - _last_nudge < _NUDGE_INTERVAL:
             return
         _last_nudge = now
+    from fleet import shared_state
+
+    # One nudge per interval for the whole deployment (every process on every node),
+    # not one per process: each is a full evaluation on a worker.
+    if not shared_state.first_in("nudge", _NUDGE_INTERVAL):
+        return
     try:
         evaluate_rollouts.apply_async(retry=False)
     except Exception as exc:  # broker down: beat will evaluate later

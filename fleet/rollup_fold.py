@@ -79,30 +79,34 @@ def pending_count() -> int:
 
 def fold_pending(max_batches: int = 20_000) -> dict[str, int]:
     """Fold up to `max_batches` pending batches, a chunk per transaction, partition by
-    partition starting at a random one (so concurrent folders spread out); partitions
-    another folder holds are left to it.
+    partition (round robin, from a random start so concurrent folders spread out). A
+    partition another folder holds is retried on the next pass; the fold ends when its
+    partitions are drained or every one left is held by another folder.
 
-    Returns {"folded": n, "skipped": m, "busy": partitions another fold held}.
+    Returns {"folded": n, "skipped": m, "busy": partitions left to other folders}.
     """
     result = {"folded": 0, "skipped": 0, "busy": 0}
     count = partition_count()
     start = random.randrange(count)  # spreading concurrent folders, not security
     todo = [(start + i) % count for i in range(count)]
     while todo and result["folded"] + result["skipped"] < max_batches:
+        progressed = False
         for partition in list(todo):
             limit = min(FOLD_CHUNK, max_batches - result["folded"] - result["skipped"])
             if limit <= 0:
                 break
             chunk = _fold_chunk(limit, partition, count)
             if chunk is None:
-                result["busy"] += 1
-                todo.remove(partition)
-                continue
+                continue  # another folder is in this partition: retry on the next pass
+            progressed = True
             folded, skipped = chunk
             result["folded"] += folded
             result["skipped"] += skipped
             if folded + skipped < limit:
                 todo.remove(partition)  # drained
+        if not progressed:
+            result["busy"] = len(todo)
+            break
     return result
 
 

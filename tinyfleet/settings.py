@@ -173,6 +173,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
 # --- Celery -------------------------------------------------------------------------
 BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+# Counters and single-flight keys every process shares (fleet/shared_state.py); default:
+# the broker's Redis when the broker is Redis, else this process's memory (one node).
+TINYFLEET_REDIS_URL = env_str("TINYFLEET_REDIS_URL", "")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
