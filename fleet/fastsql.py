@@ -15,6 +15,7 @@ transaction mode does not keep prepared statements across server connections).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
@@ -27,9 +28,18 @@ def _prepared_cursor() -> Any:
     class PreparedCursor(psycopg.Cursor[Any]):
         """Server-side binding, prepared on the first execution."""
 
+        log_sql = False
+
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
             kwargs.setdefault("prepare", True)
-            return super().execute(query, params, **kwargs)
+            result = super().execute(query, params, **kwargs)
+            if self.log_sql:
+                # A server-side-bound cursor keeps no SQL text, which Django's query log
+                # (DEBUG, assertNumQueries, CaptureQueriesContext) reads from `_query`:
+                # give it the composed statement. Only when queries are being logged.
+                text = psycopg.ClientCursor(self.connection).mogrify(query, params)
+                self._query = SimpleNamespace(query=text.encode())
+            return result
 
     return PreparedCursor
 
@@ -49,8 +59,10 @@ def _cursor() -> Any:
         # Django sets None, which also disables explicit `prepare=True`. A threshold no
         # statement reaches keeps everything else unprepared, as Django wants.
         raw.prepare_threshold = 1 << 30
+    cursor = _cursor_class(raw)
+    cursor.log_sql = connection.queries_logged
     # Django's own wrapper (error translation, query logging) around a prepared cursor.
-    return connection._prepare_cursor(_cursor_class(raw))
+    return connection._prepare_cursor(cursor)
 
 
 def fetchone(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:

@@ -27,11 +27,12 @@ from django.db import connection, transaction
 
 from fleet import rollups
 from fleet.models import TelemetryBatch
+from fleet.models.rollups import DeviceDay
 from fleet.rollups import (
-    add_device_day,
     add_hourly,
+    add_to_row,
     contributions,
-    group_ids_for,
+    group_ids_for_many,
     rollup_hour,
     shard_of,
 )
@@ -139,15 +140,46 @@ def _fold_chunk(limit: int, partition: int, count: int) -> tuple[int, int] | Non
     return len(rows) - skipped, skipped
 
 
+class _DayRows:
+    """A chunk's device-day rows: each locked and read once, updated in memory batch by
+    batch (in order, so `first_in_hour` is what one batch at a time would see), and
+    written once. A device usually has several batches in a chunk."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[Any, str, Any], DeviceDay] = {}
+
+    def add(self, device: Any, hour: Any, parts: list[Any]) -> dict[str, bool]:
+        day, bit = hour.date(), 1 << hour.hour
+        first_in_hour: dict[str, bool] = {}
+        for part in parts:
+            key = (device.pk, part.bundle, day)
+            row = self.rows.get(key)
+            if row is None:
+                row, _ = DeviceDay.objects.select_for_update().get_or_create(
+                    device=device, bundle=part.bundle, day=day
+                )
+                self.rows[key] = row
+            first_in_hour[part.bundle] = not row.hours_mask & bit
+            row.hours_mask |= bit
+            add_to_row(row, part)
+        return first_in_hour
+
+    def save(self) -> None:
+        for row in self.rows.values():
+            row.save()
+
+
 def _fold_rows(rows: list[TelemetryBatch]) -> int:
     """Add a chunk to the rollups; returns how many batches no longer validate.
 
-    Device-day rows are updated per batch; the hourly rows, which many devices share, are
-    updated once per chunk for each (hour, shard, groups) the chunk touches. Rows of one
-    (hour, shard) reached from different group sets are written before the next set
-    reads them, so every addition lands.
+    Device-day rows are locked in the order the chunk reaches them and written once per
+    chunk; the hourly rows, which many devices share, are updated once per chunk for
+    each (hour, shard, groups) the chunk touches. Rows of one (hour, shard) reached from
+    different group sets are written before the next set reads them, so every addition
+    lands.
     """
-    groups: dict[Any, list[int]] = {}
+    groups = group_ids_for_many(list({batch.device_id: batch.device for batch in rows}.values()))
+    days = _DayRows()
     hourly: dict[tuple[Any, int, tuple[int, ...]], list[Any]] = {}
     skipped = 0
     for batch in rows:
@@ -158,12 +190,11 @@ def _fold_rows(rows: list[TelemetryBatch]) -> int:
             log.warning("telemetry batch %s no longer validates: %s", batch.batch_id, exc)
             skipped += 1
             continue
-        if batch.device_id not in groups:
-            groups[batch.device_id] = group_ids_for(batch.device)
         hour = rollup_hour(batch.period_end, batch.received_at)
-        first_in_hour = add_device_day(batch.device, hour, parts)
+        first_in_hour = days.add(batch.device, hour, parts)
         key = (hour, shard_of(batch.device), tuple(groups[batch.device_id]))
         hourly.setdefault(key, []).append((parts, first_in_hour))
+    days.save()
     for (hour, shard, group_ids), entries in sorted(hourly.items(), key=lambda kv: kv[0]):
         add_hourly(hour, shard, list(group_ids), entries)
     return skipped

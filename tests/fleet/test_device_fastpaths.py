@@ -222,3 +222,15 @@ def test_the_middleware_fast_path_stores_telemetry_too(deferred: None) -> None:
     assert again.status_code == 200 and again.json() == {"duplicate": True}
     batch = TelemetryBatch.objects.get()
     assert batch.batch_id == uuid.UUID(json.loads(body)["batch_id"]) and not batch.folded
+
+
+def test_the_query_log_shows_the_prepared_statements_sql() -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    device = make_device()
+    app = DeviceFastPathApp(Inner())
+    etag = _call(app, "GET", STATE, device.credential)[1]["ETag"]
+    with CaptureQueriesContext(connection) as captured:
+        assert _call(app, "GET", STATE, device.credential, etag=etag)[0] == 304
+    assert len(captured.captured_queries) == 1
+    assert "credential_digest" in captured.captured_queries[0]["sql"]
