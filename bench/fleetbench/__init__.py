@@ -38,6 +38,14 @@ Phases (medians and rates over a timed window after a warm-up):
     `gates.evaluate` over the telemetry ingested in phase 2.
 6.  a small in-process profile of the 304 path (django.test.Client + cProfile).
 Then phases 1a and 2 again with 4 gunicorn workers (skip with --no-four-workers).
+0a/0b. the same poll and telemetry load against gunicorn serving a WSGI app with no
+    Django and no database (fleetbench/floor_app.py): the floor under 1a and 2.
+Fold scaling: equal backlogs of pending batches folded by 1 and by --fold-workers
+    separate processes (1, N, 1, N), rate and CPU per batch (fleetbench/fold.py).
+
+Modules: devices (simulated update loops), loadgen (load generator children), server
+(gunicorn, CPU and RSS meters), setup, load (request phases), phases (convergence, gates,
+profile), fold, report, main. `TINYFLEET_BENCH_DB` names the bench's database.
 
 CPU accounting per phase: gunicorn workers and PostgreSQL backends of the bench database
 (utime+stime from /proc), the load generators (getrusage), and the whole machine

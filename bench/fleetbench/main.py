@@ -16,16 +16,9 @@ from typing import Any
 
 from .common import DB_NAME, PG_ADMIN, REPORT
 from .fold import fold_scaling
+from .load import duplicate_race, run_load, stale_last_seen
 from .loadgen import telemetry_template
-from .phases import (
-    converge,
-    duplicate_race,
-    fold_timing,
-    gate_timing,
-    profile_state,
-    run_load,
-    stale_last_seen,
-)
+from .phases import converge, fold_timing, gate_timing, profile_state
 from .report import keep_analysis, machine_info, render
 from .server import CpuMeter, RssSampler, Server, loadavg
 from .setup import build_version, bulk_devices, device_creds, fetch_etags, http_enroll, setup_django
@@ -196,6 +189,31 @@ def main() -> int:
 
         print("request phases, 2 workers", flush=True)
         load_phases(True)
+        print("gunicorn floor (no Django, no database), 2 workers", flush=True)
+        floor = Server(
+            data_dir=work / "data",
+            log=work / "floor.log",
+            extra_env=env,
+            app="bench.fleetbench.floor_app:application",
+        )
+        floor.start(2)
+        try:
+            etags = fetch_etags(server, creds)
+            for name, mode in (("0a-floor-304", "poll"), ("0b-floor-telemetry", "telemetry")):
+                ctx["loads"].append(
+                    run_load(
+                        name,
+                        floor,
+                        CpuMeter(floor),
+                        PhaseLabel(),  # type: ignore[arg-type]
+                        etags,
+                        mode,
+                        template=template,
+                        **common,
+                    )
+                )
+        finally:
+            floor.stop()
         ctx["dup_race"] = duplicate_race(server.port, creds[-1], template)
         print(f"duplicate telemetry race: {ctx['dup_race']}", flush=True)
         ctx["fold"] = fold_timing() if args.telemetry_fold == "deferred" else None
@@ -298,3 +316,9 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class PhaseLabel:
+    """Stands in for the RSS sampler where only the phase label is set."""
+
+    phase = "idle"

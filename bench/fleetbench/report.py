@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .common import ANALYSIS_END, ANALYSIS_START, PG_ADMIN
-from .phases import Convergence, LoadResult
+from .load import LoadResult
+from .phases import Convergence
 
 POLL_CPU_TARGET_MS, TELEMETRY_CPU_TARGET_MS, FOLD_SPEEDUP_TARGET = 0.3, 1.0, 1.8
 
@@ -130,14 +131,21 @@ def render(ctx: dict[str, Any]) -> str:
         if t
         else "",
     ]
+    floors = {"1a-304-keepalive": "0a-floor-304", "2-telemetry": "0b-floor-telemetry"}
     for r, target in ((a, POLL_CPU_TARGET_MS), (t, TELEMETRY_CPU_TARGET_MS)):
         if r is None:
             continue
         cpu = r.web_ms + r.pg_ms
+        floor = first.get((floors[r.name], 2))
+        floor_text = (
+            f"; gunicorn alone (no Django, no database, same load): {floor.web_ms:.2f} ms"
+            if floor
+            else ""
+        )
         lines.append(
             f"| server CPU per request, {r.name} (web + PostgreSQL) | **{cpu:.2f} ms** "
-            f"({r.web_ms:.2f} + {r.pg_ms:.2f}) {'pass' if cpu <= target else '**FAIL**'} "
-            f"| <= {target} ms |"
+            f"({r.web_ms:.2f} + {r.pg_ms:.2f}) {'pass' if cpu <= target else '**FAIL**'}"
+            f"{floor_text} | <= {target} ms |"
         )
     fold = ctx.get("fold")
     if fold:

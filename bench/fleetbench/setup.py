@@ -17,7 +17,7 @@ from typing import Any
 from tinyfleet_agent._internal.runtime import available_runtimes
 
 from .common import API
-from .phases import _pct
+from .load import _pct
 from .server import Server
 
 
