@@ -21,7 +21,7 @@ from typing import Any
 
 from . import ROOT
 from .common import DB_NAME
-from .server import _stat_cpu
+from .server import _machine_cpu, _stat_cpu
 
 # A folding process: connect, say "ready", wait for the go file, fold everything,
 # print the result, wait for the quit file (so its PostgreSQL backend is still there
@@ -91,12 +91,14 @@ def run_folders(procs: int, env: dict[str, str]) -> dict[str, Any]:
             assert child.stdout is not None
             backends.append(json.loads(child.stdout.readline())["backend"])
         pg0 = {b: _stat_cpu(b) or 0.0 for b in backends}
+        busy0, t0 = _machine_cpu()[0], time.time()
         go.touch()
         results = []
         for child in children:
             assert child.stdout is not None
             results.append(json.loads(child.stdout.readline()))
         pg1 = {b: _stat_cpu(b) or 0.0 for b in backends}
+        busy = (_machine_cpu()[0] - busy0) / os.sysconf("SC_CLK_TCK") / (time.time() - t0)
         quit_.touch()
     finally:
         quit_.touch()
@@ -119,6 +121,7 @@ def run_folders(procs: int, env: dict[str, str]) -> dict[str, Any]:
         "python_ms_per_batch": round(1000 * python_cpu / max(folded, 1), 2),
         "pg_ms_per_batch": round(1000 * pg_cpu / max(folded, 1), 2),
         "per_proc": [r["folded"] for r in results],
+        "machine_busy_cores": round(busy, 2),
     }
 
 

@@ -390,14 +390,14 @@ def fold_scaling_lines(scaling: dict[str, Any] | None) -> list[str]:
         "PostgreSQL backends'.",
         "",
         "| processes | batches folded | wall | rate | per process | Python CPU/batch "
-        "| PostgreSQL CPU/batch |",
-        "|---|---|---|---|---|---|---|",
+        "| PostgreSQL CPU/batch | machine busy (of 2 cores, all jobs) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in scaling["runs"]:
         lines.append(
             f"| {run['procs']} | {run['folded']:,} | {run['seconds']} s | {run['rate']}/s "
             f"| {run['per_proc']} | {run['python_ms_per_batch']} ms "
-            f"| {run['pg_ms_per_batch']} ms |"
+            f"| {run['pg_ms_per_batch']} ms | {run.get('machine_busy_cores', '-')} |"
         )
     lines += [
         "",
