@@ -16,7 +16,7 @@ _nudge_lock = threading.Lock()
 
 @shared_task(acks_late=True)
 def evaluate_rollouts() -> dict[int, str]:
-    from fleet.gates import step_all
+    from fleet.rollouts.gates import step_all
 
     return step_all()  # each step folds pending telemetry first (fleet/gates.py)
 

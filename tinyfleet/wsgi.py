@@ -5,7 +5,7 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tinyfleet.settings")
 _django = get_wsgi_application()
 
-from fleet.state import DeviceFastPathApp  # noqa: E402  (needs the apps loaded)
+from fleet.api.fastpath import DeviceFastPathApp  # noqa: E402  (needs the apps loaded)
 
-# Unchanged device polls are answered before Django's handler (fleet/state.py).
+# Unchanged device polls and deferred telemetry are answered before Django's handler.
 application = DeviceFastPathApp(_django)

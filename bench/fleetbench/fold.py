@@ -32,7 +32,7 @@ from pathlib import Path
 import django
 django.setup()
 from django.db import connection
-from fleet.rollup_fold import fold_pending
+from fleet.telemetry.rollup_fold import fold_pending
 go, quit_ = Path(sys.argv[1]), Path(sys.argv[2])
 connection.ensure_connection()
 with connection.cursor() as c:
@@ -70,7 +70,7 @@ def make_backlog(n: int) -> int:
 
 def run_folders(procs: int, env: dict[str, str]) -> dict[str, Any]:
     """Start `procs` folding processes at once on the current backlog; measure them."""
-    from fleet.rollup_fold import pending_count
+    from fleet.telemetry.rollup_fold import pending_count
 
     backlog = pending_count()
     work = Path(tempfile.mkdtemp(prefix="tinyfleet-fold-"))
@@ -128,7 +128,7 @@ def run_folders(procs: int, env: dict[str, str]) -> dict[str, Any]:
 def fold_scaling(env: dict[str, str], backlog: int, workers: int) -> dict[str, Any]:
     """Fold what is pending first, then 1 process vs `workers` processes on equal
     backlogs (1, N, 1, N: the two pairs bracket changes in the machine's load)."""
-    from fleet.rollup_fold import fold_pending
+    from fleet.telemetry.rollup_fold import fold_pending
 
     fold_pending(max_batches=10**9)
     runs: list[dict[str, Any]] = []

@@ -105,7 +105,8 @@ def main() -> int:
 
         from fleet.models import Bundle, EnrollmentToken, Group
         from fleet.security.device_metadata import trusted_roots
-        from fleet.security.publish import request_publish, run_publish
+        from fleet.security.publish import request_publish
+        from fleet.security.publish_worker import run_publish
 
         since = timezone.now()
         trusted_roots()  # keys and roots exist before any worker starts

@@ -31,9 +31,8 @@ import pytest
 from compression.models import ModelVersion
 from fleet.models import Device, DeviceDay, Rollout
 from tests.compression.helpers import upload
-from tests.compression.test_s3_storage import moto_server, s3_settings  # noqa: F401
 from tests.conftest import ROOT, database_url_for_worker, start_worker, stop_worker, wait_for
-from tests.e2e.test_agents_and_rollouts import Agent, _derive, _free_port, _publish, _text_model_zip
+from tests.e2e.agent_helpers import Agent, _derive, _free_port, _publish, _text_model_zip
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -104,7 +103,7 @@ class Node:
 
 @pytest.fixture
 def shared_env(
-    s3_settings: dict[str, str],  # noqa: F811 - the fixture imported above
+    s3_settings: dict[str, str],
     settings: Any,
 ) -> dict[str, str]:
     """What every node and worker shares (and this process, which publishes)."""

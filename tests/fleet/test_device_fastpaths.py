@@ -17,10 +17,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from fleet.api.fastpath import DeviceFastPathApp
 from fleet.models import Device, TelemetryBatch
-from fleet.state import DeviceFastPathApp
-from tests.fleet.test_publish import TestDevice, make_device
-from tests.fleet.test_rollups import _batch, _hour, _section
+from tests.fleet.publish_helpers import TestDevice, make_device
+from tests.fleet.rollup_helpers import _batch, _hour, _section
 
 pytestmark = pytest.mark.django_db
 
@@ -140,14 +140,14 @@ def test_it_stores_telemetry_before_django_exactly_as_the_view_does(
     # The view (the fast path switched off) stores the same batch the same way.
     TelemetryBatch.objects.all().delete()
     settings.DATABASE_PREPARED_STATEMENTS = False
-    from fleet import telemetry_fastpath
+    from fleet.telemetry import fastpath
 
-    real = telemetry_fastpath.wants
-    telemetry_fastpath.wants = lambda meta: False  # type: ignore[assignment]
+    real = fastpath.wants
+    fastpath.wants = lambda meta: False  # type: ignore[assignment]
     try:
         assert _call(app, "POST", TELEMETRY, device.credential, body)[0] == 202
     finally:
-        telemetry_fastpath.wants = real  # type: ignore[assignment]
+        fastpath.wants = real  # type: ignore[assignment]
     assert inner.calls == 1
     view = TelemetryBatch.objects.get()
     fields = ("batch_id", "device_id", "bundle", "period_start", "period_end", "body", "folded")

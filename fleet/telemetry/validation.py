@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 MAX_DEPTH = 5
+MAX_TELEMETRY_BYTES = 64 * 1024  # one batch's body
 MAX_STRING = 200
 MAX_ITEMS = 2000
 
@@ -109,9 +110,17 @@ def parse_batch(raw: bytes) -> dict[str, Any]:
         raise TelemetryError("bundle must be a short string")
     if not _valid_quickly(body):
         _check_value(body, "batch", 0, [MAX_ITEMS])  # raises with the path of the error
-    period = body.get("period") if isinstance(body.get("period"), dict) else {}
+    raw_period = body.get("period")
+    period = raw_period if isinstance(raw_period, dict) else {}
     start = _time(period.get("start", body.get("period_start")), "period.start")
     end = _time(period.get("end", body.get("period_end")), "period.end")
     if start and end and end < start:
         raise TelemetryError("period ends before it starts")
     return {**body, "batch_id": batch_id, "period_start": start, "period_end": end}
+
+
+def stored_body(batch: dict[str, Any]) -> dict[str, Any]:
+    """What is stored of a parsed batch: its JSON form, without the parsed period."""
+    clean = {k: v for k, v in batch.items() if k not in ("period_start", "period_end")}
+    clean["batch_id"] = str(batch["batch_id"])
+    return clean

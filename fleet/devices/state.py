@@ -12,19 +12,15 @@ the view's authentication does):
 
 Both paths build the body with `state_body`, so their ETags cannot drift apart. The
 statements run prepared on PostgreSQL (fleet/fastsql.py).
-
-The same middleware hands `POST /telemetry` to fleet/telemetry_fastpath.py, the
-fleet's second most frequent request.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,13 +28,12 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 
-from fleet import fastsql
-from fleet.push import announcement
+from fleet.devices import fastsql
+from fleet.devices.push import announcement
 
-STATE_PATH = "/api/device/v1/state"
-TELEMETRY_PATH = "/api/device/v1/telemetry"
-CONTENT_TYPE = "application/json; charset=utf-8"
+STATE_PATH = f"{DEVICE_API_PREFIX}/state"
 
 
 def last_seen_write_interval() -> int:
@@ -56,7 +51,7 @@ def state_body(
     """The desired-state answer for one device (also what its ETag is computed from).
 
     `fallback` appears only while a group of the device has the low-confidence fallback
-    on (fleet/fallback.py), and `mqtt` only when wake-ups are configured, so devices
+    on (fleet/devices/fallback.py), and `mqtt` only when wake-ups are configured, so devices
     without them keep their bodies and ETags."""
     body: dict[str, Any] = {
         "device_id": device_id,
@@ -173,63 +168,18 @@ def not_modified_etag(meta: Mapping[str, Any]) -> str | None:
 
 
 class DeviceStateFastPath:
-    """Middleware, first in the stack: a 304 for an unchanged desired-state poll, and a
-    deferred telemetry batch stored with two statements (under gunicorn, polls are
-    answered one step earlier by `DeviceFastPathApp`)."""
+    """Middleware, first in the stack: a 304 for an unchanged desired-state poll (under
+    gunicorn, polls are answered one step earlier by fleet/api/fastpath.py)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        response: HttpResponse | None = None
         if request.path_info == STATE_PATH and request.method == "GET":
             etag = not_modified_etag(request.META)
             if etag is not None:
                 response = HttpResponse(status=304)
                 response["ETag"] = etag
                 response["Cache-Control"] = "no-cache"
-        elif request.path_info == TELEMETRY_PATH and request.method == "POST":
-            from fleet.telemetry_fastpath import ingest_request
-
-            response = ingest_request(request)
-        return response if response is not None else self.get_response(request)
-
-
-class DeviceFastPathApp:
-    """WSGI wrapper around Django's application (tinyfleet/wsgi.py): an unchanged poll
-    is answered before Django's handler builds a request, sends its signals and runs the
-    middleware chain; about a third of the web CPU of a 304 (bench/reports/fleet.md).
-    Everything else, and every poll the fast path does not answer, goes to Django."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.app = app
-
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
-        if path == STATE_PATH and method == "GET":
-            etag = not_modified_etag(environ)
-            if etag is not None:
-                start_response("304 Not Modified", [("ETag", etag), ("Cache-Control", "no-cache")])
-                return []
-        elif path == TELEMETRY_PATH and method == "POST":
-            answer = self._telemetry(environ)
-            if answer is not None:
-                status, body = answer
-                reason = "202 Accepted" if status == 202 else "200 OK"
-                headers = [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))]
-                start_response(reason, headers)
-                return [body]
-        return self.app(environ, start_response)
-
-    def _telemetry(self, environ: dict[str, Any]) -> tuple[int, bytes] | None:
-        from fleet import telemetry_fastpath
-
-        if not telemetry_fastpath.wants(environ):
-            return None
-        # The length is capped by `wants`; Django reads the same bytes if it answers.
-        length = int(environ["CONTENT_LENGTH"])
-        raw = environ["wsgi.input"].read(length)
-        environ["wsgi.input"] = io.BytesIO(raw)
-        return telemetry_fastpath.ingest(environ, raw)
+                return response
+        return self.get_response(request)

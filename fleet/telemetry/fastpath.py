@@ -7,10 +7,10 @@ raw (fleet/rollup_fold.py folds it later). The view spends most of its CPU aroun
 statements); this answers the same request with one prepared statement on PostgreSQL
 (the device by its credential digest, its `last_seen_at` when due, and an `INSERT ... ON
 CONFLICT (batch_id) DO NOTHING` whose empty result is the replay case). Under gunicorn it
-runs in the WSGI wrapper (fleet/state.py `DeviceFastPathApp`), before Django's handler.
+runs in the WSGI wrapper (fleet/api/fastpath.py `DeviceFastPathApp`), before Django's handler.
 
-Validation is the view's: `parse_batch` and `contributions` (fleet/telemetry.py,
-fleet/rollups.py); checks added there apply to both paths. Anything else falls through
+Validation is the view's: `parse_batch` and `contributions` (fleet/telemetry/validation.py,
+fleet/telemetry/rollups.py); checks added there apply to both paths. Anything else falls through
 to the view, which answers it as before: no credential or an unknown/revoked one (401),
 an oversized, invalid or non-JSON body (413/400), SQLite, `ingest` mode, or a database
 error.
@@ -26,12 +26,16 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
-from fleet import fastsql
-from fleet.state import credential_digest, last_seen_write_interval
-from fleet.telemetry import TelemetryError, parse_batch
+from fleet.devices import fastsql
+from fleet.devices.state import credential_digest, last_seen_write_interval
+from fleet.telemetry.validation import (
+    MAX_TELEMETRY_BYTES,
+    TelemetryError,
+    parse_batch,
+    stored_body,
+)
 
 # The bytes and type django-ninja renders for the view's answers.
 ACCEPTED = b'{"accepted": true}'
@@ -62,8 +66,6 @@ def _ingest_sql() -> str:
 
 
 def _applies(meta: Mapping[str, Any]) -> bool:
-    from fleet.device_api import MAX_TELEMETRY_BYTES
-
     if settings.TELEMETRY_FOLD != "deferred" or connection.vendor != "postgresql":
         return False
     length = meta.get("CONTENT_LENGTH") or ""
@@ -94,24 +96,11 @@ def ingest(meta: Mapping[str, Any], raw: bytes) -> tuple[int, bytes] | None:
         return None
     if row[1] is None:
         return 200, DUPLICATE
-    from fleet.rollout_tasks import nudge
-
-    nudge()  # autocommit: the row is committed already
-    return 202, ACCEPTED
-
-
-def ingest_request(request: HttpRequest) -> HttpResponse | None:
-    """The middleware's entry point (the WSGI wrapper calls `ingest` directly)."""
-    if not wants(request.META):
-        return None
-    answer = ingest(request.META, request.body)
-    if answer is None:
-        return None
-    return HttpResponse(answer[1], status=answer[0], content_type=CONTENT_TYPE)
+    return 202, ACCEPTED  # committed (autocommit); the caller nudges the rollout engine
 
 
 def _validated(raw: bytes) -> dict[str, Any] | None:
-    from fleet.rollups import contributions
+    from fleet.telemetry.rollups import contributions
 
     try:
         batch = parse_batch(raw)
@@ -122,13 +111,11 @@ def _validated(raw: bytes) -> dict[str, Any] | None:
 
 
 def _batch_params(batch: dict[str, Any], now: Any) -> list[Any]:
-    from fleet.device_api import _jsonable
-
     return [
         batch["batch_id"],
         batch.get("bundle") or "",
         batch.get("period_start"),
         batch.get("period_end"),
-        json.dumps(_jsonable(batch)),
+        json.dumps(stored_body(batch)),
         now,
     ]

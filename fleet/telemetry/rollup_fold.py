@@ -25,10 +25,10 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from fleet import rollups
 from fleet.models import TelemetryBatch
 from fleet.models.rollups import DeviceDay
-from fleet.rollups import (
+from fleet.telemetry import rollups
+from fleet.telemetry.rollups import (
     add_hourly,
     add_to_row,
     contributions,
@@ -36,7 +36,7 @@ from fleet.rollups import (
     rollup_hour,
     shard_of,
 )
-from fleet.telemetry import TelemetryError
+from fleet.telemetry.validation import TelemetryError
 
 log = logging.getLogger(__name__)
 FOLD_CHUNK = 500

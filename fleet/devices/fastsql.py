@@ -38,7 +38,7 @@ def _prepared_cursor() -> Any:
                 # (DEBUG, assertNumQueries, CaptureQueriesContext) reads from `_query`:
                 # give it the composed statement. Only when queries are being logged.
                 text = psycopg.ClientCursor(self.connection).mogrify(query, params)
-                self._query = SimpleNamespace(query=text.encode())
+                self._query = SimpleNamespace(query=text.encode())  # type: ignore[assignment]
             return result
 
     return PreparedCursor
@@ -62,7 +62,7 @@ def _cursor() -> Any:
     cursor = _cursor_class(raw)
     cursor.log_sql = connection.queries_logged
     # Django's own wrapper (error translation, query logging) around a prepared cursor.
-    return connection._prepare_cursor(cursor)
+    return connection._prepare_cursor(cursor)  # type: ignore[attr-defined]
 
 
 def fetchone(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
