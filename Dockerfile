@@ -14,7 +14,7 @@ COPY fleet ./fleet
 COPY templates ./templates
 COPY static ./static
 COPY manage.py ./
-RUN pip install --no-cache-dir -e '.[server,compress]' -e './agent[onnx,text]' \
+RUN pip install --no-cache-dir -e '.[server,compress]' -e './agent[onnx,text,fast]' \
  && pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir build/agent-wheel ./agent
 # The agent wheel devices install from /agent/ (fleet/agent_dist.py), built into the image.
 ENV TINYFLEET_AGENT_WHEEL_DIR=/app/build/agent-wheel

@@ -18,7 +18,7 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml agent/pyproject.toml
-	$(PIP) install --quiet -e '.[server,compress]' -e './agent[onnx,text,mqtt]'
+	$(PIP) install --quiet -e '.[server,compress]' -e './agent[onnx,text,mqtt,fast]'
 	$(MAKE) agent-wheel
 	@touch $@
 
@@ -70,7 +70,7 @@ format: install-test
 	$(VENV)/bin/ruff check --fix .
 
 # Each bench writes bench/reports/<name>.md; run one with `make bench BENCH=bundle`.
-BENCH ?= upload bundle compression agent fleet rollup_storage
+BENCH ?= upload bundle compression agent fleet fleet_ab rollup_storage
 bench: install-test
 	@for b in $(BENCH); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 

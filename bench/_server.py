@@ -38,6 +38,7 @@ class Gunicorn:
     workers: int = 1
     threads: int = 4
     proc: subprocess.Popen[bytes] | None = None
+    app: str = "tinyfleet.wsgi:application"
 
     @property
     def env(self) -> dict[str, str]:
@@ -68,7 +69,7 @@ class Gunicorn:
             self.workers = workers
         cmd = [
             str(BIN / "gunicorn"),
-            "tinyfleet.wsgi:application",
+            self.app,
             "--bind",
             f"127.0.0.1:{self.port}",
             "--worker-class",

@@ -6,7 +6,8 @@ Measures, with medians of several runs in this process (single thread):
 * server publish: encrypt (two SHA-256 passes + STREAM) + record + sign and
   publish the image target (targets, snapshot, timestamp);
 * device path: verify image + director metadata, unwrap the HPKE key, decrypt
-  file to file (plaintext SHA-256, fsync, rename); reported as a ratio to a
+  file to file (one read/authenticate/decrypt pass, writes on a writer thread,
+  fsync, rename); reported as a ratio to a
   floor measured in the same run: one pass of SHA-256 + chunked AES-256-GCM
   over the same bytes, reading the same file, writing nothing;
 * device peak memory during that path, in a fresh subprocess, as peak RSS
@@ -111,8 +112,8 @@ def _null_output() -> Iterator[None]:
     """Make `decrypt_bundle` write its plaintext nowhere (and rename nothing)."""
     real_chunks, real_replace = stream_aead._decrypt_chunks, os.replace
 
-    def chunks(f: Any, out: Any, *args: Any) -> bytes:
-        return real_chunks(f, cast(BinaryIO, _NullSink()), *args)
+    def chunks(f: Any, out: Any, *args: Any) -> None:
+        real_chunks(f, cast(BinaryIO, _NullSink()), *args)
 
     def drop(src: Any, dst: Any) -> None:
         os.unlink(src)
@@ -523,10 +524,13 @@ METHOD = """## Method
 - *Device path*: `resolve_assignment` (image timestamp/snapshot/targets and
   director targets: signatures, versions, expiry, pins, mix-and-match, release),
   `unwrap_key` (HPKE), `decrypt_bundle` (read, authenticate and decrypt each
-  chunk, SHA-256 of the plaintext, write on a writer thread, fsync, rename).
-  The ciphertext digest is checked by `download_capped` while downloading, so
-  the device passes `check_ciphertext_hash=False`; the "re-hash" column hashes
-  the ciphertext again (the default for a file of unknown history).
+  chunk, hand it to a writer thread through a pool of three buffers, fsync,
+  rename). The ciphertext digest is checked by `download_capped` while
+  downloading, so the device passes `check_ciphertext_hash=False`; the
+  "re-hash" column hashes the ciphertext again (the default for a file of
+  unknown history). No plaintext SHA-256 pass: the per-chunk AEAD (its AAD
+  binds the signed plaintext digest) and the signed ciphertext digest already
+  fix the plaintext (docs/security.md, "Chunked encryption").
 - *No disk flush*: the same path with fsync/fdatasync stubbed out (the
   plaintext still goes through the page cache and the rename). *Written
   nowhere*: the same path with the plaintext discarded instead of written, i.e.

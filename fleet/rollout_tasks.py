@@ -17,17 +17,15 @@ _nudge_lock = threading.Lock()
 @shared_task(acks_late=True)
 def evaluate_rollouts() -> dict[int, str]:
     from fleet.rollouts.gates import step_all
-    from fleet.telemetry.rollup_fold import fold_pending
 
-    # Gates read rollups: in deferred mode, fold what devices just reported first.
-    fold_pending()
-    return step_all()
+    return step_all()  # each step folds pending telemetry first (fleet/gates.py)
 
 
 def nudge() -> None:
     """Ask for an evaluation soon after a device reported; never fails the report.
 
-    Debounced per process, and sent without retries: with the broker down, devices are
+    Debounced per process and across processes (fleet/shared_state.py), and sent without
+    retries: with the broker down, devices are
     still answered and beat catches up later.
     """
     global _last_nudge
@@ -36,6 +34,12 @@ def nudge() -> None:
         if now - _last_nudge < _NUDGE_INTERVAL:
             return
         _last_nudge = now
+    from fleet import shared_state
+
+    # One nudge per interval for the whole deployment (every process on every node),
+    # not one per process: each is a full evaluation on a worker.
+    if not shared_state.first_in("nudge", _NUDGE_INTERVAL):
+        return
     try:
         evaluate_rollouts.apply_async(retry=False)
     except Exception as exc:  # broker down: beat will evaluate later

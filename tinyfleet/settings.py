@@ -70,6 +70,7 @@ MIDDLEWARE = [
     # First: unchanged device polls (the fleet's hottest request) are answered with one
     # query before sessions, CSRF and routing; everything else passes through.
     "fleet.devices.state.DeviceStateFastPath",
+    "fleet.api.fastpath.TelemetryFastPath",
     "django.middleware.security.SecurityMiddleware",
     "compression.uploads.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -112,6 +113,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file-backed test database lets the real Celery worker process see test data.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+# The device fast paths run their few statements as prepared statements (fleet/fastsql.py);
+# turn off behind PgBouncer < 1.21 in transaction mode.
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -180,6 +184,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
 JOB_TIME_LIMIT = env_int("TINYFLEET_JOB_TIME_LIMIT", 3 * 3600, minimum=60)
 BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+# Counters and single-flight keys every process shares (fleet/shared_state.py); default:
+# the broker's Redis when the broker is Redis, else this process's memory (one node).
+TINYFLEET_REDIS_URL = env_str("TINYFLEET_REDIS_URL", "")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
@@ -306,10 +313,11 @@ TELEMETRY_RAW_RETENTION_DAYS = env_int("TINYFLEET_TELEMETRY_RAW_RETENTION_DAYS",
 TELEMETRY_ROLLUP_RETENTION_DAYS = env_int(
     "TINYFLEET_TELEMETRY_ROLLUP_RETENTION_DAYS", 400, minimum=TELEMETRY_RAW_RETENTION_DAYS
 )
-# "ingest" adds each batch to the rollups inside its request; "deferred" stores it raw
-# and a Celery task folds pending batches in bulk every few seconds (cheaper requests
-# for large fleets; dashboards and gates lag by up to the fold interval).
-TELEMETRY_FOLD = env_str("TINYFLEET_TELEMETRY_FOLD", "ingest")
+# "deferred" (default) stores each batch raw and a Celery task folds pending batches in
+# bulk every few seconds, partitioned so several workers fold at once (cheap requests;
+# dashboards and gates lag by up to the fold interval). "ingest" adds each batch to the
+# rollups inside its request.
+TELEMETRY_FOLD = env_str("TINYFLEET_TELEMETRY_FOLD", "deferred")
 if TELEMETRY_FOLD not in ("ingest", "deferred"):
     raise ImproperlyConfigured(
         f"TINYFLEET_TELEMETRY_FOLD must be 'ingest' or 'deferred', not {TELEMETRY_FOLD!r}"

@@ -27,9 +27,10 @@ from fleet.devices.state import last_seen_write_interval, state_body, state_etag
 from fleet.models import Device, DeviceEvent
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
 from fleet.rollout_tasks import nudge
+from fleet.telemetry.validation import MAX_TELEMETRY_BYTES
+from fleet.telemetry.validation import stored_body as _jsonable
 
 MAX_EVENTS = 100
-MAX_TELEMETRY_BYTES = 64 * 1024
 
 
 class DeviceAuth(HttpBearer):
@@ -225,12 +226,6 @@ def ingest_telemetry(request: HttpRequest) -> Status[Any]:
         return Status(200, {"duplicate": True})
     transaction.on_commit(nudge)
     return Status(202, {"accepted": True})
-
-
-def _jsonable(batch: dict[str, Any]) -> dict[str, Any]:
-    clean = {k: v for k, v in batch.items() if k not in ("period_start", "period_end")}
-    clean["batch_id"] = str(batch["batch_id"])
-    return clean
 
 
 class StateOut(Schema):

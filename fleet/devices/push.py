@@ -39,11 +39,14 @@ from urllib.parse import unquote, urlsplit
 from django.conf import settings
 from django.db import transaction
 
+from fleet import shared_state
+
 log = logging.getLogger("tinyfleet.push")
 
 TOPIC_PREFIX = "tinyfleet/devices/"
 PAYLOAD = json.dumps({"v": 1, "poll": True}, separators=(",", ":")).encode()
 COALESCE_S = 0.05  # let the rest of a wave's commit callbacks queue up first
+COUNTERS = "mqtt_wakeups"  # shared_state family of the publish counters
 MAX_PENDING = 200_000  # beyond this, wake-ups are dropped (and counted): polls catch up
 CONNECT_TIMEOUT_S = 3.0
 PUBLISH_TIMEOUT_S = 5.0
@@ -158,6 +161,7 @@ class WakeupPublisher:
             for device_id in device_ids:
                 if len(self._pending) >= MAX_PENDING:
                     self.stats["dropped"] += 1  # (under the lock, like every count)
+                    shared_state.incr(COUNTERS, "dropped")
                     continue
                 self._pending[device_id] = None
             if self._thread is None:
@@ -189,7 +193,8 @@ class WakeupPublisher:
 
     def _count(self, result: str, n: int) -> None:
         with self._cond:
-            self.stats[result] += n
+            self.stats[result] += n  # this process's, for its own checks
+        shared_state.incr(COUNTERS, result, n)  # every process's, for /metrics
 
     def _send(self, batch: list[str]) -> None:
         broker = broker_from_settings()
@@ -233,11 +238,14 @@ def publisher() -> WakeupPublisher:
 
 
 def prometheus_lines() -> list[str]:
-    stats = publisher().stats
+    # Published by any web or worker process on any node (Redis); without Redis, this
+    # process's counts only.
+    stats, shared = shared_state.counts(COUNTERS)
+    scope = "all processes" if shared else "this process"
     lines = [
-        "# HELP tinyfleet_mqtt_wakeups_total MQTT wake-ups by result (this process).",
+        f"# HELP tinyfleet_mqtt_wakeups_total MQTT wake-ups by result ({scope}).",
         "# TYPE tinyfleet_mqtt_wakeups_total counter",
     ]
     for result in ("published", "failed", "dropped"):
-        lines.append(f'tinyfleet_mqtt_wakeups_total{{result="{result}"}} {stats[result]}')
+        lines.append(f'tinyfleet_mqtt_wakeups_total{{result="{result}"}} {stats.get(result, 0)}')
     return lines

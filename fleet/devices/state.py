@@ -10,7 +10,8 @@ the view's authentication does):
 - an unknown or revoked credential: the view answers 401 with its usual error body;
 - any database error: the view's error handling applies.
 
-Both paths build the body with `state_body`, so their ETags cannot drift apart.
+Both paths build the body with `state_body`, so their ETags cannot drift apart. The
+statements run prepared on PostgreSQL (fleet/fastsql.py).
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ import functools
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 
+from fleet.devices import fastsql
 from fleet.devices.push import announcement
 
 STATE_PATH = f"{DEVICE_API_PREFIX}/state"
@@ -94,28 +96,41 @@ def unchanged_state_etag(credential_digest: str) -> str | None:
     """The current ETag of the device holding this credential, or None when the fast
     path must not answer (unknown or revoked device). Refreshes `last_seen_at` when due,
     as the view's authentication would."""
-    with connection.cursor() as cursor:
-        cursor.execute(_state_sql(), [credential_digest])
-        row = cursor.fetchone()
+    row = fastsql.fetchone(_state_sql(), [credential_digest])
     if row is None:
         return None
     device_id, revoked_at, last_seen, bundle_id, release, assigned, fallback_url = row
-    last_seen_at, assigned_at = _aware(last_seen), _aware(assigned)
     if revoked_at is not None:
         return None
     now = timezone.now()
-    if last_seen_at is None or (now - last_seen_at).total_seconds() > last_seen_write_interval():
-        _touch_last_seen(device_id, now)
+    if last_seen_due(last_seen, now):
+        touch_last_seen(device_id, now)
+    assigned_at = _aware(assigned)
     # SQLite stores UUIDs as 32 hex digits; the ETag uses the canonical form.
     canonical_id = str(uuid.UUID(str(device_id)))
     return state_etag(state_body(canonical_id, bundle_id, release, assigned_at, fallback_url))
 
 
-def _touch_last_seen(device_id: Any, now: datetime) -> None:
-    """What the view's auth does on a poll, without the ORM: one single-row UPDATE."""
+@functools.cache
+def _touch_sql() -> str:
     from fleet.models import Device
 
-    Device.objects.filter(pk=device_id).update(last_seen_at=now)
+    return f"UPDATE {Device._meta.db_table} SET last_seen_at = %s WHERE id = %s"  # noqa: S608
+
+
+def touch_last_seen(device_id: Any, now: datetime) -> None:
+    """What the view's auth does on a request, without the ORM: one single-row UPDATE."""
+    from django.db import connection
+
+    # The ORM's own conversion: SQLite stores naive UTC text, PostgreSQL a timestamptz.
+    fastsql.execute(_touch_sql(), [connection.ops.adapt_datetimefield_value(now), device_id])
+
+
+def last_seen_due(last_seen: datetime | str | None, now: datetime) -> bool:
+    last_seen_at = _aware(last_seen)
+    return last_seen_at is None or (now - last_seen_at).total_seconds() > (
+        last_seen_write_interval()
+    )
 
 
 def _aware(value: datetime | str | None) -> datetime | None:
@@ -128,36 +143,43 @@ def _aware(value: datetime | str | None) -> datetime | None:
     return value
 
 
+def credential_digest(meta: Mapping[str, Any]) -> str | None:
+    """The digest of a well-formed device bearer credential in a request's META (or WSGI
+    environ), else None (the view then answers with its usual 401)."""
+    from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
+
+    scheme, _, token = meta.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.startswith(DEVICE_CREDENTIAL_PREFIX):
+        return None
+    return digest(token) if len(token) <= 200 else None
+
+
+def not_modified_etag(meta: Mapping[str, Any]) -> str | None:
+    """The ETag to answer an unchanged poll with 304, or None: the view answers."""
+    sent_etag = meta.get("HTTP_IF_NONE_MATCH")
+    credential = credential_digest(meta)
+    if not sent_etag or credential is None:
+        return None
+    try:
+        etag = unchanged_state_etag(credential)
+    except DatabaseError:
+        return None
+    return etag if etag == sent_etag else None
+
+
 class DeviceStateFastPath:
-    """Middleware, first in the stack: a 304 for an unchanged desired-state poll."""
+    """Middleware, first in the stack: a 304 for an unchanged desired-state poll (under
+    gunicorn, polls are answered one step earlier by fleet/api/fastpath.py)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path_info == STATE_PATH and request.method == "GET":
-            response = self._not_modified(request)
-            if response is not None:
+            etag = not_modified_etag(request.META)
+            if etag is not None:
+                response = HttpResponse(status=304)
+                response["ETag"] = etag
+                response["Cache-Control"] = "no-cache"
                 return response
         return self.get_response(request)
-
-    def _not_modified(self, request: HttpRequest) -> HttpResponse | None:
-        from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
-
-        sent_etag = request.META.get("HTTP_IF_NONE_MATCH")
-        auth = request.META.get("HTTP_AUTHORIZATION", "")
-        scheme, _, token = auth.partition(" ")
-        if not sent_etag or scheme.lower() != "bearer":
-            return None
-        if not token.startswith(DEVICE_CREDENTIAL_PREFIX) or len(token) > 200:
-            return None
-        try:
-            etag = unchanged_state_etag(digest(token))
-        except DatabaseError:
-            return None
-        if etag is None or etag != sent_etag:
-            return None
-        response = HttpResponse(status=304)
-        response["ETag"] = etag
-        response["Cache-Control"] = "no-cache"
-        return response

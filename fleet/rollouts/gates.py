@@ -346,6 +346,11 @@ def assess(rollout: Rollout) -> Decision:
 
 def step(rollout: Rollout) -> str:
     """Evaluate one running rollout and act: promote, wait, pause or roll back."""
+    from fleet.telemetry.rollup_fold import fold_pending
+
+    # Gates read rollups: with deferred folding (the default), fold what devices reported
+    # first, outside the rollout's transaction so no partition lock waits on its decision.
+    fold_pending()
     with transaction.atomic():
         rollout = Rollout.objects.select_for_update().get(pk=rollout.pk)
         if rollout.status != RolloutStatus.RUNNING:

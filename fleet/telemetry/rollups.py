@@ -202,6 +202,24 @@ def group_ids_for(device: Device) -> list[int]:
     return sorted(ids)
 
 
+def group_ids_for_many(devices: list[Device]) -> dict[Any, list[int]]:
+    """`group_ids_for` of many devices with two queries (a fold chunk's devices)."""
+    member: dict[Any, set[int]] = {d.pk: set() for d in devices}
+    through = Device.groups.through
+    pairs = through.objects.filter(device_id__in=list(member)).values_list("device_id", "group_id")
+    for device_id, group_id in pairs:
+        member[device_id].add(group_id)
+    selectors = [
+        (group.pk, parse_selector(group.selector))
+        for group in Group.objects.exclude(selector="").only("pk", "selector")
+    ]
+    for device in devices:
+        for group_id, selector in selectors:
+            if selector_matches(selector, device.labels or {}):
+                member[device.pk].add(group_id)
+    return {device_id: sorted(ids) for device_id, ids in member.items()}
+
+
 class _KnownBatchError(Exception):
     """The batch id is already stored (a replay, or the same batch racing itself)."""
 

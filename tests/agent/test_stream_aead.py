@@ -248,3 +248,32 @@ def _drain_failing(writer: stream_aead._ChunkWriter) -> None:
     while (item := writer._full.get()) is not None:
         writer._error = writer._error or OSError(28, "No space left on device")
         writer._free.put(item[0])
+
+
+def test_it_refuses_a_ciphertext_whose_digest_is_not_the_signed_one(tmp_path: Path) -> None:
+    # Every chunk authenticates (the AAD does not bind the ciphertext digest), so only
+    # the signed-digest check stops a file of unknown history; nothing is renamed.
+    key, enc, params = _encrypt(tmp_path, os.urandom(3 * CHUNK + 5))
+    other = dataclasses.replace(params, ciphertext_sha256="f" * 64)
+    with pytest.raises(PayloadTamperedError, match="ciphertext digest"):
+        decrypt_bundle(enc, tmp_path / "out", key, other)
+    assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("check_ciphertext_hash", [False, True])
+def test_it_leaves_nothing_when_the_last_chunk_is_tampered_after_earlier_ones_were_written(
+    tmp_path: Path, check_ciphertext_hash: bool
+) -> None:
+    # The writer thread has already written the first chunks when the last one fails:
+    # the temp file must go, whether or not the ciphertext digest is re-checked.
+    key, enc, params = _encrypt(tmp_path, os.urandom(40 * CHUNK + 9))
+    blob = bytearray(enc.read_bytes())
+    blob[-3] ^= 0x40
+    enc.write_bytes(bytes(blob))
+    with pytest.raises(PayloadTamperedError, match="chunk 40"):
+        decrypt_bundle(
+            enc, tmp_path / "out", key, params, check_ciphertext_hash=check_ciphertext_hash
+        )
+    assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path) == []

@@ -15,6 +15,7 @@ from tinyfleet_agent._internal.telemetry import (
 
 from fleet.api.device_api import _jsonable
 from fleet.models import Device
+from fleet.telemetry.rollup_fold import fold_pending
 from fleet.telemetry.rollups import store_batch
 from fleet.telemetry.validation import parse_batch
 
@@ -26,7 +27,10 @@ BUCKETS = {
 
 
 def ingest(device: Device, body: dict[str, Any], received_at: datetime | None = None) -> bool:
-    """Store one batch as the device API would; returns False for a replay."""
+    """Store one batch as the device API would and, with deferred folding (the default),
+    fold it as the beat task would, so the rollups hold it; returns False for a replay."""
     body = {"batch_id": str(uuid.uuid4()), "buckets": BUCKETS, **body}
     batch = parse_batch(json.dumps(body).encode())
-    return store_batch(device, batch, _jsonable(batch), received_at=received_at)
+    stored = store_batch(device, batch, _jsonable(batch), received_at=received_at)
+    fold_pending()
+    return stored

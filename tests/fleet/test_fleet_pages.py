@@ -16,6 +16,13 @@ from tests.fleet.telemetry_helpers import ingest
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _ingest_mode(settings: Any) -> None:
+    # These tests check the rollups right after each request: `ingest` mode (the default
+    # `deferred` mode is covered by test_rollup_fold.py and test_device_fastpaths.py).
+    settings.TELEMETRY_FOLD = "ingest"
+
+
 def test_every_fleet_page_renders_for_a_viewer(client: Client, bob: Any, tmp_path: Path) -> None:
     group = Group.objects.create(name="lab", selector="site=lab")
     device = make_device("pi")

@@ -104,8 +104,9 @@ def test_low_golden_agreement_pauses_when_configured(
 
 
 def test_slower_p95_than_before_on_the_same_devices_fails(
-    fleet_of_four: tuple[Group, list[TestDevice]], tmp_path: Path, alice: Any
+    fleet_of_four: tuple[Group, list[TestDevice]], tmp_path: Path, alice: Any, settings: Any
 ) -> None:
+    settings.TELEMETRY_FOLD = "ingest"  # gates.evaluate reads rollups (only step() folds)
     group, devices = fleet_of_four
     old = _bundle(tmp_path / "old")
     for d in devices:

@@ -161,3 +161,100 @@ def test_rows_shared_by_devices_in_different_groups_get_every_addition(
     site = _hourly(group__name="site-a")
     _assert_row(site, _expected([s for i, s in enumerate(sections) if i % 4 < 2]))
     assert site.devices == 2
+
+
+def test_it_partitions_pending_batches_like_the_hourly_shards(deferred: None) -> None:
+    # The SQL partition of a batch must be the shard its device's hourly rows live in,
+    # or two partitions would write the same rows.
+    import fleet.telemetry.rollup_fold as rollup_fold
+    from fleet.telemetry.rollups import shard_of
+
+    if connection.vendor != "postgresql":
+        pytest.fail("this test needs PostgreSQL (partitioned folds)")
+    devices = [make_device(f"pi-{i}") for i in range(24)]
+    _report(devices, 24, seed=10)
+    count = rollup_fold.partition_count()
+    assert count == 8
+    seen = {}
+    for partition in range(count):
+        for batch_id in rollup_fold._partition_ids(100, partition, count):
+            seen[batch_id] = partition
+    batches = TelemetryBatch.objects.select_related("device")
+    assert {b.pk: shard_of(b.device) for b in batches} == seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_folds_of_different_partitions_do_not_wait_for_each_other(deferred: None) -> None:
+    import fleet.telemetry.rollup_fold as rollup_fold
+    from fleet.telemetry.rollups import shard_of
+
+    if connection.vendor != "postgresql":
+        pytest.fail("this test needs PostgreSQL (advisory locks)")
+    devices = [make_device(f"pi-{i}") for i in range(16)]
+    sections, _ = _report(devices, 32, seed=11)
+    held = shard_of(devices[0].device)
+    holding, release, folded = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_one_partition() -> None:
+        # Another folder in the middle of partition `held`.
+        from django.db import transaction
+
+        with transaction.atomic():
+            assert rollup_fold.take_fold_lock(wait=False, partition=held)
+            holding.set()
+            release.wait(30)
+        connection.close()
+
+    holder = threading.Thread(target=hold_one_partition)
+    holder.start()
+    assert holding.wait(10)
+    try:
+        # Does not block on the held partition: folds every other one and reports it busy.
+        result = fold_pending()
+        folded.set()
+    finally:
+        release.set()
+        holder.join()
+    in_held = sum(1 for i in range(32) if shard_of(devices[i % 16].device) == held)
+    assert result == {"folded": 32 - in_held, "skipped": 0, "busy": 1}
+    assert pending_count() == in_held
+    assert fold_pending()["folded"] == in_held
+    _assert_row(
+        _hourly(group__isnull=True, shard=held),
+        _expected([s for i, s in enumerate(sections) if shard_of(devices[i % 16].device) == held]),
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_many_concurrent_folders_count_every_batch_once(deferred: None) -> None:
+    import fleet.telemetry.rollup_fold as rollup_fold
+
+    if connection.vendor != "postgresql":
+        pytest.fail("this test needs PostgreSQL (advisory locks)")
+    rollup_fold.FOLD_CHUNK, chunk = 3, rollup_fold.FOLD_CHUNK  # many small transactions
+    try:
+        Group.objects.create(name="site-a", selector="site=a")
+        devices = [make_device(f"pi-{i}") for i in range(12)]
+        for d in devices[::2]:
+            d.device.labels = {"site": "a"}
+            d.device.save()
+        sections, _ = _report(devices, 60, seed=12)
+        results: list[dict[str, int]] = []
+        start = threading.Barrier(4)
+
+        def fold() -> None:
+            start.wait()
+            results.append(fold_pending())
+            connection.close()
+
+        threads = [threading.Thread(target=fold) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        rollup_fold.FOLD_CHUNK = chunk
+    assert sum(r["folded"] for r in results) + fold_pending()["folded"] == 60
+    _assert_row(_hourly(group__isnull=True), _expected(sections))
+    site = _hourly(group__name="site-a")
+    _assert_row(site, _expected([s for i, s in enumerate(sections) if (i % 12) % 2 == 0]))

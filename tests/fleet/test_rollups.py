@@ -41,6 +41,13 @@ from tests.fleet.telemetry_helpers import BUCKETS, ingest
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _ingest_mode(settings: Any) -> None:
+    # These tests check the rollups right after each request: `ingest` mode (the default
+    # `deferred` mode is covered by test_rollup_fold.py and test_device_fastpaths.py).
+    settings.TELEMETRY_FOLD = "ingest"
+
+
 def test_it_rolls_up_batches_per_group_hour_and_device_day_and_ignores_replays() -> None:
     rng = random.Random(6)
     hour = _hour(timezone.now()) - timedelta(hours=2)

@@ -417,8 +417,15 @@ def _decrypt_chunks(
     aead: _Aead,
     params: CipherParams,
     ct_hash: Any,
-) -> bytes:
-    """Decrypt every chunk into `out`; return the plaintext SHA-256 digest."""
+) -> None:
+    """Decrypt every chunk into `out`, authenticating each before it is queued.
+
+    No plaintext digest is computed: every chunk authenticates under the content key
+    with an AAD that binds the signed plaintext digest and length, and the ciphertext
+    digest is checked against the signed one (by the caller while downloading, or here
+    with `ct_hash`), so the plaintext is fixed by what was signed (docs/security.md,
+    "Chunked encryption"). A second SHA-256 pass would cost as much as the floor itself.
+    """
     salt = bytes.fromhex(params.salt)
     aad = _aad(
         params.cipher,
@@ -429,7 +436,6 @@ def _decrypt_chunks(
     )
     # Preallocated buffers: no per-chunk allocation, constant memory.
     inbuf = memoryview(bytearray(params.chunk_size + TAG_SIZE))
-    pt_hash = hashlib.sha256()
     remaining = params.plaintext_length
     n_chunks = params.chunk_count
     with _ChunkWriter(out, params.chunk_size) as writer:
@@ -446,13 +452,11 @@ def _decrypt_chunks(
                 aead.decrypt_into(nonce, sealed, aad, outbuf[:size])
             except InvalidTag:
                 raise PayloadTamperedError(f"chunk {index} failed authentication") from None
-            # Only authenticated plaintext is hashed and queued for writing.
-            pt_hash.update(outbuf[:size])
+            # Only authenticated plaintext is queued for writing.
             writer.submit(outbuf, size)
             remaining -= size
     if f.read(1):
         raise PayloadExtendedError("data follows the last chunk")
-    return pt_hash.digest()
 
 
 def decrypt_file(
@@ -467,11 +471,12 @@ def decrypt_file(
     """Decrypt `src` into `dst`, writing only authenticated chunks.
 
     The ciphertext size is checked before any work; each chunk is authenticated
-    before it is written to a temp file; the plaintext SHA-256 and length must
-    equal the signed ones before the temp file is renamed to `dst`. Plaintext
-    integrity never depends on `check_ciphertext_hash`: pass False only when the
-    caller already verified the ciphertext digest (`download_capped` does), to
-    save one SHA-256 pass.
+    (its AAD binds the signed plaintext digest and length, its nonce the chunk
+    index and the last-chunk flag) before it is written to a temp file, and the
+    temp file is renamed to `dst` only when every chunk passed and the
+    ciphertext digest equals the signed one. Pass `check_ciphertext_hash=False`
+    only when the caller already verified that digest (`download_capped` does):
+    the file is then read, decrypted and written in one pass.
 
     Raises:
         ValueError: the key is not 32 bytes.
@@ -490,9 +495,7 @@ def decrypt_file(
     with open(src, "rb", buffering=0) as f:
         _check_ciphertext_size(f, params)
         with atomic_output(Path(dst), params.plaintext_length) as out:
-            digest = _decrypt_chunks(f, out, aead, params, ct_hash)
-            if not hmac.compare_digest(digest.hex(), params.plaintext_sha256):
-                raise PayloadTamperedError("plaintext digest differs from the signed one")
+            _decrypt_chunks(f, out, aead, params, ct_hash)
             if ct_hash is not None and not hmac.compare_digest(
                 ct_hash.hexdigest(), params.ciphertext_sha256
             ):
