@@ -74,6 +74,7 @@ RECIPES: dict[str, str] = {
     "onnx-int8-auto": "compression.pipeline.auto_int8:quantize_int8_auto:AutoInt8Params",
     "tflite": "compression.pipeline.tflite_export:export_tflite:TfliteParams",
     "tflm": "compression.pipeline.tflm.recipe:convert_tflm:TflmParams",
+    "sensor-transformer": "compression.pipeline.sensor.recipe:train_sensor:SensorParams",
 }
 
 # Functions callable through the subprocess runner that are not recipes.
