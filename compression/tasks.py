@@ -116,7 +116,12 @@ def run_compression(job_id: int) -> None:
     if job is None:
         return
     try:
-        _compress(job)
+        if job.recipe == "sensor-transformer":
+            from compression.sensor import run_training
+
+            run_training(job)
+        else:
+            _compress(job)
     except JobCancelledError:
         return
     except (ConverterCrashError, InvalidModelError, ValueError, OSError) as exc:

@@ -136,7 +136,9 @@ def _header(lines: list[str]) -> tuple[dict[str, str], list[str], int]:
     raise SensorDataError("no @data line: not a UEA/UCR .ts file")
 
 
-def read_ts(text: str, name: str = "data.ts") -> tuple[list[np.ndarray], list[str] | None, list[str]]:
+def read_ts(
+    text: str, name: str = "data.ts"
+) -> tuple[list[np.ndarray], list[str] | None, list[str]]:
     """Series ([channels, time] each), labels (or None) and the declared classes.
 
     Raises:
@@ -182,7 +184,9 @@ def read_ts(text: str, name: str = "data.ts") -> tuple[list[np.ndarray], list[st
     return series, (labels if labelled else None), classes
 
 
-def read_csv_stream(text: str, name: str = "data.csv") -> tuple[np.ndarray, list[str], list[str] | None, str | None]:
+def read_csv_stream(
+    text: str, name: str = "data.csv"
+) -> tuple[np.ndarray, list[str], list[str] | None, str | None]:
     """The stream [channels, time], channel names, step labels (or None), label column.
 
     Raises:
@@ -206,7 +210,9 @@ def read_csv_stream(text: str, name: str = "data.csv") -> tuple[np.ndarray, list
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) != len(names):
-            raise SensorDataError(f"{name} row {number}: {len(row)} fields, header has {len(names)}")
+            raise SensorDataError(
+                f"{name} row {number}: {len(row)} fields, header has {len(names)}"
+            )
         where = f"{name} row {number}"
         values.append([_number(row[i], where) for i in channel_at])
         if label_at is not None:
@@ -260,7 +266,9 @@ def _finish(
 ) -> SensorData:
     lengths = [int(s.shape[1]) for s in series]
     if max(lengths) > MAX_LENGTH:
-        raise SensorDataError(f"{source}: a series has {max(lengths)} steps; the limit is {MAX_LENGTH}")
+        raise SensorDataError(
+            f"{source}: a series has {max(lengths)} steps; the limit is {MAX_LENGTH}"
+        )
     length = window or max(lengths)
     filled, missing = [], 0
     for s in series:
@@ -286,7 +294,9 @@ def _load_csv(path: Path, window: int, hop: int) -> SensorData:
     size = window or min(128, stream.shape[1])
     starts = cut_windows(stream.shape[1], size, hop or size // 2)
     if not starts:
-        raise SensorDataError(f"{path.name}: {stream.shape[1]} rows, fewer than one window of {size}")
+        raise SensorDataError(
+            f"{path.name}: {stream.shape[1]} rows, fewer than one window of {size}"
+        )
     series = [stream[:, s : s + size] for s in starts]
     labels = None
     if step_labels is not None:
@@ -303,8 +313,8 @@ def _load_npz(path: Path, window: int) -> SensorData:
             pass
         arrays = np.load(path, allow_pickle=False)
         x = np.asarray(arrays["x"], dtype=np.float64) if "x" in arrays else None
-        y = arrays["y"] if "y" in arrays else None
-        lengths = arrays["lengths"] if "lengths" in arrays else None
+        y = arrays.get("y")
+        lengths = arrays.get("lengths")
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise SensorDataError(f"{path.name}: not a readable .npz ({exc})") from None
     if x is None:
@@ -312,7 +322,9 @@ def _load_npz(path: Path, window: int) -> SensorData:
     if x.ndim == 2:
         x = x[:, None, :]
     if x.ndim != 3 or 0 in x.shape:
-        raise SensorDataError(f"{path.name}: x must be [windows, channels, time], got {list(x.shape)}")
+        raise SensorDataError(
+            f"{path.name}: x must be [windows, channels, time], got {list(x.shape)}"
+        )
     if y is not None and len(y) != len(x):
         raise SensorDataError(f"{path.name}: {len(y)} labels for {len(x)} windows")
     series = []
@@ -324,14 +336,16 @@ def _load_npz(path: Path, window: int) -> SensorData:
     return _finish(series, labels, [], channels, window, path.name)
 
 
-def load_sensor_data(path: str | Path, window: int = 0, hop: int = 0) -> SensorData:
-    """Read a .ts, .csv or .npz file into windows.
+def load_sensor_data(
+    path: str | Path, window: int = 0, hop: int = 0, suffix: str | None = None
+) -> SensorData:
+    """Read a .ts, .csv or .npz file into windows (``suffix`` overrides the path's).
 
     Raises:
         SensorDataError: unknown suffix, malformed content, too large.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = (suffix or path.suffix).lower()
     if suffix == ".ts":
         data = _load_ts(path, window)
     elif suffix == ".csv":
@@ -341,7 +355,9 @@ def load_sensor_data(path: str | Path, window: int = 0, hop: int = 0) -> SensorD
     else:
         raise SensorDataError(f"{path.name}: sensor data is .ts, .csv or .npz")
     if data.x.shape[1] > MAX_CHANNELS:
-        raise SensorDataError(f"{path.name}: {data.x.shape[1]} channels; the limit is {MAX_CHANNELS}")
+        raise SensorDataError(
+            f"{path.name}: {data.x.shape[1]} channels; the limit is {MAX_CHANNELS}"
+        )
     if not np.isfinite(data.x).all():
         raise SensorDataError(f"{path.name}: values too large to be float32")
     return data

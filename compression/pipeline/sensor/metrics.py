@@ -9,7 +9,9 @@ import numpy as np
 __all__ = ["classification_report", "detection_report"]
 
 
-def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def classification_report(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-class recall/precision and the confusion matrix
     (rows: true class, columns: predicted)."""
     k = len(classes)

@@ -85,7 +85,9 @@ class TokenNorm(nn.Module):
     def __init__(self, kind: str, features: int):
         super().__init__()
         self.kind = kind
-        self.norm: nn.Module = nn.BatchNorm1d(features) if kind == "batch" else nn.LayerNorm(features)
+        self.norm: nn.Module = (
+            nn.BatchNorm1d(features) if kind == "batch" else nn.LayerNorm(features)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "batch":
@@ -124,7 +126,9 @@ class EncoderLayer(nn.Module):
         self.attention = LocalAttention(arch)
         self.norm2 = TokenNorm(arch.norm, arch.d_model)
         self.ff = nn.Sequential(
-            nn.Linear(arch.d_model, arch.ff), _activation(arch.activation), nn.Linear(arch.ff, arch.d_model)
+            nn.Linear(arch.d_model, arch.ff),
+            _activation(arch.activation),
+            nn.Linear(arch.ff, arch.d_model),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +167,8 @@ class SensorTransformer(nn.Module):
 
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         # The argument's name becomes the exported input's name.
-        x = (samples - self.shift) * self.scale
+        shift, scale = self._standardisation()
+        x = (samples - shift) * scale
         tokens = self.front(x).transpose(1, 2) + self.position
         for layer in self.encoder:
             tokens = layer(tokens)
@@ -172,8 +177,13 @@ class SensorTransformer(nn.Module):
         if self.arch.head == "forecast":
             # Forecast in standardised units, returned in the sensor's own units.
             out = out.reshape(-1, self.arch.channels, self.arch.outputs)
-            out = out / self.scale + self.shift
+            out = out / scale + shift
         return out
+
+    def _standardisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        shift, scale = self.shift, self.scale
+        assert isinstance(shift, torch.Tensor) and isinstance(scale, torch.Tensor)
+        return shift, scale
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -34,8 +34,8 @@ class SensorParams:
     attention_radius: int = 4
     activation: str = "relu"
     norm: str = "batch"
-    epochs: int = 200
-    batch_size: int = 16
+    epochs: int = 150
+    batch_size: int = 8
     learning_rate: float = 0.003
     seed: int = 0
     # CPU threads for training (the machine is shared).
@@ -56,8 +56,12 @@ class SensorParams:
             (self.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
             (self.window == 0 or 8 <= self.window <= 4096, "window must be 0 or 8..4096"),
             (0 <= self.hop <= 4096, "hop must be 0..4096"),
-            (4 <= self.d_model <= 256 and self.d_model % self.heads == 0 if self.heads else False,
-             "d_model must be 4..256 and divisible by heads"),
+            (
+                4 <= self.d_model <= 256 and self.d_model % self.heads == 0
+                if self.heads
+                else False,
+                "d_model must be 4..256 and divisible by heads",
+            ),
             (1 <= self.layers <= 4, "layers must be 1..4"),
             (1 <= self.heads <= 8, "heads must be 1..8"),
             (4 <= self.ff <= 1024, "ff must be 4..1024"),
@@ -73,8 +77,10 @@ class SensorParams:
             (0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be 0.5..1"),
             (1.0 <= self.threshold_margin <= 10.0, "threshold_margin must be 1..10"),
             (1 <= self.calibration_samples <= 10_000, "calibration_samples must be 1..10000"),
-            (self.array_name.isidentifier() and self.array_name.isascii(),
-             "array_name must be a C identifier"),
+            (
+                self.array_name.isidentifier() and self.array_name.isascii(),
+                "array_name must be a C identifier",
+            ),
             (1 <= self.latency_runs <= 1000, "latency_runs must be 1..1000"),
         )
         for ok, message in checks:

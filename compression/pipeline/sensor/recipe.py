@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,9 @@ GOLDEN_SIZE = 16
 DEFAULT_PARAMS = SensorParams()
 
 
-def load_pair(train_path: str, eval_path: str | None, params: SensorParams) -> tuple[SensorData, SensorData | None]:
+def load_pair(
+    train_path: str, eval_path: str | None, params: SensorParams
+) -> tuple[SensorData, SensorData | None]:
     """Training and evaluation windows with the same shape and classes.
 
     Raises:
@@ -108,7 +109,11 @@ def _litert_raw(model_path: Path, tensors: list[np.ndarray]) -> list[np.ndarray]
 
 
 def _golden(
-    runner: micro.MicroModel, feeds: list[dict[str, np.ndarray]], model_path: Path, out: Path, task: str
+    runner: micro.MicroModel,
+    feeds: list[dict[str, np.ndarray]],
+    model_path: Path,
+    out: Path,
+    task: str,
 ) -> dict[str, Any]:
     """The device self-test: quantized windows and TFLM's raw int8 outputs; the bound is
     what LiteRT (the agent's runtime) needs here, doubled, and at least 2 int8 steps."""
@@ -126,7 +131,10 @@ def _golden(
     litert = _litert_raw(model_path, [f[name] for f in device_feeds])
     worst = 0.0
     if litert is not None:
-        worst = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(litert, references, strict=True))
+        worst = max(
+            float(np.abs(a.astype(np.float64) - b).max())
+            for a, b in zip(litert, references, strict=True)
+        )
     tolerance = {"max_abs_error": max(2.0, 2.0 * worst)}
     digest = build_golden(out, device_feeds, references, task, tolerance)
     return {"sha256": digest, "count": count, "tolerance": tolerance, "litert_worst_abs": worst}
@@ -144,7 +152,9 @@ def _quantization(details: dict[str, Any]) -> dict[str, float | int] | None:
     return {"scale": float(q["scales"][0]), "zero_point": int(q["zero_points"][0])}
 
 
-def _sidecar(runner: micro.MicroModel, data: SensorData, params: SensorParams, arena: int) -> dict[str, Any]:
+def _sidecar(
+    runner: micro.MicroModel, data: SensorData, params: SensorParams, arena: int
+) -> dict[str, Any]:
     interp = runner.interpreter
     window = int(data.x.shape[2])
     return {
@@ -207,10 +217,16 @@ def train_sensor(
     out = Path(output_dir)
     train, test = load_pair(train_path, eval_path, params)
     log = [f"training data: {json.dumps(train.summary())}"]
-    progress(0.02, "training", f"{len(train.x)} windows, {train.x.shape[1]} channels x {train.x.shape[2]}")
+    progress(
+        0.02,
+        "training",
+        f"{len(train.x)} windows, {train.x.shape[1]} channels x {train.x.shape[2]}",
+    )
     result = train_classifier(train, params, lambda f, m: progress(0.02 + 0.6 * f, "training", m))
     model = result.model
-    log.append(f"trained {params.epochs} epochs in {result.seconds:.1f} s ({result.cpu_seconds:.1f} CPU s)")
+    log.append(
+        f"trained {params.epochs} epochs in {result.seconds:.1f} s ({result.cpu_seconds:.1f} CPU s)"
+    )
     channels, window = int(train.x.shape[1]), int(train.x.shape[2])
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
@@ -235,16 +251,30 @@ def train_sensor(
     evaluated = _evaluate(model, onnx_path, runner, test or train, train.class_names)
     sidecar = _sidecar(runner, train, params, arena.size_bytes)
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2))
-    constants: dict[str, int | float] = {"kChannels": channels, "kWindow": window, "kClasses": len(train.class_names)}
-    for prefix, q in (("kInput", sidecar["input_quantization"]), ("kOutput", sidecar["output_quantization"])):
+    constants: dict[str, int | float] = {
+        "kChannels": channels,
+        "kWindow": window,
+        "kClasses": len(train.class_names),
+    }
+    for prefix, q in (
+        ("kInput", sidecar["input_quantization"]),
+        ("kOutput", sidecar["output_quantization"]),
+    ):
         if q:
             constants[f"{prefix}Scale"] = float(q["scale"])
             constants[f"{prefix}ZeroPoint"] = int(q["zero_point"])
-    write_c_source(int8, out, array_name=params.array_name, arena_size=arena.size_bytes, constants=constants)
-    golden_feeds = [{key: calibration[i : i + 1]} for i in range(min(GOLDEN_SIZE, len(calibration)))]
+    write_c_source(
+        int8, out, array_name=params.array_name, arena_size=arena.size_bytes, constants=constants
+    )
+    golden_feeds = [
+        {key: calibration[i : i + 1]} for i in range(min(GOLDEN_SIZE, len(calibration)))
+    ]
     golden = _golden(runner, golden_feeds, model_path, out / GOLDEN_FILE, "tensor")
     accuracy = {k: v["accuracy"] for k, v in evaluated.items() if isinstance(v, dict)}
-    log.append(f"accuracy on {evaluated['source']}: {accuracy}; {len(int8)} bytes, arena {arena.size_bytes} bytes")
+    log.append(
+        f"accuracy on {evaluated['source']}: {accuracy}; "
+        f"{len(int8)} bytes, arena {arena.size_bytes} bytes"
+    )
     progress(1.0, "done", "sensor model ready")
     return RecipeResult(
         output_path=str(model_path),
@@ -264,7 +294,9 @@ def train_sensor(
             "ops": summary.ops,
             "accuracy": accuracy,
             "evaluation": evaluated,
-            "evaluated_on": "evaluation dataset" if test is not None else "training data (no evaluation dataset)",
+            "evaluated_on": "evaluation dataset"
+            if test is not None
+            else "training data (no evaluation dataset)",
             "training": {
                 "seconds": round(result.seconds, 2),
                 "cpu_seconds": round(result.cpu_seconds, 2),

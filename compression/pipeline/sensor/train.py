@@ -66,10 +66,11 @@ def _class_weights(y: np.ndarray, classes: int, balance: bool) -> torch.Tensor:
 def _split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/validation indices (no validation when share is 0)."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for label in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == label))
-        cut = int(round(len(idx) * share))
+        cut = round(len(idx) * share)
         val.extend(idx[:cut])
         train.extend(idx[cut:])
     return np.asarray(sorted(train)), np.asarray(sorted(val), dtype=np.int64)
@@ -88,7 +89,9 @@ def _setup(params: SensorParams) -> torch.Generator:
     return generator
 
 
-def architecture(params: SensorParams, channels: int, window: int, outputs: int, head: str) -> Architecture:
+def architecture(
+    params: SensorParams, channels: int, window: int, outputs: int, head: str
+) -> Architecture:
     arch = Architecture(
         channels=channels,
         window=window,
@@ -129,11 +132,14 @@ def train_classifier(data: SensorData, params: SensorParams, report: Report) -> 
     y = torch.from_numpy(data.y)
     std_t = torch.from_numpy(std)
     loss_fn = nn.CrossEntropyLoss(
-        weight=_class_weights(data.y[train_idx], classes, params.balance_classes), label_smoothing=0.1
+        weight=_class_weights(data.y[train_idx], classes, params.balance_classes),
+        label_smoothing=0.1,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=0.01)
     steps = params.epochs * max(1, -(-len(train_idx) // params.batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, params.learning_rate, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, params.learning_rate, total_steps=steps
+    )
     best: tuple[float, int, dict[str, Any]] = (-1.0, 0, {})
     history = []
     for epoch in range(1, params.epochs + 1):
@@ -155,7 +161,10 @@ def train_classifier(data: SensorData, params: SensorParams, report: Report) -> 
             history.append({"epoch": epoch, "loss": total / len(train_idx), "val_accuracy": val})
             if len(val_idx) and val >= best[0]:
                 best = (val, epoch, copy.deepcopy(model.state_dict()))
-            report(epoch / params.epochs, f"epoch {epoch}/{params.epochs} loss {total / len(train_idx):.3f}")
+            report(
+                epoch / params.epochs,
+                f"epoch {epoch}/{params.epochs} loss {total / len(train_idx):.3f}",
+            )
     if best[2]:
         model.load_state_dict(best[2])
     model.eval()
@@ -174,7 +183,9 @@ def split_forecast(x: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]
     return x[:, :, :-horizon], x[:, :, -horizon:]
 
 
-def train_forecaster(context: np.ndarray, target: np.ndarray, params: SensorParams, report: Report) -> TrainResult:
+def train_forecaster(
+    context: np.ndarray, target: np.ndarray, params: SensorParams, report: Report
+) -> TrainResult:
     """Learn to forecast the next ``horizon`` steps of normal data (mean squared error)."""
     generator = _setup(params)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -185,7 +196,9 @@ def train_forecaster(context: np.ndarray, target: np.ndarray, params: SensorPara
     scale = torch.from_numpy(1.0 / std).reshape(1, -1, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=0.01)
     steps = params.epochs * max(1, -(-len(x) // params.batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, params.learning_rate, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, params.learning_rate, total_steps=steps
+    )
     history = []
     for epoch in range(1, params.epochs + 1):
         model.train()
