@@ -48,20 +48,33 @@ def feeds_of(x: np.ndarray) -> list[dict[str, np.ndarray]]:
     return [{INPUT_NAME: x[i : i + 1].astype(np.float32)} for i in range(len(x))]
 
 
-def quantize_int8(float_model: Path, calibration: np.ndarray) -> bytes:
+def quantize_int8(float_model: Path, calibration: np.ndarray, global_ranges: bool = False) -> bytes:
     """Full-integer model (int8 weights and activations), every buffer inlined.
+
+    The quantizer's calibration keeps a moving average of each sample's min/max: right
+    for logits, whose range is alike in every window, wrong for a forecast, whose
+    values move with the signal (a window's 8 outputs span a sliver of the range and
+    the average range clips the rest). ``global_ranges`` keeps the true min/max.
 
     Raises:
         TflmError: the quantizer rejected the model or the calibration windows.
     """
-    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer import calibrator, quantizer, recipe
+    from ai_edge_quantizer.utils import qsv_utils
 
     from compression.pipeline.tflm.quantize import inline_buffers
 
     quant = quantizer.Quantizer(str(float_model))
     quant.load_quantization_recipe(recipe.static_wi8_ai8())
     try:
-        ranges = quant.calibrate({SIGNATURE: feeds_of(calibration)}, num_threads=1)
+        if global_ranges:
+            calib = calibrator.Calibrator(
+                str(float_model), num_threads=1, qsv_update_func=qsv_utils.min_max_update
+            )
+            calib.calibrate({SIGNATURE: feeds_of(calibration)}, quant._recipe_manager)
+            ranges = calib.get_model_qsvs()
+        else:
+            ranges = quant.calibrate({SIGNATURE: feeds_of(calibration)}, num_threads=1)
         result = quant.quantize(ranges)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise TflmError(f"ai-edge-quantizer failed: {exc}") from exc

@@ -175,9 +175,9 @@ class SensorTransformer(nn.Module):
         pooled = self.final_norm(tokens).mean(dim=1)
         out: torch.Tensor = self.head(pooled)
         if self.arch.head == "forecast":
-            # Forecast in standardised units, returned in the sensor's own units.
+            # Forecast in standardised units: one int8 range fits every channel (in the
+            # sensor's units the range would span the offset and lose the detail).
             out = out.reshape(-1, self.arch.channels, self.arch.outputs)
-            out = out / scale + shift
         return out
 
     def _standardisation(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,15 +39,19 @@ class SensorParams:
     learning_rate: float = 0.003
     seed: int = 0
     # CPU threads for training (the machine is shared).
-    threads: int = 2
+    threads: int = 1
     # Inverse-frequency class weights in the loss (imbalanced data).
     balance_classes: bool = True
     # Share of the training windows kept aside to pick the epoch and (anomaly) the threshold.
     validation_split: float = 0.0
+    # Anomaly: the model forecasts this many steps from the rest of the window.
+    horizon: int = 8
     # Anomaly: threshold = this quantile of the errors on normal calibration data, times margin.
     threshold_quantile: float = 1.0
     threshold_margin: float = 1.0
     calibration_samples: int = 128
+    # Anomaly: return every block's score in the metrics (benchmarks; large).
+    keep_scores: bool = False
     array_name: str = "g_model_data"
     latency_runs: int = 50
 
@@ -56,6 +60,7 @@ class SensorParams:
             (self.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
             (self.window == 0 or 8 <= self.window <= 4096, "window must be 0 or 8..4096"),
             (0 <= self.hop <= 4096, "hop must be 0..4096"),
+            (1 <= self.horizon <= 256, "horizon must be 1..256"),
             (
                 4 <= self.d_model <= 256 and self.d_model % self.heads == 0
                 if self.heads

@@ -194,6 +194,7 @@ def train_forecaster(
     model = SensorTransformer(arch, mean, std)
     x, y = torch.from_numpy(context), torch.from_numpy(target)
     scale = torch.from_numpy(1.0 / std).reshape(1, -1, 1)
+    shift = torch.from_numpy(mean).reshape(1, -1, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=0.01)
     steps = params.epochs * max(1, -(-len(x) // params.batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -209,8 +210,8 @@ def train_forecaster(
             if len(batch) < 2:
                 continue
             optimizer.zero_grad()
-            # The loss in standardised units: every channel counts the same.
-            loss = (((model(x[batch]) - y[batch]) * scale) ** 2).mean()
+            # The model forecasts in standardised units: every channel counts the same.
+            loss = ((model(x[batch]) - (y[batch] - shift) * scale) ** 2).mean()
             loss.backward()
             optimizer.step()
             schedule.step()
