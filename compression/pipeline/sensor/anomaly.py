@@ -283,7 +283,12 @@ def train_anomaly(
         recipe="sensor-transformer",
         params=dataclasses.asdict(params),
         log=[
-            f"threshold {bound:.5f} (z-score baseline {baseline_bound:.3f}); {json.dumps(evaluation)}"
+            f"threshold {bound:.5f} (z-score baseline {baseline_bound:.3f})",
+            *(
+                f"{name}: {json.dumps(evaluation[name])}"
+                for name in ("tflm_int8", "float", "zscore_baseline")
+                if name in evaluation
+            ),
         ],
         metrics={
             "task": "anomaly",
