@@ -80,11 +80,15 @@ def test_it_trains_a_sensor_model_to_an_int8_tflm_version_with_accuracy(
         names = set(archive.namelist())
         assert {
             "model.tflite",
-            "model.onnx",
+            "exports.zip",
             "model_data.cc",
             "model_data.h",
             "sensor.json",
         } <= names
+        # One loose model (what devices get); the float exports travel packed.
+        assert not any(n.endswith(".onnx") for n in names)
+        with zipfile.ZipFile(io.BytesIO(archive.read("exports.zip"))) as exports:
+            assert set(exports.namelist()) == {"model.onnx", "model_float.tflite"}
         model = archive.read("model.tflite")
         assert parse_c_array(archive.read("model_data.cc").decode()) == model
         header = parse_header_constants(archive.read("model_data.h").decode())

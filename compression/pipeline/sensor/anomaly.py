@@ -277,6 +277,7 @@ def train_anomaly(
         {key: calibration_x[i : i + 1, :, :-h]} for i in range(min(GOLDEN_SIZE, len(calibration_x)))
     ]
     golden = _golden(runner, golden_feeds, model_path, out / GOLDEN_FILE, "tensor")
+    export.pack_exports(out)
     progress(1.0, "done", "anomaly model ready")
     return RecipeResult(
         output_path=str(model_path),

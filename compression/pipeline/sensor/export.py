@@ -94,3 +94,25 @@ def shorten_names(model: bytes) -> bytes:
             if index not in keep:
                 tensor.name = f"t{index}".encode()
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+EXPORTS_ARCHIVE = "exports.zip"
+
+
+def pack_exports(out: Path, names: tuple[str, ...] = ("model.onnx", "model_float.tflite")) -> Path:
+    """Move the float exports into ``exports.zip`` inside the output folder.
+
+    The version's artifact must hold exactly one loose model (model.tflite, the int8
+    model devices get); a loose model.onnx would be taken for the model by the
+    registry and the bundle builder.
+    """
+    import zipfile
+
+    archive = out / EXPORTS_ARCHIVE
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in names:
+            path = out / name
+            if path.is_file():
+                zf.write(path, name)
+                path.unlink()
+    return archive

@@ -275,6 +275,8 @@ def train_sensor(
         f"accuracy on {evaluated['source']}: {accuracy}; "
         f"{len(int8)} bytes, arena {arena.size_bytes} bytes"
     )
+    onnx_bytes, float_bytes = onnx_path.stat().st_size, float_path.stat().st_size
+    export.pack_exports(out)
     progress(1.0, "done", "sensor model ready")
     return RecipeResult(
         output_path=str(model_path),
@@ -286,8 +288,8 @@ def train_sensor(
             "parameters": model.parameter_count(),
             "model_bytes": len(int8),
             "flash_bytes": len(int8),
-            "onnx_bytes": onnx_path.stat().st_size,
-            "float_tflite_bytes": float_path.stat().st_size,
+            "onnx_bytes": onnx_bytes,
+            "float_tflite_bytes": float_bytes,
             "arena_bytes": arena.size_bytes,
             "arena_reported_bytes": arena.reported_bytes,
             "tflm_latency": latency,
@@ -314,5 +316,6 @@ def train_sensor(
             "max_seq_len": window,
             "sensor": sidecar,
             "firmware_files": ["model_data.cc", "model_data.h"],
+            "exports": ["exports.zip: model.onnx (float), model_float.tflite"],
         },
     )
