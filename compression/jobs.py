@@ -25,6 +25,7 @@ from compression.recipes import RecipeError, check_model_size, check_params, che
 from compression.sensor import SENSOR_SUFFIXES, sensor_dataset_facts
 from compression.services import RegistryError
 from compression.storage import safe_filename, store_file
+from compression.tasks import run_compression
 
 MAX_DATASET_ROWS = 100_000
 
@@ -99,8 +100,6 @@ def create_job(
 
 
 def _enqueue(job_id: int) -> None:
-    from compression.tasks import run_compression
-
     run_compression.delay(job_id)
 
 

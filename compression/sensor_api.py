@@ -11,7 +11,7 @@ from accounts.models import Role
 from compression.schemas import ConflictOut, ErrorOut, JobOut, VersionOut
 from compression.sensor import start_training
 from compression.services import RegistryError
-from tinyfleet.api import require_role
+from accounts.permissions import require_role
 
 router = Router(tags=["sensor"])
 
