@@ -8,10 +8,10 @@ from django.http import HttpRequest
 from ninja import Router, Schema, Status
 
 from accounts.models import Role
+from accounts.permissions import require_role
 from compression.schemas import ConflictOut, ErrorOut, JobOut, VersionOut
 from compression.sensor import start_training
 from compression.services import RegistryError
-from accounts.permissions import require_role
 
 router = Router(tags=["sensor"])
 

@@ -20,9 +20,9 @@ from django.test import Client
 from compression.models import Job
 from compression.pipeline.sensor.data import load_sensor_data
 from fleet.models import Bundle, Device
-from fleet.rollup_fold import fold_pending
+from fleet.telemetry.rollup_fold import fold_pending
 from tests.conftest import Worker, wait_for
-from tests.e2e.test_agents_and_rollouts import Agent, _settle
+from tests.e2e.agent_helpers import Agent, _settle
 from tests.fixtures.sensor_data import synthetic_ts_pair
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
