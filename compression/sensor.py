@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from accounts.models import audit
@@ -105,6 +106,8 @@ def start_training(
         raise RegistryError(
             "name must be 1-100 characters: letters, digits, space, dot, dash or underscore"
         )
+    if RegisteredModel.objects.filter(name=name).exists():
+        raise ModelExistsError(f"a model named {name!r} already exists; choose another name")
     train = _sensor_dataset(dataset, "training", required=True)
     assert train is not None
     test = _sensor_dataset(eval_dataset, "evaluation", required=False)
@@ -150,8 +153,18 @@ def start_training(
                 calibration_dataset=train.pk,
             )
     except IntegrityError as exc:
+        _drop_spec(key)
         raise ModelExistsError(f"a model named {name!r} already exists") from exc
+    except BaseException:
+        _drop_spec(key)
+        raise
     return version, job
+
+
+def _drop_spec(key: str) -> None:
+    # Nothing partial: the spec file goes unless another version already shares it.
+    if not ModelVersion.objects.filter(storage_key=key).exists():
+        default_storage.delete(key)
 
 
 class ModelExistsError(RegistryError):
