@@ -35,7 +35,13 @@ from compression.pipeline.sensor.params import SensorDataError
 from compression.services import NAME_PATTERN, RegistryError
 from compression.storage import content_key, store_file
 
-__all__ = ["SENSOR_RECIPE", "SENSOR_SUFFIXES", "sensor_dataset_facts", "start_training"]
+__all__ = [
+    "SENSOR_RECIPE",
+    "SENSOR_SUFFIXES",
+    "sensor_dataset_facts",
+    "sensor_rows",
+    "start_training",
+]
 
 SENSOR_RECIPE = "sensor-transformer"
 SENSOR_SUFFIXES = (".ts", ".csv")
@@ -227,3 +233,14 @@ def run_training(job: Job) -> None:
             golden_sha256=golden_sha,
             inspection=inspect_model(Path(result["output_path"]), Format.TFLITE),
         )
+
+
+def sensor_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-class rows of the int8 model's confusion matrix, for the version page."""
+    report = (metrics.get("evaluation") or {}).get("tflm_int8") or {}
+    classes, matrix = report.get("classes") or [], report.get("confusion_matrix") or []
+    per_class = report.get("per_class") or {}
+    return [
+        {"name": name, "counts": counts, **per_class.get(name, {})}
+        for name, counts in zip(classes, matrix, strict=False)
+    ]

@@ -19,6 +19,7 @@ from compression.compare import comparison_row, recommend
 from compression.jobs import cancel_job, create_job
 from compression.models import Dataset, Job, ModelVersion, RegisteredModel, Task, VersionStatus
 from compression.recipes import CATALOGUE
+from compression.sensor import sensor_rows
 from compression.services import RegistryError, delete_version, register_upload
 from compression.uploads import too_large_message, upload_too_large
 from core.htmx import is_htmx
@@ -63,6 +64,7 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
         "jobs": version.jobs.all()[:20],
         "blockers": version.deletion_blockers(),
         "finished": version.status in (VersionStatus.READY, VersionStatus.FAILED),
+        "sensor_rows": sensor_rows(version.metrics),
     }
     if is_htmx(request):
         response = render(request, "compression/_version_status.html", context)

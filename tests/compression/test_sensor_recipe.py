@@ -13,7 +13,7 @@ import pytest
 from compression.pipeline.runner import ConverterCrashError, run_in_subprocess
 from compression.pipeline.tflm import micro
 from compression.pipeline.tflm.carray import parse_c_array, parse_header_constants
-from tests.fixtures.sensor_data import basic_motions, synthetic_windows
+from tests.fixtures.sensor_data import basic_motions, synthetic_stream_csv, synthetic_windows
 
 
 @pytest.mark.slow  # ~1 min: 150 epochs on 40 windows, litert-torch conversion, int8
@@ -64,3 +64,40 @@ def test_it_fails_clearly_when_the_window_is_too_short_for_the_front_end(tmp_pat
             timeout=120,
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_it_detects_an_injected_anomaly_better_than_the_z_score_baseline(tmp_path: Path) -> None:
+    train = synthetic_stream_csv(tmp_path / "normal.csv", 600, seed=0)
+    test = synthetic_stream_csv(tmp_path / "test.csv", 800, seed=1, anomaly_at=404)
+    out = tmp_path / "out"
+    result = run_in_subprocess(
+        "sensor-transformer",
+        {
+            "spec_path": str(train),
+            "output_dir": str(out),
+            "params": {
+                "task": "anomaly",
+                "epochs": 15,
+                "d_model": 16,
+                "ff": 32,
+                "threshold_margin": 1.5,
+            },
+            "train_path": str(train),
+            "eval_path": str(test),
+        },
+        timeout=600,
+    )
+    found = result["metrics"]["anomaly"]
+    assert found["anomalous_blocks"] >= 2
+    model, baseline = found["tflm_int8"], found["zscore_baseline"]
+    assert model["recall"] == 1.0 and model["f1"] > baseline["f1"]
+    sidecar = json.loads((out / "sensor.json").read_text())
+    assert (
+        sidecar["task"] == "sensor-anomaly"
+        and sidecar["threshold"] == result["metrics"]["threshold"]
+    )
+    assert sidecar["horizon"] == 8 and sidecar["window"] == 64 and sidecar["context"] == 56
+    assert (
+        result["metrics"]["arena_bytes"] > 0
+        and (out / "model_data.h").read_text().count("kThreshold") == 1
+    )

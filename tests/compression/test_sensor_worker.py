@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 
 from compression.models import Dataset, Job, ModelVersion, RegisteredModel
 from compression.pipeline.tflm.carray import parse_c_array, parse_header_constants
@@ -33,7 +34,7 @@ def _upload(api: Any, path: Path, kind: str = "") -> Any:
 
 
 def test_it_trains_a_sensor_model_to_an_int8_tflm_version_with_accuracy(
-    celery_worker: Worker, alice_api: Any, tmp_path: Path
+    celery_worker: Worker, alice_api: Any, alice: Any, tmp_path: Path
 ) -> None:
     train_file, test_file = synthetic_ts_pair(tmp_path / "data")
     train = _upload(alice_api, train_file)
@@ -74,6 +75,12 @@ def test_it_trains_a_sensor_model_to_an_int8_tflm_version_with_accuracy(
     assert metrics["training"]["data"]["unequal_lengths"] is True
     assert child.pipeline["labels"] == ["idle", "walk", "run"] and child.golden_sha256
     assert "epoch 30/30" in job.log
+
+    page = Client()
+    page.force_login(alice)
+    html = page.get(f"/versions/{child.pk}/").content.decode()
+    assert 'data-testid="confusion-matrix"' in html and "int8 on TFLite Micro" in html
+    assert f"tensor arena {metrics['arena_bytes']} bytes" in html
 
     download = alice_api.get(f"/api/v1/versions/{child.pk}/file")
     with zipfile.ZipFile(io.BytesIO(b"".join(download.streaming_content))) as archive:

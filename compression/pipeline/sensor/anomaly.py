@@ -318,5 +318,6 @@ def train_anomaly(
             "max_seq_len": context,
             "sensor": sidecar,
             "firmware_files": ["model_data.cc", "model_data.h"],
+            "arena_bytes": arena.size_bytes,
         },
     )

@@ -316,6 +316,7 @@ def train_sensor(
             "max_seq_len": window,
             "sensor": sidecar,
             "firmware_files": ["model_data.cc", "model_data.h"],
+            "arena_bytes": arena.size_bytes,
             "exports": ["exports.zip: model.onnx (float), model_float.tflite"],
         },
     )
