@@ -136,9 +136,14 @@ class Predictor:
         """The sensor window pipeline (sensorstream) for sensor-* tasks, else None."""
         if not self.spec.task.startswith("sensor-"):
             return None
-        from .sensorstream import SensorModel, SensorStreamError
+        from .sensorstream import SensorModel, SensorStreamError, micro_runtime_if_asked
 
         try:
+            micro = micro_runtime_if_asked(self.model_dir)
+            if micro is not None:
+                # The device runs the MCU path: the self-test then replays on it too.
+                self.runtime.close()
+                self.runtime = micro  # type: ignore[assignment]
             return SensorModel(self.model_dir, self.runtime, self.spec.confidence_threshold)
         except SensorStreamError as e:
             raise RuntimeLoadError(str(e)) from e

@@ -293,3 +293,73 @@ def stream_route(api: Any, body: Any) -> dict[str, Any]:
         answer.update(answer_body)
         answer["ends"] = [end for end, _ in completed]
     return answer
+
+
+# -- TensorFlow Lite Micro on the agent -------------------------------------------------
+
+SENSOR_RUNTIME_ENV = "TINYFLEET_AGENT_SENSOR_RUNTIME"
+
+
+class TflmRuntime:
+    """The bundle's int8 model on the TFLite Micro interpreter (``tflite-micro``), in the
+    tensor arena measured at training time: what a microcontroller would run, so
+    rollouts, self-tests and telemetry exercise the MCU path on a board. Same ``run``
+    contract as the other runtimes (raw int8 tensors in and out)."""
+
+    name = "tflite-micro"
+
+    def __init__(self, model_path: Path, arena_bytes: int) -> None:
+        try:
+            from tflite_micro.python.tflite_micro import runtime
+        except ImportError as e:
+            raise SensorStreamError(
+                "tflite-micro is not installed (pip install --pre tflite-micro)"
+            ) from e
+        self.version = _distribution_version("tflite-micro")
+        self._lock = threading.Lock()
+        try:
+            self._interp = runtime.Interpreter.from_bytes(
+                model_path.read_bytes(), arena_size=arena_bytes
+            )
+        except (RuntimeError, OSError) as e:
+            raise SensorStreamError(
+                f"TFLite Micro could not load the model in {arena_bytes} bytes: {e}"
+            ) from e
+        self.arena_bytes = arena_bytes
+
+    def run(self, feeds: Any) -> list[np.ndarray]:
+        (value,) = feeds.values()
+        rows = np.asarray(value)
+        outputs = []
+        with self._lock:
+            for row in rows:
+                self._interp.set_input(np.ascontiguousarray(row[None]), 0)
+                self._interp.invoke()
+                outputs.append(np.array(self._interp.get_output(0)))
+        return [np.concatenate(outputs)]
+
+    def close(self) -> None:
+        self._interp = None
+
+
+def _distribution_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+def micro_runtime_if_asked(model_dir: Path) -> TflmRuntime | None:
+    """A TflmRuntime when the device asks for it (TINYFLEET_AGENT_SENSOR_RUNTIME=
+    tflite-micro), else None. Raises SensorStreamError when asked but impossible."""
+    import os
+
+    if os.environ.get(SENSOR_RUNTIME_ENV, "") != "tflite-micro":
+        return None
+    try:
+        arena = int(json.loads((model_dir / SIDECAR).read_text())["arena_bytes"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SensorStreamError(f"{SIDECAR} has no arena_bytes for TFLite Micro: {e}") from None
+    return TflmRuntime(model_dir / "model.tflite", arena)

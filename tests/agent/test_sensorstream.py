@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tinyfleet_agent.predictor import InputError, Predictor
+from tinyfleet_agent._internal.selftest import run_golden_selftest
+from tinyfleet_agent.predictor import InputError, Predictor, RuntimeLoadError
 from tinyfleet_agent.protocol import PipelineSpec
 from tinyfleet_agent.sensorstream import SensorConfig, SensorStreamError, StreamBuffer
 
@@ -113,3 +114,29 @@ def test_it_refuses_windows_of_the_wrong_shape(trained: tuple[Path, Path]) -> No
         predictor.predict([[[0.0] * 64] * 2])
     with pytest.raises(InputError, match="non-empty list"):
         predictor.predict([])
+
+
+def test_it_runs_the_bundle_on_tflite_micro_in_the_measured_arena_when_asked(
+    trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    model_dir, test_file = trained
+    windows = [w.tolist() for w in load_sensor_data(test_file).x[:8]]
+    on_litert = [o["label"] for o in _predictor(model_dir).predict(windows)]
+    monkeypatch.setenv("TINYFLEET_AGENT_SENSOR_RUNTIME", "tflite-micro")
+    micro = _predictor(model_dir)
+    assert micro.runtime.name == "tflite-micro"
+    assert (
+        micro.runtime.arena_bytes
+        == json.loads((model_dir / "sensor.json").read_text())["arena_bytes"]
+    )
+    assert [o["label"] for o in micro.predict(windows)] == on_litert
+    # The install self-test replays the golden set on the interpreter the device uses.
+    assert run_golden_selftest(micro, model_dir / "golden.npz").passed
+
+    # Too small an arena cannot load: the install would be refused, not run out of memory.
+    starved = tmp_path / "starved"
+    shutil.copytree(model_dir, starved)
+    sidecar = json.loads((starved / "sensor.json").read_text())
+    (starved / "sensor.json").write_text(json.dumps({**sidecar, "arena_bytes": 2048}))
+    with pytest.raises(RuntimeLoadError, match="could not load the model in 2048 bytes"):
+        _predictor(starved)
