@@ -128,3 +128,12 @@ def test_it_scores_detections_with_precision_recall_and_f1() -> None:
 def test_it_validates_sensor_parameters(params: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SensorParams(**params)  # type: ignore[arg-type]
+
+
+def test_it_weights_rare_classes_up_for_imbalanced_data() -> None:
+    from compression.pipeline.sensor.train import _class_weights
+
+    weights = _class_weights(np.array([0] * 9 + [1] * 3), classes=3, balance=True)
+    # Inverse frequency, normalised so a balanced set would get 1.0; absent classes 0.
+    assert weights.tolist() == pytest.approx([12 / 9 / 3, 12 / 3 / 3, 0.0])
+    assert _class_weights(np.array([0, 1]), classes=2, balance=False).tolist() == [1.0, 1.0]
