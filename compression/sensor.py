@@ -186,12 +186,17 @@ def run_training(job: Job) -> None:
     from compression.derive import package, store_derived
     from compression.pipeline.inspect import inspect_model
     from compression.pipeline.runner import run_in_subprocess
-    from compression.tasks import _dataset_path, materialized
+    # Called by compression.tasks.run_compression; the helpers come in lazily so that
+    # importing this module (views, API) never imports the Celery task module.
+    from compression.archives import materialized
+    from compression.tasks import _dataset_path, job_tmp_prefix
 
     assert job.calibration_dataset is not None
+    # Scratch named after the job: the reaper removes what a killed worker leaves.
+    prefix = job_tmp_prefix(job.pk)
     with (
-        tempfile.TemporaryDirectory(dir=settings.TMP_DIR) as tmp,
-        materialized(job.version) as spec,
+        tempfile.TemporaryDirectory(dir=settings.TMP_DIR, prefix=prefix) as tmp,
+        materialized(job.version, prefix) as spec,
     ):
         work = Path(tmp)
         out_dir = work / "out"
