@@ -183,12 +183,12 @@ def run_training(job: Job) -> None:
     Raises what the subprocess raises (ConverterCrashError, ...): run_compression
     turns it into a failed job.
     """
-    from compression.derive import package, store_derived
-    from compression.pipeline.inspect import inspect_model
-    from compression.pipeline.runner import run_in_subprocess
     # Called by compression.tasks.run_compression; the helpers come in lazily so that
     # importing this module (views, API) never imports the Celery task module.
     from compression.archives import materialized
+    from compression.derive import package, store_derived
+    from compression.pipeline.inspect import inspect_model
+    from compression.pipeline.runner import run_in_subprocess
     from compression.tasks import _dataset_path, job_tmp_prefix
 
     assert job.calibration_dataset is not None
