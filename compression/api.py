@@ -324,11 +324,12 @@ def cancel(request: HttpRequest, job_id: int) -> Status[Any]:
 @router.post(
     "/datasets",
     response={201: DatasetOut, 413: ErrorOut, **ERRORS},
-    summary="Upload an evaluation/calibration dataset (.jsonl or .npz)",
+    summary="Upload a dataset (.jsonl, .npz; sensor data: .ts, .csv or kind=sensor)",
 )
 def upload_dataset(
     request: HttpRequest,
     name: Form[str] = "",
+    kind: Form[str] = "",
     file: UploadedFile | None = File(None),  # noqa: B008
 ) -> Status[Any]:
     require_role(request, Role.OPERATOR)
@@ -343,6 +344,7 @@ def upload_dataset(
             path=Path(_hashed(file).temporary_file_path()),
             filename=file.name or "dataset",
             size=file.size or 0,
+            kind=kind,
         )
     except RegistryError as exc:
         return Status(exc.status, {"error": str(exc)})

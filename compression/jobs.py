@@ -22,6 +22,7 @@ from compression.models import (
 )
 from compression.pipeline.textdata import DatasetError, load_jsonl, load_npz
 from compression.recipes import RecipeError, check_model_size, check_params, check_recipe
+from compression.sensor import SENSOR_SUFFIXES, sensor_dataset_facts
 from compression.services import RegistryError
 from compression.storage import safe_filename, store_file
 from compression.tasks import run_compression
@@ -151,8 +152,11 @@ def cancel_job(user: Any, job: Job) -> Job:
     return job
 
 
-def register_dataset(*, user: Any, name: str, path: Path, filename: str, size: int) -> Dataset:
-    """Validate and store an evaluation/calibration dataset.
+def register_dataset(
+    *, user: Any, name: str, path: Path, filename: str, size: int, kind: str = ""
+) -> Dataset:
+    """Validate and store an evaluation/calibration dataset (``kind="sensor"``, or a
+    ``.ts``/``.csv`` file: sensor windows for the sensor recipe).
 
     Raises:
         RegistryError: empty, malformed, too many rows, or an unknown file type.
@@ -161,8 +165,13 @@ def register_dataset(*, user: Any, name: str, path: Path, filename: str, size: i
     if size == 0:
         raise RegistryError("the dataset file is empty")
     suffix = Path(filename).suffix.lower()
+    if kind not in ("", DatasetKind.SENSOR):
+        raise RegistryError(f"unknown dataset kind {kind!r}; leave it empty or use 'sensor'")
     try:
-        if suffix == ".jsonl":
+        if kind == DatasetKind.SENSOR or suffix in SENSOR_SUFFIXES:
+            dataset_kind, rows, has_labels = sensor_dataset_facts(path, filename)
+            kind = dataset_kind
+        elif suffix == ".jsonl":
             examples = load_jsonl(path)
             kind, rows = DatasetKind.TEXT, len(examples)
             has_labels = rows > 0 and all(e.label is not None for e in examples)
@@ -170,7 +179,10 @@ def register_dataset(*, user: Any, name: str, path: Path, filename: str, size: i
             arrays = load_npz(path)
             kind, rows, has_labels = DatasetKind.TENSORS, len(next(iter(arrays.values()))), False
         else:
-            raise RegistryError('datasets are .jsonl ({"text", "label"?} per line) or .npz')
+            raise RegistryError(
+                'datasets are .jsonl ({"text", "label"?} per line), .npz, '
+                "or sensor data (.ts, .csv, or .npz with kind=sensor)"
+            )
     except DatasetError as exc:
         # Name the user's file, not our temporary path.
         message = str(exc).replace(str(path), Path(filename).name)

@@ -19,6 +19,8 @@ class Task(models.TextChoices):
     TEXT_CLASSIFICATION = "text-classification", "Text classification"
     TOKEN_CLASSIFICATION = "token-classification", "Token classification"
     TENSOR = "tensor", "Tensor in, tensor out"
+    SENSOR_CLASSIFICATION = "sensor-classification", "Sensor window classification"
+    SENSOR_ANOMALY = "sensor-anomaly", "Sensor anomaly detection"
 
 
 TEXT_TASKS = ("text-embedding", "text-classification", "token-classification")
@@ -28,6 +30,8 @@ class Format(models.TextChoices):
     ONNX = "onnx", "ONNX"
     TFLITE = "tflite", "TFLite"
     HF_DIR = "hf-dir", "Hugging Face directory"
+    # What a sensor model is trained from (data digests + architecture); not runnable.
+    SENSOR_SPEC = "sensor-spec", "Sensor training spec"
 
 
 class VersionStatus(models.TextChoices):
@@ -170,6 +174,7 @@ class ModelVersion(models.Model):
 class DatasetKind(models.TextChoices):
     TEXT = "text-jsonl", "Text (JSONL)"
     TENSORS = "tensors-npz", "Tensors (.npz)"
+    SENSOR = "sensor", "Sensor windows (.ts, .csv, .npz)"
 
 
 class Dataset(models.Model):

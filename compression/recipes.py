@@ -94,6 +94,16 @@ CATALOGUE: dict[str, RecipeInfo] = {
             "and the measured tensor arena.",
             assessor="assess-tflm",
         ),
+        RecipeInfo(
+            "sensor-transformer",
+            "Tiny sensor Transformer (train, int8, TFLite Micro)",
+            frozenset({Format.SENSOR_SPEC}),
+            Format.TFLITE,
+            needs_calibration=True,
+            description="Trains a small time-series Transformer from scratch on sensor "
+            "windows; full int8 .tflite, model_data.cc/.h with the measured arena, ONNX.",
+            form_params='{"epochs": 150, "batch_size": 8}',
+        ),
     )
     if info.name in RECIPES
 }

@@ -205,7 +205,12 @@ def run_compression(job_id: int) -> None:
         return
     try:
         with heartbeats(job):
-            _compress(job)
+            if job.recipe == "sensor-transformer":
+                from compression.sensor import run_training
+
+                run_training(job)
+            else:
+                _compress(job)
     except JobCancelledError:
         return
     except (ConverterCrashError, InvalidModelError, ValueError, OSError) as exc:

@@ -27,6 +27,7 @@ from compression.models import (
     VersionStatus,
 )
 from compression.recipes import CATALOGUE
+from compression.sensor import sensor_rows
 from compression.services import (
     RegistryError,
     delete_version,
@@ -85,6 +86,7 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
         "jobs": version.jobs.all()[:20],
         "blockers": version.deletion_blockers(),
         "finished": version.status in (VersionStatus.READY, VersionStatus.FAILED),
+        "sensor_rows": sensor_rows(version.metrics),
     }
     if is_htmx(request):
         response = render(request, "compression/_version_status.html", context)

@@ -4,6 +4,7 @@ from django.urls import path
 from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 
 from accounts import views as account_views
+from compression import sensor_views
 from compression import views as registry_views
 from fleet import agent_dist
 from fleet import pages as fleet_pages
@@ -22,6 +23,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("models/", registry_views.model_list, name="models"),
     path("models/upload/", registry_views.upload, name="upload"),
+    path("sensors/", sensor_views.sensor_models, name="sensor-models"),
     path("models/<int:model_id>/", registry_views.model_detail, name="model-detail"),
     path("versions/<int:version_id>/", registry_views.version_detail, name="version-detail"),
     path("versions/<int:version_id>/delete/", registry_views.version_delete, name="version-delete"),

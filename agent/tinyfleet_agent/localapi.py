@@ -4,6 +4,7 @@
     POST /v1/feedback  {"prediction_id", "label", "index"?} -> {"ok": true}
     GET  /v1/health    status, active bundle, model loaded, update/metadata fields
     GET  /v1/model     bundle id, release, runtime, pipeline spec
+    POST /v1/stream    sensor samples in, a prediction per hop (sensorstream.py)
 
 Errors are `{"error": "..."}` with 400, 403, 404, 405, 411, 413, 415, 500 or 503
 (no model yet). For `tensor` models, `/v1/predict` also takes one example as a binary
@@ -186,6 +187,7 @@ class LocalApi:
             ("POST", "/v1/predict"): (self._predict, None),
             ("POST", "/v1/feedback"): (self._feedback_route, None),
             ("GET", "/v1/health"): (self._health_route, None),
+            ("POST", "/v1/stream"): (self._stream_route, None),
             ("GET", "/v1/model"): (self._model_route, None),
         }
         self._server = self._bind(listen, unix_socket, allow_non_loopback)
@@ -428,6 +430,15 @@ class LocalApi:
             if outcome != "off":
                 answer["fallback"] = outcome  # "queued" or "dropped": never silent
         return answer
+
+    def _stream_route(self, body: Any) -> dict[str, Any]:
+        # Sensor streams: buffered in sensorstream, predicted through _predict.
+        from .sensorstream import SensorStreamError, stream_route
+
+        try:
+            return stream_route(self, body)
+        except SensorStreamError as e:
+            raise ApiError(400, str(e)) from None
 
     def _feedback_route(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):

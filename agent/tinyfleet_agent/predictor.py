@@ -118,6 +118,7 @@ class Predictor:
         self.runtime: Runtime = load_runtime(name, self.model_dir / model_file_for(name), threads)
         self.output_index = self._output_index()
         self.encoder = self._load_encoder()
+        self.sensor = self._load_sensor()
         self.threads = threads
         self._batcher = _Batcher(self, batch_window_ms, max_batch) if batch_window_ms > 0 else None
         self.load_seconds = time.perf_counter() - started
@@ -148,6 +149,22 @@ class Predictor:
         except Exception as e:  # tokenizers raises its own exception type
             raise RuntimeLoadError(f"tokenizer could not be loaded: {e}") from e
 
+    def _load_sensor(self) -> Any:
+        """The sensor window pipeline (sensorstream) for sensor-* tasks, else None."""
+        if not self.spec.task.startswith("sensor-"):
+            return None
+        from .sensorstream import SensorModel, SensorStreamError, micro_runtime_if_asked
+
+        try:
+            micro = micro_runtime_if_asked(self.model_dir)
+            if micro is not None:
+                # The device runs the MCU path: the self-test then replays on it too.
+                self.runtime.close()
+                self.runtime = micro  # type: ignore[assignment]
+            return SensorModel(self.model_dir, self.runtime, self.spec.confidence_threshold)
+        except SensorStreamError as e:
+            raise RuntimeLoadError(str(e)) from e
+
     @classmethod
     def from_slot(cls, slot: Slot, threads: int = 1, **options: Any) -> Predictor:
         """Load the install in `slot` (from the signed record when it has one).
@@ -175,6 +192,8 @@ class Predictor:
         Raises:
             InputError: inputs are not what the task takes.
         """
+        if self.sensor is not None:
+            return self._predict_sensor(inputs)
         self._validate(inputs)
         if self._batcher is not None and self.encoder is not None:
             return self._batcher.submit(list(inputs))
@@ -225,6 +244,20 @@ class Predictor:
             confidences = [_least_confident(r) for r in results]
         low = sum(1 for r in results if r["low_confidence"])
         return Prediction(list(results), encoded.lengths, confidences, low)
+
+    def _predict_sensor(self, inputs: Sequence[Any]) -> Prediction:
+        from .sensorstream import SensorStreamError
+
+        if not isinstance(inputs, list | tuple) or not inputs:
+            raise InputError("inputs must be a non-empty list of windows")
+        try:
+            outputs = self.sensor.predict(inputs)
+        except SensorStreamError as e:
+            raise InputError(str(e)) from None
+        steps = self.sensor.config.window
+        confidences = [float(o["confidence"]) for o in outputs]
+        low = sum(1 for o in outputs if o["low_confidence"])
+        return Prediction(outputs, [steps] * len(outputs), confidences, low)
 
     def _predict_tensors(self, inputs: list[Any]) -> Prediction:
         outputs, sizes = [], []

@@ -15,6 +15,7 @@ from ._internal.fallback import FallbackUrlError, check_fallback_url
 from ._internal.payload import (
     GOLDEN_MEMBER,
     MODEL_MEMBERS,
+    SENSOR_MEMBER,
     TOKENIZER_MEMBER,
     PayloadLimits,
     UnsafePayloadError,
@@ -78,6 +79,7 @@ __all__ = [
     "INPUT_LENGTH_EDGES",
     "LATENCY_EDGES_MS",
     "MODEL_MEMBERS",
+    "SENSOR_MEMBER",
     "TELEMETRY_SCHEMA",
     "TOKENIZER_MEMBER",
     "Assignment",

@@ -75,6 +75,7 @@ RECIPES: dict[str, str] = {
     "tflite": "compression.pipeline.tflite_export:export_tflite:TfliteParams",
     "tflm": "compression.pipeline.tflm.recipe:convert_tflm:TflmParams",
     "as-is": "compression.pipeline.as_is:keep_as_is:AsIsParams",
+    "sensor-transformer": "compression.pipeline.sensor.recipe:train_sensor:SensorParams",
 }
 
 # Functions callable through the subprocess runner that are not recipes.

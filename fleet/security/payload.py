@@ -5,6 +5,7 @@ Layout (flat member names, ZIP_STORED, nothing else):
     model.onnx | model.tflite   the model, renamed
     <name>.data|.bin|...        ONNX external-data files, under the names the model uses
     tokenizer.json              when the version has one (text tasks require it)
+    sensor.json                 sensor models: window, hop, labels, int8 I/O scales
     golden.npz                  the golden set the device self-tests with (required)
 
 The members are checked with the agent's own layout rules before encryption, so the
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from tinyfleet_agent.protocol import (
     GOLDEN_MEMBER,
+    SENSOR_MEMBER,
     TOKENIZER_MEMBER,
     PayloadLimits,
     UnsafePayloadError,
@@ -122,6 +124,9 @@ def build_payload(version: ModelVersion, golden: Path, dst: Path) -> PayloadInfo
         tokenizer = find_tokenizer(model)
         if tokenizer is not None:
             members.append((tokenizer, TOKENIZER_MEMBER))
+        sensor = model.parent / SENSOR_MEMBER
+        if sensor.is_file():
+            members.append((sensor, SENSOR_MEMBER))
         members.append((golden, GOLDEN_MEMBER))
         _write_zip(members, dst)
     return PayloadInfo(

@@ -113,7 +113,9 @@ def test_it_accepts_a_labelled_jsonl_dataset(alice_api: Any) -> None:
         ("empty.jsonl", b"", "empty"),
         ("bad.jsonl", b"{not json}\n", "invalid dataset"),
         ("half.jsonl", b'{"text": "a", "label": 1}\n{"text": "b"}\n', "all or none"),
-        ("data.csv", b"a,b\n", ".jsonl"),
+        ("data.txt", b"a,b\n", ".jsonl"),
+        # .csv is sensor data (a stream): refused with the sensor reader's reason.
+        ("data.csv", b"a,b\n", "invalid sensor data: data.csv: no data rows"),
     ],
 )
 def test_it_refuses_bad_datasets(alice_api: Any, filename: str, data: bytes, message: str) -> None:

@@ -35,6 +35,8 @@ __all__ = [
 GOLDEN_MEMBER = "golden.npz"
 MODEL_MEMBERS = ("model.onnx", "model.tflite")
 TOKENIZER_MEMBER = "tokenizer.json"
+# Sensor bundles: window, hop, labels and int8 I/O scales (sensorstream.py).
+SENSOR_MEMBER = "sensor.json"
 # External-data files of an ONNX model (flat names, no folders).
 _EXTERNAL_DATA = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(data|bin|onnx_data|weights)")
 _BLOCK = 1 << 20
@@ -76,7 +78,7 @@ def allowed_member(name: str) -> bool:
     """Whether `name` is a member name a payload may hold (model, tokenizer, golden, data)."""
     return (
         name in MODEL_MEMBERS
-        or name in (TOKENIZER_MEMBER, GOLDEN_MEMBER)
+        or name in (TOKENIZER_MEMBER, GOLDEN_MEMBER, SENSOR_MEMBER)
         or _EXTERNAL_DATA.fullmatch(name) is not None
     )
 
