@@ -36,6 +36,16 @@ RANGES: dict[str, timedelta] = {
     "30d": timedelta(days=30),
 }
 MB = 1024 * 1024
+# The device page's health charts: (point key, title, unit).
+CHARTS: tuple[tuple[str, str, str], ...] = (
+    ("rss_mb", "Agent memory (resident)", "MB"),
+    ("cpu_percent", "Agent CPU (% of one core)", "%"),
+    ("temp_c", "CPU temperature", "°C"),
+    ("disk_free_mb", "Free disk (state dir)", "MB"),
+    ("energy_mj", "Energy per inference", "mJ"),
+    ("backlog", "Outbox backlog", "batches"),
+    ("dropped", "Dropped telemetry batches", "batches"),
+)
 
 
 def bucket_for(span: timedelta) -> str:
@@ -189,3 +199,51 @@ def as_dict(reading: Reading) -> dict[str, Any]:
     out = asdict(reading)
     out["at"] = reading.at.isoformat()
     return out
+
+
+# What the agent uses unless configured otherwise (tinyfleet_agent.config).
+AGENT_TELEMETRY_INTERVAL = timedelta(seconds=300)
+
+
+def next_expected(device_ids: list[str], now: datetime | None = None) -> datetime | None:
+    """When the next telemetry batch of any of these devices should arrive: each
+    device's last batch plus its observed interval (the gap between its last two
+    batches), or its last contact plus the agent's default interval."""
+    from fleet.models import Device
+
+    now = now or timezone.now()
+    best: datetime | None = None
+    for device in Device.objects.filter(pk__in=device_ids, revoked_at__isnull=True):
+        last_two = list(
+            TelemetryBatch.objects.filter(device=device)
+            .order_by("-received_at")
+            .values_list("received_at", flat=True)[:2]
+        )
+        interval = AGENT_TELEMETRY_INTERVAL
+        if len(last_two) == 2 and last_two[0] > last_two[1]:
+            interval = last_two[0] - last_two[1]
+        base = last_two[0] if last_two else (device.last_seen_at or device.enrolled_at)
+        expected = base + interval
+        while expected < now - interval:  # overdue for long: say "any moment" not the past
+            expected += interval
+        best = expected if best is None or expected < best else best
+    return best
+
+
+def device_context(device_id: str, range_name: str | None) -> dict[str, Any]:
+    """What the device page's health section shows."""
+    name, span = parse_range(range_name)
+    data = series(device_id, span)
+    measured = {
+        key: any(p[key] is not None for p in data["points"]) if key != "dropped" else True
+        for key in (*_SUMMARY, "dropped")
+    }
+    return {
+        "range": name,
+        "ranges": list(RANGES),
+        "measured_keys": [k for k, v in measured.items() if v],
+        "bucket": data["bucket"],
+        "points": data["points"],
+        "measured": measured,
+        "next_expected": None if data["points"] else next_expected([device_id]),
+    }

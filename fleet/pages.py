@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import ApiToken, Role, audit, has_role
 from accounts.permissions import role_required
-from fleet import drift, monitoring, rollout_plan, rollouts
+from fleet import drift, health, monitoring, rollout_plan, rollouts
 from fleet.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
@@ -69,6 +69,8 @@ def device_detail(request: HttpRequest, device_id: str) -> HttpResponse:
             "events": DeviceEvent.objects.filter(device=device)[:50],
             "variants": rollout_plan.device_variants(device),
             "days": monitoring.device_series(device),
+            "health": health.device_context(str(device.pk), request.GET.get("range")),
+            "health_charts": health.CHARTS,
         },
     )
 
