@@ -22,10 +22,10 @@ from django.utils import timezone
 
 from fleet.models import TelemetryBatch
 
-# Chart bucket per time range: a point a minute up to 3 hours, an hour up to 3 days,
-# a day beyond (each chart then has at most ~180, ~72 or a few hundred points).
+# Chart bucket per time range: a point a minute up to 6 hours, an hour up to 3 days,
+# a day beyond (each chart then has at most 360, 72 or a few dozen points).
 BUCKETS: tuple[tuple[timedelta, str], ...] = (
-    (timedelta(hours=3), "minute"),
+    (timedelta(hours=6), "minute"),
     (timedelta(days=3), "hour"),
 )
 RANGES: dict[str, timedelta] = {

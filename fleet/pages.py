@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import ApiToken, Role, audit, has_role
 from accounts.permissions import role_required
-from fleet import drift, health, monitoring, rollout_plan, rollouts
+from fleet import drift, health, monitor_charts, monitoring, rollout_plan, rollouts
 from fleet.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
@@ -255,19 +255,36 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
 
 @role_required(Role.VIEWER)
 def bundle_monitor(request: HttpRequest, bundle_id: str) -> HttpResponse:
+    """In-field accuracy and latency of one bundle: fleet-wide or one group's devices,
+    bucketed per minute, hour or day from the chosen range."""
     bundle = get_object_or_404(Bundle.objects.select_related("version__model"), pk=bundle_id)
-    hours = int(request.GET.get("hours", "24")) if request.GET.get("hours", "").isdigit() else 24
-    hours = min(max(hours, 1), 720)
+    range_name = request.GET.get("range", "")
+    if range_name not in monitor_charts.RANGES:
+        range_name = "24h"
+    span = monitor_charts.RANGES[range_name]
+    if request.GET.get("hours", "").isdigit():  # older links: ?hours=N
+        span, range_name = timedelta(hours=min(max(int(request.GET["hours"]), 1), 720)), ""
+    group_id = request.GET.get("group", "")
+    group = get_object_or_404(Group, pk=group_id) if group_id.isdigit() else None
+    hours = max(1, int(span.total_seconds() // 3600))
     reference = drift.reference_for_bundle(bundle.pk)
+    chart = monitor_charts.chart(bundle.pk, span, group)
+    running = monitor_charts.devices_running(bundle.pk, group)
     return render(
         request,
         "fleet/monitor.html",
         {
             "bundle": bundle,
-            "series": monitoring.bundle_series(bundle.pk, hours, reference=reference),
+            "chart": chart,
+            "series": chart["rows"],
+            "group": group,
             "per_group": monitoring.group_breakdown(bundle.pk, hours, reference=reference),
             "drift": monitoring.drift_summary(bundle.pk, hours),
             "hours": hours,
+            "range": range_name,
+            "ranges": list(monitor_charts.RANGES),
+            "running": len(running),
+            "next_expected": None if chart["rows"] else health.next_expected(running),
         },
     )
 
