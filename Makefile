@@ -35,8 +35,8 @@ install-test: $(TEST_STAMP)
 run: install
 	PORT=$(PORT) $(PY) -m tinyfleet.supervise
 
-# The whole journey with real processes: server stack, MiniLM upload, export, int8, signed
-# bundle, an enrolled agent, a rollout and a prediction (tinyfleet/demo.py). Ctrl-C stops.
+# A living fleet with real processes: server stack, a MiniLM intent classifier, export,
+# recommended int8, signed bundle, three agents, a canary rollout and traffic (tinyfleet/demo.py).
 demo: install-test
 	$(PY) -m tinyfleet.demo
 
