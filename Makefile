@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run demo test test-fast lint format bench clean
+.PHONY: install install-test run demo test test-fast lint format bench clean check-arm64
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found; set PYTHON=...)"; exit 1; }
@@ -62,3 +62,8 @@ bench: install-test
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# Does the agent install and run on 64-bit ARM? debootstrap + qemu-user-static (Debian
+# packages), aarch64 wheels, the agent's tests and a real bundle, emulated. Heavy: not in `make test`.
+check-arm64: install-test
+	./scripts/check-arm64.sh

@@ -394,6 +394,10 @@ class Demo:
         self.traffic.start()
         self.wait_for_fleet(bundle, rollout)
         self.charts_filled(bundle)
+        # What other tools (make check-arm64) need to find this demo again.
+        (self.data_dir / "demo.json").write_text(
+            json.dumps({"bundle": bundle, "group": self.group, "rollout": rollout})
+        )
         agents = "\n".join(
             f"  device {i}    http://127.0.0.1:{port}/v1/predict  "
             '(POST {"inputs": ["The pump is vibrating."]})'
