@@ -73,6 +73,7 @@ PLATFORMS=(--platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64
   --platform manylinux_2_34_aarch64 --platform manylinux_2_35_aarch64 --platform linux_aarch64)
 pip_arm64() {
   "$PY" -m pip install --quiet --disable-pip-version-check --upgrade --no-compile \
+    --no-warn-conflicts \
     --only-binary=:all: --implementation cp --python-version 3.11 \
     --abi cp311 --abi abi3 --abi none "${PLATFORMS[@]}" "$@"
 }
@@ -82,11 +83,14 @@ mkdir -p "$SITE"
 AGENT_WHEEL=$(ls "$WORK/wheel"/tinyfleet_agent-*.whl)
 say "installing the agent with its onnx and text extras (aarch64 wheels)"
 pip_arm64 --target "$SITE" "${AGENT_WHEEL}[onnx,text]"
+# du exits non-zero for a missing path (a wheel without a .libs folder): sizes are best effort.
+set +o pipefail
 AGENT_SIZE=$(du -sm "$SITE" | cut -f1)
 ORT_SIZE=$(du -smc "$SITE"/onnxruntime "$SITE"/onnxruntime-*.dist-info | tail -1 | cut -f1)
 NUMPY_SIZE=$(du -smc "$SITE"/numpy "$SITE"/numpy.libs "$SITE"/numpy-*.dist-info 2>/dev/null | tail -1 | cut -f1)
 PACKAGES=$(ls -d "$SITE"/*.dist-info | sed 's|.*/||; s|\.dist-info||' | sort | tr '\n' ' ')
-ROOT_PY_SIZE=$(du -smc "$ROOTFS"/usr/lib/python3.11 "$ROOTFS"/usr/bin/python3.11 "$ROOTFS"/usr/lib/aarch64-linux-gnu/libpython3.11* 2>/dev/null | tail -1 | cut -f1)
+ROOT_PY_SIZE=$(du -smc "$ROOTFS"/usr/lib/python3.11 "$ROOTFS"/usr/bin/python3.11 2>/dev/null | tail -1 | cut -f1)
+set -o pipefail
 # Test-only packages go to their own directory, outside the measured install.
 TESTSITE=$WORK/test-site
 rm -rf "$TESTSITE"
