@@ -26,9 +26,15 @@ DEFAULT_KINDS = [kind for kind in RuleKind.values]
 
 def ensure_rules() -> list[Rule]:
     """One rule per kind (created enabled, with the default threshold)."""
+    rules = list(Rule.objects.all())
+    missing = set(DEFAULT_KINDS) - {r.kind for r in rules}
+    if not missing:
+        return rules
     for kind in DEFAULT_KINDS:
-        spec = THRESHOLDS.get(kind)
-        Rule.objects.get_or_create(kind=kind, defaults={"threshold": spec[1] if spec else None})
+        if kind in missing:
+            spec = THRESHOLDS.get(kind)
+            # get_or_create: two processes creating the defaults at once both succeed.
+            Rule.objects.get_or_create(kind=kind, defaults={"threshold": spec[1] if spec else None})
     return list(Rule.objects.all())
 
 
