@@ -49,6 +49,14 @@ if [ ! -x "$ROOTFS/usr/bin/python3.11" ]; then
   for deb in "$ROOTFS"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$ROOTFS"; done
 fi
 file -L "$ROOTFS/usr/bin/python3.11" | grep -q "ARM aarch64" || { echo "not an aarch64 python" >&2; exit 1; }
+# qemu 7.2 passes the host's (x86) /proc/cpuinfo through; onnxruntime's cpuinfo library
+# then finds no ARM core and crashes on import. A file under the root shadows it (-L):
+# a Cortex-A72, as on a Raspberry Pi 4, one entry per host CPU.
+mkdir -p "$ROOTFS/proc"
+: >"$ROOTFS/proc/cpuinfo"
+for i in $(seq 0 $(($(nproc) - 1))); do
+  printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n' "$i" >>"$ROOTFS/proc/cpuinfo"
+done
 
 # --- 2. a virtualenv whose python is the emulated aarch64 CPython -------------------------
 # argv[0] (-0) names this wrapper, so sys.executable is the wrapper too: subprocesses the
