@@ -56,7 +56,7 @@ format: install-test
 	$(VENV)/bin/ruff check --fix .
 
 # Each bench writes bench/reports/<name>.md; run one with `make bench BENCH=bundle`.
-BENCH ?= upload bundle compression agent fleet rollup_storage
+BENCH ?= upload bundle compression agent fleet rollup_storage monitor_pages
 bench: install-test
 	@for b in $(BENCH); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
