@@ -86,12 +86,12 @@ def run(devices: int, batches: int) -> str:
 
     from django.utils import timezone
 
-    from fleet import health, monitor_charts
     from fleet.alerts import engine
-    from fleet.device_api import _jsonable
+    from fleet.api.device_api import _jsonable
     from fleet.models import Device, Group
-    from fleet.rollups import store_batch
-    from fleet.telemetry import parse_batch
+    from fleet.telemetry import health, monitor_charts
+    from fleet.telemetry.rollups import store_batch
+    from fleet.telemetry.validation import parse_batch
 
     rng = random.Random(1)
     bundle = "b-bench"

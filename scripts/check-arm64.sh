@@ -102,6 +102,7 @@ AGENT_SIZE=$(du -sm "$SITE" | cut -f1)
 ORT_SIZE=$(du -smc "$SITE"/onnxruntime "$SITE"/onnxruntime-*.dist-info | tail -1 | cut -f1)
 NUMPY_SIZE=$(du -smc "$SITE"/numpy "$SITE"/numpy.libs "$SITE"/numpy-*.dist-info 2>/dev/null | tail -1 | cut -f1)
 PACKAGES=$(ls -d "$SITE"/*.dist-info | sed 's|.*/||; s|\.dist-info||' | sort | tr '\n' ' ')
+BIGGEST=$(du -sm "$SITE"/* | sort -rn | head -6 | awk '{n=$2; sub(".*/", "", n); printf "%s %s MB, ", n, $1}')
 ROOT_PY_SIZE=$(du -smc "$ROOTFS"/usr/lib/python3.11 "$ROOTFS"/usr/bin/python3.11 2>/dev/null | tail -1 | cut -f1)
 set -o pipefail
 # The optional LiteRT runtime and test-only packages go to their own directories,
@@ -118,7 +119,7 @@ pip_arm64 --target "$TESTSITE" pytest pytest-timeout onnx
 say "running tests/agent under emulation (slow)"
 set +e
 PYTHONPATH="$TESTSITE:$LITERTSITE:$HERE" "$VENV/bin/python" -m pytest -c /dev/null --rootdir "$HERE" \
-  -p no:cacheprovider -q --timeout=1200 tests/agent -m "not slow" \
+  -p no:cacheprovider -p no:tests.fixtures.s3 -q --timeout=1200 tests/agent -m "not slow" \
   >"$WORK/tests.log" 2>&1
 TESTS_RC=$?
 set -e
@@ -144,6 +145,7 @@ cat >"$REPORT" <<MD
   site-packages, of which onnxruntime ${ORT_SIZE} MB and numpy ${NUMPY_SIZE} MB; the
   optional LiteRT runtime (ai-edge-litert) adds ${LITERT_SIZE} MB; Debian's Python
   3.11 in the root ${ROOT_PY_SIZE} MB.
+  Largest: ${BIGGEST%, }.
   Packages: $PACKAGES
 - tests/agent under emulation: $TESTS_SUMMARY (exit $TESTS_RC)
 - Real bundle on the emulated agent: $(grep -E '^(OK|FAILED)' "$WORK/agent.log" | tail -1) (exit $AGENT_RC)

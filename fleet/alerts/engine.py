@@ -7,6 +7,7 @@ means two evaluations racing each other open one alert and send one message.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -63,32 +64,19 @@ def payload(alert: Alert, event: str) -> dict[str, Any]:
     }
 
 
-def _queue(delivery: Delivery) -> None:
-    from fleet.alerts.tasks import deliver
-
-    def send() -> None:
-        try:
-            deliver.apply_async((delivery.pk,), retry=False)
-        except Exception as exc:  # broker down: the beat sweep re-queues pending ones
-            log.warning("could not queue alert delivery %s: %s", delivery.pk, exc)
-
-    transaction.on_commit(send)
-
-
 def notify(alert: Alert, event: str) -> list[Delivery]:
-    """A delivery per target channel of the alert's rule, queued after commit."""
-    made = []
-    for channel in alert.rule.targets():
-        delivery = Delivery.objects.create(
+    """A pending delivery per target channel of the alert's rule. The caller (a task, or
+    the page) queues them: this module is the worker side and never imports tasks."""
+    return [
+        Delivery.objects.create(
             channel=channel, alert=alert, event=event, payload=payload(alert, event)
         )
-        _queue(delivery)
-        made.append(delivery)
-    return made
+        for channel in alert.rule.targets()
+    ]
 
 
-def send_test(channel: Channel) -> Delivery:
-    """A test message to one channel, through the same task as real alerts."""
+def test_delivery(channel: Channel) -> Delivery:
+    """A pending test message to one channel (queued by the page, like real alerts)."""
     body = {
         "event": "test",
         "alert": {
@@ -106,10 +94,7 @@ def send_test(channel: Channel) -> Delivery:
         },
         "server": settings.SITE_URL,
     }
-    with transaction.atomic():
-        delivery = Delivery.objects.create(channel=channel, event="test", payload=body)
-        _queue(delivery)
-    return delivery
+    return Delivery.objects.create(channel=channel, event="test", payload=body)
 
 
 def _open(rule: Rule, finding: rules.Finding, now: datetime) -> Alert | None:
@@ -129,10 +114,20 @@ def _open(rule: Rule, finding: rules.Finding, now: datetime) -> Alert | None:
         return None  # another evaluation opened it first
 
 
-def evaluate_rule(rule: Rule, now: datetime) -> tuple[int, int]:
-    """(opened, resolved) for one rule."""
+@dataclass
+class Evaluation:
+    opened: int = 0
+    resolved: int = 0
+    errors: int = 0
+    deliveries: list[int] = field(default_factory=list)  # pending, for the caller to queue
+
+    def counts(self) -> dict[str, int]:
+        return {"opened": self.opened, "resolved": self.resolved, "errors": self.errors}
+
+
+def evaluate_rule(rule: Rule, now: datetime, result: Evaluation) -> None:
+    """Open and resolve one rule's alerts (in one transaction), adding to `result`."""
     found = rules.findings(rule, now) if rule.enabled else []
-    opened = resolved = 0
     with transaction.atomic():
         current = {a.key: a for a in Alert.objects.filter(rule=rule, resolved_at__isnull=True)}
         keys = {f.key[:200] for f in found}
@@ -141,31 +136,28 @@ def evaluate_rule(rule: Rule, now: datetime) -> tuple[int, int]:
                 continue
             alert = _open(rule, finding, now)
             if alert is not None:
-                opened += 1
-                notify(alert, "alert.opened")
+                result.opened += 1
+                result.deliveries += [d.pk for d in notify(alert, "alert.opened")]
         for key, alert in current.items():
             if key in keys:
                 continue
             # Only this evaluation resolves it (the filter makes the update conditional).
             if Alert.objects.filter(pk=alert.pk, resolved_at__isnull=True).update(resolved_at=now):
                 alert.resolved_at = now
-                resolved += 1
+                result.resolved += 1
                 if rule.enabled:
-                    notify(alert, "alert.resolved")
-    return opened, resolved
+                    result.deliveries += [d.pk for d in notify(alert, "alert.resolved")]
 
 
-def evaluate(now: datetime | None = None) -> dict[str, int]:
-    """Evaluate every rule; one failing never stops the others."""
+def evaluate(now: datetime | None = None) -> Evaluation:
+    """Evaluate every rule; one failing never stops the others. The deliveries it made
+    are committed when this returns; the caller queues them."""
     now = now or timezone.now()
-    totals = {"opened": 0, "resolved": 0, "errors": 0}
+    result = Evaluation()
     for rule in ensure_rules():
         try:
-            opened, resolved = evaluate_rule(rule, now)
+            evaluate_rule(rule, now, result)
         except Exception:
             log.exception("evaluating alert rule %s failed", rule.kind)
-            totals["errors"] += 1
-            continue
-        totals["opened"] += opened
-        totals["resolved"] += resolved
-    return totals
+            result.errors += 1
+    return result

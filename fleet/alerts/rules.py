@@ -17,9 +17,9 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet import health, monitoring
 from fleet.alerts.models import Rule, RuleKind
 from fleet.models import Device, DeviceEvent, Rollout, RolloutStatus
+from fleet.telemetry import health, monitoring
 
 # A rolled-back rollout or a failed self-test stays alerting this long, then resolves.
 RECENT = timedelta(hours=24)

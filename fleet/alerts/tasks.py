@@ -1,4 +1,7 @@
-"""Celery side of alerts: periodic evaluation and deliveries retried with backoff."""
+"""Celery side of alerts: periodic evaluation and deliveries retried with backoff.
+
+The request side (the alerts page, the rollout signal) imports this module; it imports
+the worker side (`engine`, `delivery`), which imports neither."""
 
 from __future__ import annotations
 
@@ -16,15 +19,29 @@ def evaluate_alerts() -> dict[str, int]:
     """Beat (every ALERT_EVALUATION_INTERVAL) and on each rollout transition."""
     from fleet.alerts.engine import evaluate
 
-    totals = evaluate()
+    result = evaluate()  # committed: the deliveries exist for the worker to read
+    for pk in result.deliveries:
+        queue_delivery(pk)
     requeued = requeue_lost()
-    if totals["opened"] or totals["resolved"] or requeued:
+    totals = result.counts()
+    if result.opened or result.resolved or requeued:
         log.info("alerts: %s, %d deliveries re-queued", totals, requeued)
     return {**totals, "requeued": requeued}
 
 
+def queue_delivery(delivery_id: int) -> bool:
+    """Queue one delivery; with the broker down it stays pending and the next
+    evaluation's `requeue_lost` sends it."""
+    try:
+        deliver.apply_async((delivery_id,), retry=False)
+    except Exception as exc:
+        log.warning("could not queue alert delivery %s: %s", delivery_id, exc)
+        return False
+    return True
+
+
 @shared_task(bind=True, acks_late=True, max_retries=None)
-def deliver(self, delivery_id: int) -> str:  # type: ignore[no-untyped-def]
+def deliver(self, delivery_id: int) -> str:
     """One attempt; a transient failure re-schedules this task after the backoff (the
     attempt count lives in the delivery row, which also caps the retries)."""
     from fleet.alerts.delivery import attempt

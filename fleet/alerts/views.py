@@ -11,8 +11,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from accounts.models import Role, audit, has_role
-from accounts.permissions import role_required
-from fleet.alerts import engine
+from accounts.permissions import role_required, signed_in_user
+from fleet.alerts import engine, tasks
 from fleet.alerts.models import Alert, Channel, ChannelKind, Delivery, Rule
 
 _url = URLValidator(schemes=["http", "https"])
@@ -61,7 +61,8 @@ def _post(request: HttpRequest) -> str | HttpResponse | None:
         return redirect("alerts")
     channel = get_object_or_404(Channel, pk=request.POST.get("channel", "0") or 0)
     if action == "channel-test":
-        delivery = engine.send_test(channel)
+        delivery = engine.test_delivery(channel)
+        transaction.on_commit(lambda: tasks.queue_delivery(delivery.pk))
         audit(request.user, "alert-channel.test", channel, delivery=delivery.pk)
         messages.success(
             request, f"Test message queued to {channel.name}; its outcome shows in the log below."
@@ -97,7 +98,9 @@ def _create_channel(request: HttpRequest) -> str | None:
         except ValidationError as exc:
             raise ChannelInputError("the webhook URL must be an http:// or https:// URL") from exc
         with transaction.atomic():
-            channel = Channel.objects.create(name=name, kind=kind, url=url, created_by=request.user)
+            channel = Channel.objects.create(
+                name=name, kind=kind, url=url, created_by=signed_in_user(request)
+            )
             secret = channel.new_secret()
             audit(request.user, "alert-channel.create", channel, kind=kind, url=url)
         messages.success(request, f"Added webhook {name}. Its signing secret is shown once below.")
@@ -112,7 +115,10 @@ def _create_channel(request: HttpRequest) -> str | None:
             except ValidationError as exc:
                 raise ChannelInputError(f"{address!r} is not an e-mail address") from exc
         channel = Channel.objects.create(
-            name=name, kind=kind, recipients=", ".join(recipients), created_by=request.user
+            name=name,
+            kind=kind,
+            recipients=", ".join(recipients),
+            created_by=signed_in_user(request),
         )
         audit(request.user, "alert-channel.create", channel, kind=kind, recipients=recipients)
         messages.success(request, f"Added e-mail channel {name}.")

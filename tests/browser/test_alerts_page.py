@@ -13,7 +13,7 @@ import pytest
 
 from fleet.alerts import signing
 from tests.browser.conftest import screenshot
-from tests.browser.test_upload_journey import _login
+from tests.browser.helpers import _login
 from tests.conftest import Worker
 from tests.fleet.alert_helpers import webhook_receiver
 

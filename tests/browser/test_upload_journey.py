@@ -10,18 +10,11 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import screenshot
+from tests.browser.helpers import _login
 from tests.conftest import Worker
 from tests.fixtures.tiny_models import build_tiny_bert_onnx
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _login(page: Any, base: str, username: str) -> None:
-    page.goto(f"{base}/models/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"pw-{username}")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/models/")
 
 
 def test_an_operator_uploads_a_model_and_sees_it_inspected(
@@ -124,8 +117,8 @@ def test_an_operator_publishes_rolls_out_advances_pauses_resumes_and_rolls_back(
     from fleet.models import DeviceEvent, Group, Rollout
     from fleet.rollout_tasks import evaluate_rollouts
     from fleet.security import director
+    from tests.fleet.publish_helpers import make_device, make_version, onnx_files
     from tests.fleet.telemetry_helpers import ingest
-    from tests.fleet.test_publish import make_device, make_version, onnx_files
 
     version = make_version(onnx_files(tmp_path), name="journey")
     Group.objects.create(name="plant-3", selector="site=plant-3")

@@ -36,8 +36,8 @@ def test_it_runs_a_living_fleet_of_three_on_the_embedded_default(tmp_path: Path)
     logs = "\n".join(p.read_text()[-3000:] for p in data.glob("demo-*.log"))
     assert done.returncode == 0, done.stdout + done.stderr + logs
     out = done.stdout
-    for step in ("fitting the demo intent classifier", "export-onnx",
-                 "onnx-int8-dynamic", "published bundle", "canary wave", "the canary serves the bundle",
+    for step in ("fitting the demo intent classifier", "export-onnx", "onnx-int8-dynamic",
+                 "published bundle", "canary wave", "the canary serves the bundle",
                  "all 3 devices serve bundle", "charts have data: 3 devices"):  # fmt: skip
         assert step in out, out
     assert out.count("enrolled device") == 3

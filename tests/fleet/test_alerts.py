@@ -13,14 +13,14 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from fleet import rollouts
 from fleet.alerts import delivery, engine, signing
 from fleet.alerts.models import Alert, Channel, Delivery, Rule, RuleKind
 from fleet.models import DeviceEvent, Group
+from fleet.rollouts import engine as rollouts
 from fleet.security.masterkey import MasterKeyError
 from tests.fleet.alert_helpers import webhook_receiver
+from tests.fleet.publish_helpers import make_device, make_version, onnx_files, publish_now
 from tests.fleet.telemetry_helpers import ingest
-from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
 
 pytestmark = pytest.mark.django_db
 
@@ -68,15 +68,15 @@ def test_it_opens_one_alert_per_paused_rollout_and_resolves_it_on_resume(
     bundle = publish_now(make_version(onnx_files(tmp_path)))
     rollout = rollouts.create(user=alice, bundle=bundle, group=group, waves=[100], gates={})
     rollouts.pause(rollout, alice, "looking at it")
-    assert engine.evaluate()["opened"] == 1
-    assert engine.evaluate()["opened"] == 0  # still paused: no second alert or message
+    assert engine.evaluate().opened == 1
+    assert engine.evaluate().opened == 0  # still paused: no second alert or message
     alert = Alert.objects.get(rule__kind=RuleKind.ROLLOUT_PAUSED)
     assert alert.key == f"rollout:{rollout.pk}" and "looking at it" in alert.message
     (sent,) = Delivery.objects.filter(alert=alert)
     assert sent.channel == channel and sent.event == "alert.opened"
     assert sent.payload["alert"]["url"].endswith(f"/rollouts/{rollout.pk}/")
     rollouts.resume(rollout, alice)
-    assert engine.evaluate()["resolved"] == 1
+    assert engine.evaluate().resolved == 1
     alert.refresh_from_db()
     assert alert.resolved_at is not None
     assert Delivery.objects.filter(alert=alert, event="alert.resolved").count() == 1

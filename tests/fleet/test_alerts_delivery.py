@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from fleet import rollouts
 from fleet.alerts import signing
 from fleet.alerts.models import Channel, Delivery
 from fleet.models import DeviceEvent, Group, Rollout
 from fleet.rollout_tasks import evaluate_rollouts
+from fleet.rollouts import engine as rollouts
 from fleet.security import director
 from tests.conftest import Worker, start_worker, stop_worker, wait_for
 from tests.fleet.alert_helpers import SmtpReceiver, WebhookReceiver, smtp_receiver, webhook_receiver
-from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
+from tests.fleet.publish_helpers import make_device, make_version, onnx_files, publish_now
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from fleet import health
 from fleet.alerts import engine
 from fleet.alerts.models import Rule, RuleKind
+from fleet.telemetry import health
+from tests.fleet.publish_helpers import make_device
 from tests.fleet.telemetry_helpers import ingest
-from tests.fleet.test_publish import make_device
 
 pytestmark = pytest.mark.django_db
 MB = 2**20

@@ -11,11 +11,11 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from fleet import monitor_charts
 from fleet.models import Group
 from fleet.security import director
+from fleet.telemetry import monitor_charts
+from tests.fleet.publish_helpers import make_device, make_version, onnx_files, publish_now
 from tests.fleet.telemetry_helpers import ingest
-from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
 
 pytestmark = pytest.mark.django_db
 

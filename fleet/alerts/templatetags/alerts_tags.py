@@ -8,10 +8,10 @@ from typing import Any
 from django import template
 from django.utils import timezone
 
-from fleet import health
 from fleet.alerts.models import Alert, Rule, RuleKind
 from fleet.alerts.rules import HEALTH_WINDOW
 from fleet.models import Device
+from fleet.telemetry import health
 
 register = template.Library()
 MAX_DEVICES = 200

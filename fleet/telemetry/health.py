@@ -12,7 +12,7 @@ absent from its batches and shown as "not measured", never as zero.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -93,8 +93,9 @@ class Reading:
     dropped: int = 0
 
 
-def _reading(row: dict[str, Any]) -> Reading:
-    system = row.get("system") if isinstance(row.get("system"), dict) else {}
+def _reading(row: Mapping[str, Any]) -> Reading:
+    raw_system = row.get("system")
+    system: dict[str, Any] = raw_system if isinstance(raw_system, dict) else {}
     start, end = row.get("period_start"), row.get("period_end")
     cpu = _number(system.get("cpu_seconds"))
     cpu_percent = None
@@ -159,7 +160,7 @@ class _Bucket:
 
 # Per gauge, how a bucket summarises its readings: the worst value for what has a limit
 # (memory, heat, backlog up; disk down), the mean for rates.
-_SUMMARY = {
+_SUMMARY: dict[str, Callable[[list[float]], float]] = {
     "rss_mb": max,
     "peak_rss_mb": max,
     "cpu_percent": lambda v: sum(v) / len(v),

@@ -15,11 +15,11 @@ from typing import Any
 
 from django.utils import timezone
 
-from fleet import drift, health, monitoring
-from fleet.evidence import BundleEvidence
 from fleet.models import Assignment, BundleGroupHour, Group, TelemetryBatch
-from fleet.rollups import add_to_row, contributions
-from fleet.telemetry import TelemetryError
+from fleet.telemetry import drift, health, monitoring
+from fleet.telemetry.evidence import BundleEvidence
+from fleet.telemetry.rollups import add_to_row, contributions
+from fleet.telemetry.validation import TelemetryError
 
 MINUTE_BATCH_LIMIT = 20_000
 SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
