@@ -10,7 +10,7 @@ PORT ?= 8000
 BIND_HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: install install-test agent-wheel run demo test test-fast lint format bench clean
+.PHONY: install install-test agent-wheel run demo test test-fast lint format bench clean check-arm64
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found; set PYTHON=...)"; exit 1; }
@@ -47,8 +47,8 @@ install-test: $(TEST_STAMP)
 run: install
 	BIND_HOST=$(BIND_HOST) PORT=$(PORT) $(PY) -m tinyfleet.supervise
 
-# The whole journey with real processes: server stack, MiniLM upload, export, int8, signed
-# bundle, an enrolled agent, a rollout and a prediction (tinyfleet/demo.py). Ctrl-C stops.
+# A living fleet with real processes: server stack, a MiniLM intent classifier, export,
+# recommended int8, signed bundle, three agents, a canary rollout and traffic (tinyfleet/demo.py).
 demo: install-test
 	$(PY) -m tinyfleet.demo
 
@@ -70,9 +70,14 @@ format: install-test
 	$(VENV)/bin/ruff check --fix .
 
 # Each bench writes bench/reports/<name>.md; run one with `make bench BENCH=bundle`.
-BENCH ?= upload bundle compression agent fleet fleet_ab rollup_storage
+BENCH ?= upload bundle compression agent fleet fleet_ab rollup_storage monitor_pages sensor zoo
 bench: install-test
 	@for b in $(BENCH); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# Does the agent install and run on 64-bit ARM? debootstrap + qemu-user-static (Debian
+# packages), aarch64 wheels, the agent's tests and a real bundle, emulated. Heavy: not in `make test`.
+check-arm64: install-test
+	./scripts/check-arm64.sh

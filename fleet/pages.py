@@ -21,7 +21,7 @@ from fleet.presenters import device_json, enroll_command, server_url
 from fleet.rollouts import engine as rollouts
 from fleet.rollouts import rollout_plan
 from fleet.security import director
-from fleet.telemetry import drift, monitoring
+from fleet.telemetry import drift, health, monitor_charts, monitoring
 
 HTMX_STOP_POLLING = 286
 
@@ -74,6 +74,8 @@ def device_detail(request: HttpRequest, device_id: str) -> HttpResponse:
             "events": DeviceEvent.objects.filter(device=device)[:50],
             "variants": rollout_plan.device_variants(device),
             "days": monitoring.device_series(device),
+            "health": health.device_context(str(device.pk), request.GET.get("range")),
+            "health_charts": health.CHARTS,
         },
     )
 
@@ -261,19 +263,36 @@ def rollout_action(request: HttpRequest, rollout_id: int, action: str) -> HttpRe
 
 @role_required(Role.VIEWER)
 def bundle_monitor(request: HttpRequest, bundle_id: str) -> HttpResponse:
+    """In-field accuracy and latency of one bundle: fleet-wide or one group's devices,
+    bucketed per minute, hour or day from the chosen range."""
     bundle = get_object_or_404(Bundle.objects.select_related("version__model"), pk=bundle_id)
-    hours = int(request.GET.get("hours", "24")) if request.GET.get("hours", "").isdigit() else 24
-    hours = min(max(hours, 1), 720)
+    range_name = request.GET.get("range", "")
+    if range_name not in monitor_charts.RANGES:
+        range_name = "24h"
+    span = monitor_charts.RANGES[range_name]
+    if request.GET.get("hours", "").isdigit():  # older links: ?hours=N
+        span, range_name = timedelta(hours=min(max(int(request.GET["hours"]), 1), 720)), ""
+    group_id = request.GET.get("group", "")
+    group = get_object_or_404(Group, pk=group_id) if group_id.isdigit() else None
+    hours = max(1, int(span.total_seconds() // 3600))
     reference = drift.reference_for_bundle(bundle.pk)
+    chart = monitor_charts.chart(bundle.pk, span, group)
+    running = monitor_charts.devices_running(bundle.pk, group)
     return render(
         request,
         "fleet/monitor.html",
         {
             "bundle": bundle,
-            "series": monitoring.bundle_series(bundle.pk, hours, reference=reference),
+            "chart": chart,
+            "series": chart["rows"],
+            "group": group,
             "per_group": monitoring.group_breakdown(bundle.pk, hours, reference=reference),
             "drift": monitoring.drift_summary(bundle.pk, hours),
             "hours": hours,
+            "range": range_name,
+            "ranges": list(monitor_charts.RANGES),
+            "running": len(running),
+            "next_expected": None if chart["rows"] else health.next_expected(running),
         },
     )
 

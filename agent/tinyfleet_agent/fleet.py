@@ -18,7 +18,7 @@ from ._internal.outbox import Outbox
 from ._internal.record import canonical_json
 from ._internal.slots import SlotStore
 from ._internal.stream_aead import atomic_write_bytes
-from ._internal.sysinfo import device_facts
+from ._internal.sysinfo import device_facts, disk_usage
 from ._internal.tuf_verify import TrustedState
 from ._internal.updater import TRUST_FILE, Updater
 from ._internal.wakeup import INSTALL_HINT, MqttOptions, WakeupListener, paho_available
@@ -148,7 +148,11 @@ class FleetLink:
         if time.monotonic() - self._last_telemetry < self.config.telemetry_interval_s:
             return
         self._last_telemetry = time.monotonic()
-        self.outbox.put(self.api.telemetry.snapshot_and_reset())
+        batch = self.api.telemetry.snapshot_and_reset()
+        # Storage health rides along: free disk where bundles and outboxes live, and how
+        # many batches wait to be sent (this one not counted).
+        batch["system"].update(disk_usage(self.config.state_dir), outbox_pending=len(self.outbox))
+        self.outbox.put(batch)
         self._send_telemetry()
 
     def _send_telemetry(self) -> None:

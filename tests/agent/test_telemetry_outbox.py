@@ -186,3 +186,12 @@ def test_it_keeps_drop_counts_when_a_batch_id_is_put_twice(tmp_path: Path) -> No
     outbox.ack(["b2"])
     outbox.put(batch(3))
     assert outbox.peek()[0]["dropped"] == 0 and outbox.pending_dropped == 0
+
+
+def test_it_reads_free_disk_of_the_state_dir_and_none_when_it_cannot(tmp_path: Path) -> None:
+    usage = sysinfo.disk_usage(tmp_path)
+    assert 0 < usage["disk_free_bytes"] <= usage["disk_total_bytes"]  # type: ignore[operator]
+    assert sysinfo.disk_usage(tmp_path / "missing") == {
+        "disk_free_bytes": None,
+        "disk_total_bytes": None,
+    }

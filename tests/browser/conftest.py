@@ -9,6 +9,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import ROOT
+
+# Screenshots of every journey step land here (gitignored); CI keeps them as artifacts.
+RESULTS = ROOT / "test-results"
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -41,3 +46,9 @@ def page(browser: Any) -> Iterator[Any]:
     page.set_default_timeout(30_000)
     yield page
     context.close()
+
+
+def screenshot(page: Any, name: str) -> None:
+    """A full-page screenshot saved as test-results/<name>.png."""
+    RESULTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(RESULTS / f"{name}.png"), full_page=True)

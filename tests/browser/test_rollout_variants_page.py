@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser.conftest import screenshot
 from tests.browser.helpers import _login
 from tests.fleet.variant_helpers import mixed_group, onnx_bundle, tflite_bundle
 
@@ -39,4 +40,4 @@ def test_an_operator_previews_and_starts_a_rollout_with_two_variants(
     assert (
         "the device is armv7l" in page.locator("[data-testid=no-compatible-variant]").inner_text()
     )
-    page.screenshot(path=str(tmp_path / "variants.png"), full_page=True)
+    screenshot(page, "rollout-variants")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "cpu_seconds",
     "cpu_temperature_c",
     "device_facts",
+    "disk_usage",
     "peak_rss_bytes",
     "rapl_energy_uj",
     "rss_bytes",
@@ -101,6 +103,15 @@ def rapl_energy_uj() -> tuple[int, int] | None:
     if energy is None or span is None or span <= 0:
         return None
     return energy, span
+
+
+def disk_usage(path: Path) -> dict[str, int | None]:
+    """Free and total bytes of the file system holding `path` (None when unreadable)."""
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return {"disk_free_bytes": None, "disk_total_bytes": None}
+    return {"disk_free_bytes": usage.free, "disk_total_bytes": usage.total}
 
 
 def _cpu_model() -> str:
