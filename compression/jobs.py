@@ -22,7 +22,7 @@ from compression.models import (
 )
 from compression.pipeline.textdata import DatasetError, load_jsonl, load_npz
 from compression.recipes import RecipeError, check_model_size, check_params, check_recipe
-from compression.sensor import SENSOR_SUFFIXES, sensor_dataset_facts
+from compression.sensor_datasets import SENSOR_SUFFIXES, sensor_dataset_facts
 from compression.services import RegistryError
 from compression.storage import safe_filename, store_file
 from compression.tasks import run_compression

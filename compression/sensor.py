@@ -20,6 +20,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from accounts.models import audit
+from compression.jobs import create_job
 from compression.models import (
     Dataset,
     DatasetKind,
@@ -30,36 +31,17 @@ from compression.models import (
     Task,
     VersionStatus,
 )
-from compression.pipeline.sensor.data import load_sensor_data
-from compression.pipeline.sensor.params import SensorDataError
 from compression.services import NAME_PATTERN, RegistryError
 from compression.storage import content_key, store_file
 
 __all__ = [
     "SENSOR_RECIPE",
-    "SENSOR_SUFFIXES",
-    "sensor_dataset_facts",
     "sensor_rows",
     "start_training",
 ]
 
 SENSOR_RECIPE = "sensor-transformer"
-SENSOR_SUFFIXES = (".ts", ".csv")
 SPEC_FILENAME = "sensor-spec.json"
-
-
-def sensor_dataset_facts(path: Path, filename: str) -> tuple[str, int, bool]:
-    """(kind, windows, has_labels) of an uploaded sensor file.
-
-    Raises:
-        RegistryError: the file is not readable sensor data (the message names it).
-    """
-    try:
-        data = load_sensor_data(path, suffix=Path(filename).suffix)
-    except SensorDataError as exc:
-        message = str(exc).replace(path.name, Path(filename).name)
-        raise RegistryError(f"invalid sensor data: {message}") from exc
-    return DatasetKind.SENSOR, int(data.x.shape[0]), data.has_labels
 
 
 def _sensor_dataset(dataset_id: int | None, role: str, required: bool) -> Dataset | None:
@@ -104,7 +86,6 @@ def start_training(
         RegistryError: bad name, missing/foreign datasets, invalid parameters, labels
             missing for classification, or a model of that name already exists (409).
     """
-    from compression.jobs import create_job
     from compression.recipes import RecipeError, check_params
 
     name = (name or "").strip()
@@ -175,69 +156,6 @@ def _drop_spec(key: str) -> None:
 
 class ModelExistsError(RegistryError):
     status = 409
-
-
-def run_training(job: Job) -> None:
-    """Worker side: train in a converter subprocess, store the trained version.
-
-    Raises what the subprocess raises (ConverterCrashError, ...): run_compression
-    turns it into a failed job.
-    """
-    # Called by compression.tasks.run_compression; the helpers come in lazily so that
-    # importing this module (views, API) never imports the Celery task module.
-    from compression.archives import materialized
-    from compression.derive import package, store_derived
-    from compression.pipeline.inspect import inspect_model
-    from compression.pipeline.runner import run_in_subprocess
-    from compression.tasks import _dataset_path, job_tmp_prefix
-
-    assert job.calibration_dataset is not None
-    # Scratch named after the job: the reaper removes what a killed worker leaves.
-    prefix = job_tmp_prefix(job.pk)
-    with (
-        tempfile.TemporaryDirectory(dir=settings.TMP_DIR, prefix=prefix) as tmp,
-        materialized(job.version, prefix) as spec,
-    ):
-        work = Path(tmp)
-        out_dir = work / "out"
-        out_dir.mkdir()
-
-        def progress(fraction: float, stage: str, message: str) -> None:
-            job.report(0.02 + 0.9 * fraction, stage, message)
-
-        job.report(0.01, "preparing", f"training a sensor model from {job.calibration_dataset}")
-        result = run_in_subprocess(
-            SENSOR_RECIPE,
-            {
-                "spec_path": str(spec),
-                "output_dir": str(out_dir),
-                "params": job.params,
-                "train_path": _dataset_path(job.calibration_dataset, work),
-                "eval_path": _dataset_path(job.eval_dataset, work) if job.eval_dataset else None,
-            },
-            timeout=settings.CELERY_TASK_SOFT_TIME_LIMIT,
-            progress=progress,
-        )
-        for line in result.get("log", [])[-50:]:
-            job.append_log(str(line))
-        job.report(0.95, "storing")
-        golden = out_dir / "golden.npz"
-        golden_sha = result["metrics"]["golden"]["sha256"]
-        golden_key = f"golden/{golden_sha}.npz"
-        store_file(golden_key, golden)
-        golden.unlink()  # the bundle carries the golden set separately
-        artifact = package(out_dir, work)
-        metrics = {**result["metrics"], "size_bytes": artifact.stat().st_size}
-        store_derived(
-            job,
-            artifact,
-            Format.TFLITE,
-            metrics=metrics,
-            pipeline=result.get("pipeline", {}),
-            golden_key=golden_key,
-            golden_sha256=golden_sha,
-            inspection=inspect_model(Path(result["output_path"]), Format.TFLITE),
-        )
 
 
 def sensor_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:

@@ -206,9 +206,7 @@ def run_compression(job_id: int) -> None:
     try:
         with heartbeats(job):
             if job.recipe == "sensor-transformer":
-                from compression.sensor import run_training
-
-                run_training(job)
+                _train_sensor(job)
             else:
                 _compress(job)
     except JobCancelledError:
@@ -481,3 +479,62 @@ def _bench(model_file: Path, job: Job) -> dict[str, object]:
 
 # What the reaper re-queues, per job kind.
 _TASKS = {"inspect": inspect_version, "compress": run_compression}
+
+
+def _train_sensor(job: Job) -> None:
+    """Train a sensor model in a converter subprocess, store the trained version.
+
+    Raises what the subprocess raises (ConverterCrashError, ...): run_compression
+    turns it into a failed job.
+    """
+    from compression.derive import package, store_derived
+    from compression.models import Format
+    from compression.pipeline.runner import run_in_subprocess
+
+    assert job.calibration_dataset is not None
+    # Scratch named after the job: the reaper removes what a killed worker leaves.
+    prefix = job_tmp_prefix(job.pk)
+    with (
+        tempfile.TemporaryDirectory(dir=settings.TMP_DIR, prefix=prefix) as tmp,
+        materialized(job.version, prefix) as spec,
+    ):
+        work = Path(tmp)
+        out_dir = work / "out"
+        out_dir.mkdir()
+
+        def progress(fraction: float, stage: str, message: str) -> None:
+            job.report(0.02 + 0.9 * fraction, stage, message)
+
+        job.report(0.01, "preparing", f"training a sensor model from {job.calibration_dataset}")
+        result = run_in_subprocess(
+            "sensor-transformer",
+            {
+                "spec_path": str(spec),
+                "output_dir": str(out_dir),
+                "params": job.params,
+                "train_path": _dataset_path(job.calibration_dataset, work),
+                "eval_path": _dataset_path(job.eval_dataset, work) if job.eval_dataset else None,
+            },
+            timeout=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+            progress=progress,
+        )
+        for line in result.get("log", [])[-50:]:
+            job.append_log(str(line))
+        job.report(0.95, "storing")
+        golden = out_dir / "golden.npz"
+        golden_sha = result["metrics"]["golden"]["sha256"]
+        golden_key = f"golden/{golden_sha}.npz"
+        store_file(golden_key, golden)
+        golden.unlink()  # the bundle carries the golden set separately
+        artifact = package(out_dir, work)
+        metrics = {**result["metrics"], "size_bytes": artifact.stat().st_size}
+        store_derived(
+            job,
+            artifact,
+            Format.TFLITE,
+            metrics=metrics,
+            pipeline=result.get("pipeline", {}),
+            golden_key=golden_key,
+            golden_sha256=golden_sha,
+            inspection=inspect_model(Path(result["output_path"]), Format.TFLITE),
+        )

@@ -143,15 +143,15 @@ def train_anomaly(
     Raises:
         SensorDataError: no or unusable training data.
     """
-    from compression.pipeline.sensor.recipe import (
+    from compression.pipeline.sensor.artifacts import (
         GOLDEN_FILE,
         GOLDEN_SIZE,
         MODEL_FILE,
         SIDECAR,
-        _check_micro,
-        _golden,
-        _quantization,
+        check_micro,
+        golden_set,
         micro_input_name,
+        quantization,
     )
     from compression.pipeline.sensor.train import channel_stats, train_forecaster
 
@@ -186,7 +186,7 @@ def train_anomaly(
     int8 = export.shorten_names(
         export.quantize_int8(float_path, calibration_x[:, :, :-h], global_ranges=True)
     )
-    summary = _check_micro(int8)
+    summary = check_micro(int8)
     model_path = out / MODEL_FILE
     model_path.write_bytes(int8)
     progress(0.85, "arena", "measuring the tensor arena; calibrating the threshold")
@@ -263,8 +263,8 @@ def train_anomaly(
         "threshold": bound,
         "score_mean": [float(v) for v in mean],
         "score_std": [float(v) for v in std],
-        "input_quantization": _quantization(runner.interpreter.get_input_details(0)),
-        "output_quantization": _quantization(runner.interpreter.get_output_details(0)),
+        "input_quantization": quantization(runner.interpreter.get_input_details(0)),
+        "output_quantization": quantization(runner.interpreter.get_output_details(0)),
         "arena_bytes": arena.size_bytes,
     }
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2))
@@ -276,7 +276,7 @@ def train_anomaly(
     golden_feeds = [
         {key: calibration_x[i : i + 1, :, :-h]} for i in range(min(GOLDEN_SIZE, len(calibration_x)))
     ]
-    golden = _golden(runner, golden_feeds, model_path, out / GOLDEN_FILE, "tensor")
+    golden = golden_set(runner, golden_feeds, model_path, out / GOLDEN_FILE, "tensor")
     export.pack_exports(out)
     progress(1.0, "done", "anomaly model ready")
     return RecipeResult(

@@ -21,19 +21,24 @@ import numpy as np
 
 from compression.pipeline.runner import ProgressFn, RecipeResult, no_progress
 from compression.pipeline.sensor import export
+from compression.pipeline.sensor.artifacts import (
+    GOLDEN_FILE,
+    GOLDEN_SIZE,
+    MODEL_FILE,
+    SIDECAR,
+    check_micro,
+    golden_set,
+    micro_input_name,
+    quantization,
+)
 from compression.pipeline.sensor.data import SensorData, load_sensor_data
 from compression.pipeline.sensor.metrics import classification_report
 from compression.pipeline.sensor.params import SensorDataError, SensorParams
 from compression.pipeline.tflm import micro
 from compression.pipeline.tflm.carray import write_c_source
-from compression.pipeline.tflm.params import TflmError, UnsupportedOpsError
 
 __all__ = ["MODEL_FILE", "SIDECAR", "load_pair", "train_sensor"]
 
-MODEL_FILE = "model.tflite"
-SIDECAR = "sensor.json"
-GOLDEN_FILE = "golden.npz"
-GOLDEN_SIZE = 16
 DEFAULT_PARAMS = SensorParams()
 
 
@@ -80,78 +85,6 @@ def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {export.INPUT_NAME: x.astype(np.float32)})[0])
 
 
-def _check_micro(model: bytes) -> micro.GraphSummary:
-    summary = micro.graph_summary(model)
-    missing = micro.missing_kernels(summary.ops)
-    if missing:
-        raise UnsupportedOpsError(missing)
-    if summary.external_buffers:
-        raise TflmError(f"{summary.external_buffers} buffers are outside the flatbuffer")
-    return summary
-
-
-def _litert_raw(model_path: Path, tensors: list[np.ndarray]) -> list[np.ndarray] | None:
-    """Raw int8 outputs of the LiteRT interpreter (what an agent runs), or None when
-    LiteRT is not installed here."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        return None
-    interp = Interpreter(model_path=str(model_path), num_threads=1)
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    results = []
-    for tensor in tensors:
-        interp.set_tensor(inp["index"], tensor)
-        interp.invoke()
-        results.append(np.array(interp.get_tensor(out["index"])))
-    return results
-
-
-def _golden(
-    runner: micro.MicroModel,
-    feeds: list[dict[str, np.ndarray]],
-    model_path: Path,
-    out: Path,
-    task: str,
-) -> dict[str, Any]:
-    """The device self-test: quantized windows and TFLM's raw int8 outputs; the bound is
-    what LiteRT (the agent's runtime) needs here, doubled, and at least 2 int8 steps."""
-    from compression.pipeline.golden import build_golden
-
-    count = min(GOLDEN_SIZE, len(feeds))
-    tensors = [runner.feed_tensors(f) for f in feeds[:count]]
-    references = []
-    for t in tensors:
-        runner._set_inputs(t)
-        runner.interpreter.invoke()
-        references.append(np.array(runner.interpreter.get_output(0)))
-    name = micro_input_name(runner)
-    device_feeds = [{name: t[runner.input_names[0]]} for t in tensors]
-    litert = _litert_raw(model_path, [f[name] for f in device_feeds])
-    worst = 0.0
-    if litert is not None:
-        worst = max(
-            float(np.abs(a.astype(np.float64) - b).max())
-            for a, b in zip(litert, references, strict=True)
-        )
-    tolerance = {"max_abs_error": max(2.0, 2.0 * worst)}
-    digest = build_golden(out, device_feeds, references, task, tolerance)
-    return {"sha256": digest, "count": count, "tolerance": tolerance, "litert_worst_abs": worst}
-
-
-def micro_input_name(runner: micro.MicroModel) -> str:
-    """The input's name as agents see it ("serving_default_samples:0" -> "samples")."""
-    return runner.input_names[0].split(":")[0].removeprefix("serving_default_")
-
-
-def _quantization(details: dict[str, Any]) -> dict[str, float | int] | None:
-    q = details["quantization_parameters"]
-    if not len(q["scales"]):
-        return None
-    return {"scale": float(q["scales"][0]), "zero_point": int(q["zero_points"][0])}
-
-
 def _sidecar(
     runner: micro.MicroModel, data: SensorData, params: SensorParams, arena: int
 ) -> dict[str, Any]:
@@ -167,8 +100,8 @@ def _sidecar(
         # One prediction per hop: half a window by default.
         "hop": params.hop or max(1, window // 2),
         "labels": data.class_names,
-        "input_quantization": _quantization(interp.get_input_details(0)),
-        "output_quantization": _quantization(interp.get_output_details(0)),
+        "input_quantization": quantization(interp.get_input_details(0)),
+        "output_quantization": quantization(interp.get_output_details(0)),
         "arena_bytes": arena,
     }
 
@@ -238,7 +171,7 @@ def train_sensor(
     rng = np.random.default_rng(params.seed)
     calibration = train.x[rng.permutation(len(train.x))[: params.calibration_samples]]
     int8 = export.shorten_names(export.quantize_int8(float_path, calibration))
-    summary = _check_micro(int8)
+    summary = check_micro(int8)
     model_path = out / MODEL_FILE
     model_path.write_bytes(int8)
     progress(0.85, "arena", "measuring the tensor arena on the TFLite Micro interpreter")
@@ -269,7 +202,7 @@ def train_sensor(
     golden_feeds = [
         {key: calibration[i : i + 1]} for i in range(min(GOLDEN_SIZE, len(calibration)))
     ]
-    golden = _golden(runner, golden_feeds, model_path, out / GOLDEN_FILE, "tensor")
+    golden = golden_set(runner, golden_feeds, model_path, out / GOLDEN_FILE, "tensor")
     accuracy = {k: v["accuracy"] for k, v in evaluated.items() if isinstance(v, dict)}
     log.append(
         f"accuracy on {evaluated['source']}: {accuracy}; "
