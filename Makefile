@@ -29,6 +29,8 @@ agent-wheel: $(PY)
 	# setuptools builds in agent/build/: a stale copy there could put deleted modules
 	# into the wheel.
 	rm -rf $(AGENT_WHEEL_DIR) agent/build
+	# A new venv's setuptools (65 on Python 3.11) has no bdist_wheel without `wheel`.
+	$(PIP) install --quiet 'setuptools>=70.1' wheel
 	$(PIP) wheel --quiet --no-deps --no-build-isolation --wheel-dir $(AGENT_WHEEL_DIR) ./agent
 
 # Everything the test suite needs: dev tools, the torch export stack (CPU build, pinned)
