@@ -21,7 +21,7 @@ from ninja.security import HttpBearer
 
 from fleet.enrollment import EnrollmentError, enroll
 from fleet.models import Device, DeviceEvent
-from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
+from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, Admission, digest
 from fleet.push import announcement
 from fleet.rollout_tasks import nudge
 from fleet.state import last_seen_write_interval, state_body, state_etag
@@ -48,7 +48,7 @@ class DeviceAuth(HttpBearer):
             return None
         device = (
             Device.objects.filter(credential_digest=digest(token))
-            .only("pk", "revoked_at", "last_seen_at")
+            .only("pk", "revoked_at", "last_seen_at", "admission")
             .first()
         )
         if device is None or device.revoked_at is not None:
@@ -160,9 +160,17 @@ class EventsIn(Schema):
     events: list[EventIn]
 
 
-@router.post("/events", response={202: dict, 400: dict})
-def report_events(request: HttpRequest, body: EventsIn) -> Status[Any]:
+def _admitted(request: HttpRequest) -> Device:
+    """The calling device, unless it still waits for an operator's approval (403)."""
     device: Device = request.auth  # type: ignore[attr-defined]
+    if device.admission != Admission.ACCEPTED:
+        raise HttpError(403, "this device is waiting for an operator to accept it")
+    return device
+
+
+@router.post("/events", response={202: dict, 400: dict, 403: dict})
+def report_events(request: HttpRequest, body: EventsIn) -> Status[Any]:
+    device = _admitted(request)
     if not 0 < len(body.events) <= MAX_EVENTS:
         raise HttpError(400, f"send 1-{MAX_EVENTS} events at a time")
     for event in body.events:
@@ -212,10 +220,10 @@ def _remember_state(device: Device, event: EventIn) -> None:
     device.state = state
 
 
-@router.post("/telemetry", response={202: dict, 200: dict, 400: dict, 413: dict})
+@router.post("/telemetry", response={202: dict, 200: dict, 400: dict, 403: dict, 413: dict})
 def ingest_telemetry(request: HttpRequest) -> Status[Any]:
     """One aggregated batch; idempotent by its `batch_id` (replays are acknowledged)."""
-    device: Device = request.auth  # type: ignore[attr-defined]
+    device = _admitted(request)
     if len(request.body) > MAX_TELEMETRY_BYTES:
         return Status(413, {"error": f"telemetry batch over {MAX_TELEMETRY_BYTES} bytes"})
     from fleet.telemetry import TelemetryError, parse_batch

@@ -226,6 +226,8 @@ DEVICE_POLL_INTERVAL = env_int("TINYFLEET_DEVICE_POLL_INTERVAL", 30, minimum=1)
 # limit, and stale beyond it.
 DEVICE_ONLINE_SECONDS = env_int("TINYFLEET_DEVICE_ONLINE_SECONDS", 120, minimum=1)
 DEVICE_STALE_SECONDS = env_int("TINYFLEET_DEVICE_STALE_SECONDS", 24 * 3600, minimum=1)
+# No enrollment token lives longer than this (the API refuses longer or never-expiring).
+ENROLLMENT_TOKEN_MAX_HOURS = env_int("TINYFLEET_ENROLLMENT_TOKEN_MAX_HOURS", 24 * 7, minimum=1)
 
 # --- device push: optional MQTT wake-ups (unset = devices only poll) ------------------
 # The server publishes a tiny hint on tinyfleet/devices/<id> when a device's desired state
