@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from ninja import NinjaAPI, Router, Schema, Status
+from ninja import Field, NinjaAPI, Router, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
@@ -27,6 +27,7 @@ from fleet.rollout_tasks import nudge
 from fleet.state import last_seen_write_interval, state_body, state_etag
 
 MAX_EVENTS = 100
+MAX_REASON = 500  # characters of an event's reason that are stored
 MAX_TELEMETRY_BYTES = 64 * 1024
 EVENT_STATES = {
     "downloading",
@@ -149,9 +150,9 @@ def enroll_device(request: HttpRequest, body: EnrollIn) -> Status[Any]:
 
 
 class EventIn(Schema):
-    state: str
-    bundle: str = ""
-    reason: str = ""
+    state: str = Field(..., max_length=32)
+    bundle: str = Field("", max_length=64)
+    reason: str = ""  # kept up to MAX_REASON characters
     detail: dict[str, Any] = {}
     at: datetime | None = None
 
@@ -178,13 +179,14 @@ def report_events(request: HttpRequest, body: EventsIn) -> Status[Any]:
             raise HttpError(400, f"unknown state {event.state!r}")
         if len(json.dumps(event.detail)) > 4096:
             raise HttpError(400, "event detail is too large")
+    check_assigned(device, {e.bundle for e in body.events if e.bundle})
     DeviceEvent.objects.bulk_create(
         [
             DeviceEvent(
                 device=device,
-                bundle=e.bundle[:64],
+                bundle=e.bundle,
                 state=e.state,
-                reason=e.reason[:500],
+                reason=e.reason[:MAX_REASON],
                 detail=e.detail,
                 device_time=e.at,
             )
@@ -197,12 +199,33 @@ def report_events(request: HttpRequest, body: EventsIn) -> Status[Any]:
     return Status(202, {"accepted": len(body.events)})
 
 
+def check_assigned(device: Device, bundles: set[str]) -> None:
+    """Raises HttpError(400) unless every bundle was assigned to this device at some point
+    (current or previous assignment): a device reports only on what it was given, so it
+    can neither skew another bundle's numbers nor fail another group's rollout.
+    One indexed query, and none when the report names no bundle."""
+    from fleet.models import Assignment
+
+    if not bundles:
+        return
+    known = set(
+        Assignment.objects.filter(device=device, bundle_id__in=bundles).values_list(
+            "bundle_id", flat=True
+        )
+    )
+    unknown = sorted(bundles - known)
+    if unknown:
+        raise HttpError(400, f"bundle {unknown[0]!r} was never assigned to this device")
+
+
 def _remember_state(device: Device, event: EventIn) -> None:
+    # Device.state is returned by every device list: what the device wrote is capped.
+    reason = event.reason[:MAX_REASON]
     state = dict(device.state)
     state["update"] = {
         "state": event.state,
         "bundle": event.bundle,
-        "reason": event.reason,
+        "reason": reason,
         "at": timezone.now().isoformat(),
     }
     # "rolled-back" names the bundle the device went back to (a local rollback too).
@@ -213,7 +236,7 @@ def _remember_state(device: Device, event: EventIn) -> None:
     if event.state in ("failed", "refused", "selftest-failed"):
         state["last_error"] = {
             "bundle": event.bundle,
-            "reason": event.reason,
+            "reason": reason,
             "at": timezone.now().isoformat(),
         }
     Device.objects.filter(pk=device.pk).update(state=state)
@@ -226,12 +249,13 @@ def ingest_telemetry(request: HttpRequest) -> Status[Any]:
     device = _admitted(request)
     if len(request.body) > MAX_TELEMETRY_BYTES:
         return Status(413, {"error": f"telemetry batch over {MAX_TELEMETRY_BYTES} bytes"})
-    from fleet.telemetry import TelemetryError, parse_batch
+    from fleet.telemetry import TelemetryError, bundles_named, parse_batch
 
     try:
         batch = parse_batch(request.body)
     except TelemetryError as exc:
         return Status(400, {"error": str(exc)})
+    check_assigned(device, bundles_named(batch))
     from fleet.rollups import store_batch
 
     try:

@@ -25,12 +25,23 @@ from fleet.rollup_maintenance import enforce_retention
 from fleet.rollups import rollup_hour
 from fleet.tasks import enforce_telemetry_retention, rebuild_telemetry_rollups
 from tests.conftest import Worker, wait_for
-from tests.fleet.telemetry_helpers import BUCKETS, ingest
-from tests.fleet.test_publish import TestDevice, make_device
+from tests.fleet.telemetry_helpers import BUCKETS, grant, ingest
+from tests.fleet.test_publish import TestDevice
+from tests.fleet.test_publish import make_device as _make_device
 
 pytestmark = pytest.mark.django_db
 
 BUNDLE = "b-rollup-test"
+
+
+def make_device(name: str = "pi-1") -> TestDevice:
+    """A device that was assigned the bundles these tests report on (the device API
+    accepts reports only on bundles a device was given)."""
+    device = _make_device(name)
+    grant(device.device, BUNDLE, "b-other")
+    return device
+
+
 LAT, TOK, CONF = len(LATENCY_EDGES_MS) + 1, len(BUCKETS["input_tokens"]) + 1, 21
 
 

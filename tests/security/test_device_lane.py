@@ -14,30 +14,10 @@ from fleet import gates, rollouts
 from fleet.models import Device, Group, Rollout
 from fleet.security import director
 from tests.fleet.device_helpers import FakeDevice
-from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
+from tests.fleet.test_publish import make_version, onnx_files, publish_now
+from tests.security.conftest import token_for
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def group_b_rollout(tmp_path: Path, alice: Any) -> Rollout:
-    """Group B selects site=b; its rollout of a bundle runs on one honest device."""
-    group_b = Group.objects.create(name="b", selector="site=b")
-    honest = make_device("honest-b")
-    honest.device.labels = {"site": "b"}
-    honest.device.save()
-    bundle = publish_now(make_version(onnx_files(tmp_path), name="b model"))
-    return rollouts.create(
-        user=alice, bundle=bundle, group=group_b, waves=[100], gates={}, soak_seconds=0
-    )
-
-
-def _token(api: Any, group: int, labels: dict[str, str] | None = None) -> str:
-    body = {"group": group, "labels": labels or {}}
-    response = api.post("/api/v1/enrollment-tokens", body)
-    assert response.status_code == 201, response.content
-    raw: str = response.json()["token"]
-    return raw
 
 
 def test_it_keeps_a_device_that_labels_itself_into_group_b_out_of_b(
@@ -45,7 +25,7 @@ def test_it_keeps_a_device_that_labels_itself_into_group_b_out_of_b(
 ) -> None:
     group_a = Group.objects.create(name="a")
     attacker = FakeDevice(name="attacker")
-    body = attacker.enroll_body(_token(alice_api, group_a.pk), labels={"site": "b"})
+    body = attacker.enroll_body(token_for(alice_api, group_a.pk), labels={"site": "b"})
     response = client.post("/api/device/v1/enroll", body, content_type="application/json")
     assert response.status_code == 201, response.content
     attacker.credential = response.json()["credential"]
@@ -69,7 +49,7 @@ def test_it_lets_the_tokens_labels_win_over_what_the_device_sends(
 ) -> None:
     group = Group.objects.create(name="a", selector="site=a")
     device = FakeDevice()
-    token = _token(alice_api, group.pk, {"site": "a", "ring": "canary"})
+    token = token_for(alice_api, group.pk, {"site": "a", "ring": "canary"})
     body = device.enroll_body(token, labels={"site": "b", "ring": "prod", "extra": "x"})
     response = client.post("/api/device/v1/enroll", body, content_type="application/json")
     assert response.status_code == 201, response.content
@@ -104,7 +84,7 @@ def test_it_gives_a_pending_device_nothing_until_an_operator_accepts_it(
         user=alice, bundle=bundle, group=group, waves=[100], gates={}, soak_seconds=0
     )
     device = FakeDevice()
-    assert device.enroll(client, _token(alice_api, group.pk)).status_code == 201
+    assert device.enroll(client, token_for(alice_api, group.pk)).status_code == 201
     stored = Device.objects.get(pk=device.device_id)
     assert stored.admission == "pending"
     pending = alice_api.get("/api/v1/devices?admission=pending").json()
@@ -135,7 +115,7 @@ def test_it_gives_a_pending_device_nothing_until_an_operator_accepts_it(
 def test_it_locks_out_a_rejected_device(alice_api: Any, client: Client) -> None:
     group = Group.objects.create(name="gated", require_approval=True)
     device = FakeDevice()
-    assert device.enroll(client, _token(alice_api, group.pk)).status_code == 201
+    assert device.enroll(client, token_for(alice_api, group.pk)).status_code == 201
     rejected = alice_api.post(f"/api/v1/devices/{device.device_id}/admission/reject")
     assert rejected.status_code == 200 and rejected.json()["status"] == "revoked"
     assert device.client().get("/api/device/v1/state").status_code == 401
