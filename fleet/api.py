@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -13,18 +13,35 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Field, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
+from pydantic import StringConstraints
 
 from accounts.models import Role, audit
 from accounts.validation import MAX_ID
 from fleet import enrollment, rollout_plan
 from fleet.fallback import FallbackUrlError, refresh_devices, set_group_fallback
 from fleet.models import Device, EnrollmentToken, Group
-from fleet.models.devices import Admission, SelectorError, check_labels, parse_selector
+from fleet.models.devices import (
+    LABEL_KEY,
+    LABEL_VALUE,
+    Admission,
+    SelectorError,
+    check_labels,
+    parse_selector,
+)
 from fleet.presenters import device_json, enroll_command, enrollment_token_json, group_json
 from fleet.security import director
 from tinyfleet.api import require_role
 
 router = Router(tags=["fleet"])
+
+# The label grammar of fleet.models.devices.check_labels, in the schema too, so clients
+# (and generated ones) know it; check_labels still runs on every write.
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY.pattern)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE.pattern)]
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(max_length=64, json_schema_extra={"additionalProperties": False}),
+]
 
 
 class GroupIn(Schema):
@@ -57,8 +74,8 @@ class EnrollmentTokenIn(Schema):
     # Single-use unless asked otherwise; every token expires (at most the configured
     # TINYFLEET_ENROLLMENT_TOKEN_MAX_HOURS, checked below).
     max_uses: int = Field(1, ge=1, le=100_000)
-    expires_in_hours: int = Field(24, ge=1, le=24 * 365)
-    labels: dict[str, str] = {}
+    expires_in_hours: int = Field(24, ge=1, le=settings.ENROLLMENT_TOKEN_MAX_HOURS)
+    labels: Labels = {}
 
 
 class EnrollmentTokenOut(Schema):
@@ -125,7 +142,7 @@ class FallbackIn(Schema):
 
 
 class LabelsIn(Schema):
-    labels: dict[str, str]
+    labels: Labels
 
 
 @router.post("/groups", response={201: GroupOut, 409: dict, 400: dict, 403: dict})
@@ -186,7 +203,7 @@ def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn) -> St
     require_role(request, Role.OPERATOR)
     group = Group.objects.filter(pk=body.group).first()
     if group is None:
-        raise HttpError(400, f"group {body.group} does not exist")
+        raise HttpError(404, f"group {body.group} does not exist")
     limit = settings.ENROLLMENT_TOKEN_MAX_HOURS
     if body.expires_in_hours > limit:
         raise HttpError(400, f"expires_in_hours must be between 1 and {limit}")
@@ -339,13 +356,15 @@ def revoke(request: HttpRequest, device_id: str) -> Status[Any]:
 
 
 @router.get(
-    "/metrics", summary="Fleet overview, one bundle's hourly in-field series, or one device's days"
+    "/metrics",
+    response={200: dict, 400: dict, 404: dict},
+    summary="Fleet overview, one bundle's hourly in-field series, or one device's days",
 )
 def metrics(
     request: HttpRequest,
     bundle: str = "",
-    group: int | None = None,
-    hours: int = 24,
+    group: int | None = Query(None, ge=1, le=MAX_ID),
+    hours: int = Query(24, ge=1, le=24 * 30),
     device: str = "",
 ) -> dict[str, Any]:
     """Without parameters: the fleet overview. With `bundle`: hourly series (fleet-wide or

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from django.conf import settings
 from django.db import transaction
@@ -29,7 +29,7 @@ from fleet.state import last_seen_write_interval, state_body, state_etag
 MAX_EVENTS = 100
 MAX_REASON = 500  # characters of an event's reason that are stored
 MAX_TELEMETRY_BYTES = 64 * 1024
-EVENT_STATES = {
+EventState = Literal[
     "downloading",
     "verifying",
     "installing",
@@ -40,7 +40,8 @@ EVENT_STATES = {
     "refused",
     "frozen",
     "selftest-failed",  # a periodic in-field golden self-test of the active bundle failed
-}
+]
+EVENT_STATES = set(get_args(EventState))
 
 
 class DeviceAuth(HttpBearer):
@@ -150,7 +151,7 @@ def enroll_device(request: HttpRequest, body: EnrollIn) -> Status[Any]:
 
 
 class EventIn(Schema):
-    state: str = Field(..., max_length=32)
+    state: EventState
     bundle: str = Field("", max_length=64)
     reason: str = ""  # kept up to MAX_REASON characters
     detail: dict[str, Any] = {}
@@ -158,7 +159,7 @@ class EventIn(Schema):
 
 
 class EventsIn(Schema):
-    events: list[EventIn]
+    events: list[EventIn] = Field(..., min_length=1, max_length=MAX_EVENTS)
 
 
 def _admitted(request: HttpRequest) -> Device:
@@ -172,11 +173,7 @@ def _admitted(request: HttpRequest) -> Device:
 @router.post("/events", response={202: dict, 400: dict, 403: dict})
 def report_events(request: HttpRequest, body: EventsIn) -> Status[Any]:
     device = _admitted(request)
-    if not 0 < len(body.events) <= MAX_EVENTS:
-        raise HttpError(400, f"send 1-{MAX_EVENTS} events at a time")
-    for event in body.events:
-        if event.state not in EVENT_STATES:
-            raise HttpError(400, f"unknown state {event.state!r}")
+    for event in body.events:  # 1-MAX_EVENTS events with known states: the schema checks
         if len(json.dumps(event.detail)) > 4096:
             raise HttpError(400, "event detail is too large")
     check_assigned(device, {e.bundle for e in body.events if e.bundle})
@@ -243,7 +240,40 @@ def _remember_state(device: Device, event: EventIn) -> None:
     device.state = state
 
 
-@router.post("/telemetry", response={202: dict, 200: dict, 400: dict, 403: dict, 413: dict})
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+TELEMETRY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "Aggregates only (counters, fixed-bucket histograms, "
+                    "gauges); see docs/api.md. Validated by fleet.telemetry.parse_batch.",
+                    "required": ["batch_id"],
+                    "properties": {
+                        "batch_id": {"type": "string", "format": "uuid"},
+                        "bundle": {"type": ["string", "null"], "maxLength": 64},
+                        "period_start": _TIME,
+                        "period_end": _TIME,
+                        "period": {
+                            "type": "object",
+                            "properties": {"start": _TIME, "end": _TIME},
+                        },
+                        "bundles": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/telemetry",
+    response={202: dict, 200: dict, 400: dict, 403: dict, 413: dict},
+    openapi_extra=TELEMETRY_BODY,
+)
 def ingest_telemetry(request: HttpRequest) -> Status[Any]:
     """One aggregated batch; idempotent by its `batch_id` (replays are acknowledged)."""
     device = _admitted(request)

@@ -91,6 +91,10 @@ def parse_batch(raw: bytes) -> dict[str, Any]:
     bundle = body.get("bundle")
     if bundle is not None and (not isinstance(bundle, str) or len(bundle) > 64):
         raise TelemetryError("bundle must be a short string")
+    if "bundles" in body and not isinstance(body["bundles"], list):
+        raise TelemetryError("bundles must be a list")
+    if "period" in body and not isinstance(body["period"], dict):
+        raise TelemetryError("period must be an object with start and end")
     _check_value(body, "batch", 0, [MAX_ITEMS])
     period = body.get("period") if isinstance(body.get("period"), dict) else {}
     start = _time(period.get("start", body.get("period_start")), "period.start")

@@ -77,6 +77,9 @@ def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 
 @api.exception_handler(ValidationError)
 def on_invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    if exc.errors and all(tuple(e.get("loc", ()))[:1] == ("path",) for e in exc.errors):
+        # /rollouts/abc or /rollouts/1/explode names no resource: not found, not malformed.
+        return _error(request, "not found", 404)
     problems = []
     for item in exc.errors:
         where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "form"))
@@ -99,3 +102,14 @@ def _register_routers() -> None:
 
 
 _register_routers()
+
+
+def _harden() -> None:
+    from fleet.device_api import device_api
+    from tinyfleet import api_errors
+
+    api_errors.install(api)
+    api_errors.install(device_api)
+
+
+_harden()

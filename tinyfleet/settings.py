@@ -69,6 +69,8 @@ MIDDLEWARE = [
     # First: unchanged device polls (the fleet's hottest request) are answered with one
     # query before sessions, CSRF and routing; everything else passes through.
     "fleet.state.DeviceStateFastPath",
+    # Any error under /api/ leaves as JSON (unknown paths, wrong methods, CSRF, 500s).
+    "tinyfleet.api_errors.JsonApiErrors",
     "django.middleware.security.SecurityMiddleware",
     "compression.uploads.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

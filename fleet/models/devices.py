@@ -40,7 +40,7 @@ def parse_selector(text: str) -> list[tuple[str, str, str]]:
         if not match:
             raise SelectorError(f"selector term {raw!r} must look like key=value or key!=value")
         key, op, value = match.groups()
-        if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
+        if not LABEL_KEY.fullmatch(key) or not LABEL_VALUE.fullmatch(value):
             raise SelectorError(f"selector term {raw!r} has an invalid label key or value")
         terms.append((key, op, value))
     return terms
@@ -59,9 +59,9 @@ def check_labels(labels: Any) -> dict[str, str]:
     if not isinstance(labels, dict) or len(labels) > 64:
         raise ValueError("labels must be an object with at most 64 entries")
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_KEY.match(key):
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
             raise ValueError(f"label key {key!r} is invalid (lowercase letters, digits, ._/-)")
-        if not isinstance(value, str) or not LABEL_VALUE.match(value):
+        if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
             raise ValueError(f"label value {value!r} for {key!r} is invalid")
     return dict(labels)
 
