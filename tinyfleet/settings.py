@@ -27,7 +27,21 @@ from tinyfleet.env import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("TINYFLEET_DATA_DIR", BASE_DIR / "data")
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _private(path: Path, mode: int) -> None:
+    """chmod what we own (an existing install may have 0755/0644 from before)."""
+    try:
+        if path.exists() and path.stat().st_uid == os.getuid():
+            path.chmod(mode)
+    except OSError:
+        pass  # not ours to change: the operator chose this layout
+
+
+# The data dir holds the secret key, the master key and (embedded default) the database
+# with every session: nobody else on the machine may read it.
+_private(DATA_DIR, 0o700)
 TMP_DIR = DATA_DIR / "tmp"
 TMP_DIR.mkdir(exist_ok=True)
 
@@ -110,6 +124,10 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Embedded default: files this process creates (database and its journals, broker
+    # messages, artifacts, beat schedule) are the owner's only; older ones are tightened.
+    os.umask(0o077)
+    _private(Path(DATABASES["default"]["NAME"]), 0o600)
     # A file-backed test database lets the real Celery worker process see test data.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
@@ -155,7 +173,11 @@ if S3_BUCKET:
 else:
     _artifact_storage = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": str(ARTIFACT_DIR), "file_permissions_mode": 0o600},
+        "OPTIONS": {
+            "location": str(ARTIFACT_DIR),
+            "file_permissions_mode": 0o600,
+            "directory_permissions_mode": 0o700,
+        },
     }
 STORAGES = {
     "default": _artifact_storage,
