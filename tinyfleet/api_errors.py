@@ -89,7 +89,9 @@ def document_errors(api: NinjaAPI) -> None:
 
 
 def _add_errors(path: str, method: str, operation: dict[str, Any]) -> None:
-    responses = operation.setdefault("responses", {})
+    # Ninja keys responses by int status: one key type, or JSON would repeat a key.
+    responses = {str(k): v for k, v in operation.get("responses", {}).items()}
+    operation["responses"] = responses
     wanted = ["400", "429"]
     if operation.get("security"):
         wanted.append("401")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -77,6 +78,7 @@ INSTALLED_APPS = [
     "accounts",
     "compression",
     "fleet",
+    "axes",  # login rate limiting (AXES_* below)
 ]
 
 MIDDLEWARE = [
@@ -86,6 +88,9 @@ MIDDLEWARE = [
     # Any error under /api/ leaves as JSON (unknown paths, wrong methods, CSRF, 500s).
     "tinyfleet.api_errors.JsonApiErrors",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Token-authenticated API calls: per-credential rates, counted in the shared cache.
+    "tinyfleet.ratelimit.ApiRateLimit",
     "compression.uploads.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -95,6 +100,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires
 ]
 
 ROOT_URLCONF = "tinyfleet.urls"
@@ -136,6 +142,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    # First: refuses logins while a username+address pair is locked out.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "models"
@@ -243,6 +254,56 @@ SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- Content-Security-Policy: our own origin only (htmx, Chart.js and the API docs are
+# vendored; pages carry no inline scripts or styles, see static/js/app.js).
+_SELF, _NONE = "'self'", "'none'"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [_SELF],
+        "script-src": [_SELF],
+        "style-src": [_SELF],
+        "img-src": [_SELF, "data:"],  # Swagger UI's icons are data: URIs
+        "connect-src": [_SELF],
+        "font-src": [_SELF],
+        "object-src": [_NONE],
+        "base-uri": [_SELF],
+        "form-action": [_SELF],
+        "frame-ancestors": [_NONE],
+    }
+}
+
+# --- login rate limiting (django-axes): after AXES_FAILURE_LIMIT failed logins for one
+# username from one address, that pair is locked out for the cool-off time (429).
+AXES_FAILURE_LIMIT = env_int("TINYFLEET_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("TINYFLEET_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+
+# --- API rate limiting (tinyfleet/ratelimit.py); "" turns one off.
+API_RATE_LIMIT = env_str("TINYFLEET_API_RATE_LIMIT", "600/m")
+DEVICE_RATE_LIMIT = env_str("TINYFLEET_DEVICE_RATE_LIMIT", "240/m")
+ENROLL_RATE_LIMIT = env_str("TINYFLEET_ENROLL_RATE_LIMIT", "30/m")
+# Counts must be shared by every web worker: Redis when there is one (production), else
+# files in the data dir (the embedded default runs two gunicorn workers).
+CACHE_URL = env_str("TINYFLEET_CACHE_URL") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
+)
+if CACHE_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "tinyfleet",
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "cache"),
+        }
+    }
 
 # --- fleet ----------------------------------------------------------------------------
 DEVICE_POLL_INTERVAL = env_int("TINYFLEET_DEVICE_POLL_INTERVAL", 30, minimum=1)

@@ -6,6 +6,7 @@ rules a schema cannot express). Bounded: about a minute in all."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,13 @@ def test_it_refuses_text_with_nul_characters(alice_api: Any) -> None:
 
 @pytest.mark.django_db
 def test_it_documents_the_rollout_actions_as_an_enum(client: Client) -> None:
+    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        assert len(keys) == len(set(keys)), f"repeated keys: {keys}"  # Swagger UI refuses
+        return dict(pairs)
+
+    for url in ("/api/v1/openapi.json", "/api/device/v1/openapi.json"):
+        json.loads(client.get(url).content, object_pairs_hook=no_repeats)
     schema = client.get("/api/v1/openapi.json").json()
     operation = schema["paths"]["/api/v1/rollouts/{rollout_id}/{action}"]["post"]
     (action,) = [p for p in operation["parameters"] if p["name"] == "action"]
