@@ -24,6 +24,7 @@ from compression.pipeline.textdata import DatasetError, load_jsonl, load_npz
 from compression.recipes import RecipeError, check_model_size, check_params, check_recipe
 from compression.services import RegistryError
 from compression.storage import safe_filename, store_file
+from compression.tasks import run_compression
 
 MAX_DATASET_ROWS = 100_000
 
@@ -98,8 +99,6 @@ def create_job(
 
 
 def _enqueue(job_id: int) -> None:
-    from compression.tasks import run_compression
-
     run_compression.delay(job_id)
 
 

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.models import ApiToken, Role, audit, has_role
-from accounts.permissions import role_required
+from accounts.permissions import role_required, signed_in_user
 from accounts.validation import parse_id
-from fleet import drift, enrollment, monitoring, rollout_plan, rollouts
-from fleet.fallback import FallbackUrlError, set_group_fallback
+from core.htmx import is_htmx
+from fleet.devices import enrollment
+from fleet.devices.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import Admission, SelectorError, parse_selector
 from fleet.presenters import device_json, enroll_command, enrollment_token_json
+from fleet.rollout_tasks import nudge
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import rollout_plan
 from fleet.security import director
+from fleet.telemetry import drift, monitoring
 
 HTMX_STOP_POLLING = 286
 
@@ -140,7 +147,10 @@ def _group_post(request: HttpRequest) -> str | None:
         return None
     approval = request.POST.get("require_approval") == "on"
     group = Group.objects.create(
-        name=name[:100], selector=selector, require_approval=approval, created_by=request.user
+        name=name[:100],
+        selector=selector,
+        require_approval=approval,
+        created_by=signed_in_user(request),
     )
     audit(request.user, "group.create", group, selector=selector, require_approval=approval)
     messages.success(request, f"Created group {name}.")
@@ -166,6 +176,7 @@ def _admission_post(request: HttpRequest, decision: str) -> None:
     try:
         if decision == "accept":
             enrollment.accept(device, request.user)
+            transaction.on_commit(nudge)  # a running rollout of its group may assign it
         else:
             enrollment.reject(device, request.user)
     except enrollment.AdmissionError as exc:
@@ -217,7 +228,7 @@ def rollout_preview(request: HttpRequest) -> HttpResponse:
             preview = rollout_plan.preview(group, bundles)
         except rollout_plan.VariantError as exc:
             preview = {"error": str(exc)}
-    if request.htmx:
+    if is_htmx(request):
         return render(request, "fleet/_rollout_preview.html", {"preview": preview})
     return rollout_list(request, preview)
 
@@ -270,7 +281,7 @@ def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
         ),
         "incompatible": plan.incompatible,
     }
-    if request.htmx:
+    if is_htmx(request):
         response = render(request, "fleet/_rollout_status.html", context)
         if not rollout.is_active:
             response.status_code = HTMX_STOP_POLLING
@@ -323,7 +334,7 @@ def bundle_monitor(request: HttpRequest, bundle_id: str) -> HttpResponse:
 
 def prometheus(request: HttpRequest) -> HttpResponse:
     """Prometheus scrape endpoint; needs a viewer session or API token."""
-    user = request.user
+    user: Any = request.user
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         token = ApiToken.authenticate(header[7:].strip())

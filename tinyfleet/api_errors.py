@@ -51,17 +51,17 @@ def install(api: NinjaAPI) -> None:
     def reply(request: HttpRequest, message: str, status: int) -> HttpResponse:
         return api.create_response(request, {"error": message}, status=status)
 
-    def out_of_range(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def out_of_range(request: HttpRequest, exc: Any) -> HttpResponse:
         # SQLite raises OverflowError for ints past 64 bits, PostgreSQL a DataError.
         return reply(request, "a number or value is out of range", 400)
 
-    def too_big(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def too_big(request: HttpRequest, exc: Any) -> HttpResponse:
         return reply(request, "request body too large", 413)
 
-    def suspicious(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def suspicious(request: HttpRequest, exc: Any) -> HttpResponse:
         return reply(request, "malformed request", 400)
 
-    def invalid_value(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def invalid_value(request: HttpRequest, exc: Any) -> HttpResponse:
         return reply(request, "invalid value: " + "; ".join(getattr(exc, "messages", [])), 400)
 
     api.add_exception_handler(OverflowError, out_of_range)

@@ -81,7 +81,7 @@ class Group(models.Model):
     # Devices enrolled with this group's tokens wait (pending) until an operator accepts
     # them; until then they belong to no group and receive nothing.
     require_approval = models.BooleanField(default=False)
-    # Low-confidence fallback (fleet/fallback.py): off unless an operator enables it.
+    # Low-confidence fallback (fleet/devices/fallback.py): off unless an operator enables it.
     fallback_enabled = models.BooleanField(default=False)
     fallback_url = models.CharField(max_length=500, blank=True)
     created_by = models.ForeignKey(
@@ -231,7 +231,8 @@ class Device(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     state = models.JSONField(default=dict, blank=True)  # slots, active bundle, last errors
     # The fallback URL in force for this device ("" = off), kept here so the one-query
-    # desired-state fast path (fleet/state.py) can include it; see fleet/fallback.py.
+    # desired-state fast path (fleet/devices/state.py) can include it; see
+    # fleet/devices/fallback.py.
     fallback_url = models.CharField(max_length=500, blank=True)
 
     class Meta:

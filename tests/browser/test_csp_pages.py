@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fleet.models import Device, EnrollmentToken, Group
-from tests.fleet.test_publish import make_device
+from tests.fleet.publish_helpers import make_device
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from fleet import rollouts
 from fleet.models import Group, Rollout
-from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
+from fleet.rollouts import engine as rollouts
+from tests.fleet.publish_helpers import make_device, make_version, onnx_files, publish_now
 
 
 @pytest.fixture

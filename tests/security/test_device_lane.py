@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from fleet import gates, rollouts
 from fleet.models import Device, Group, Rollout
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import gates
 from fleet.security import director
 from tests.fleet.device_helpers import FakeDevice
-from tests.fleet.test_publish import make_version, onnx_files, publish_now
+from tests.fleet.publish_helpers import make_version, onnx_files, publish_now
 from tests.security.conftest import token_for
 
 pytestmark = pytest.mark.django_db

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from fleet import gates
 from fleet.models import Device, DeviceEvent, Group, Rollout, TelemetryBatch
+from fleet.rollouts import gates
 from tests.fleet.device_helpers import FakeDevice
 from tests.fleet.telemetry_helpers import grant
 from tests.security.conftest import token_for

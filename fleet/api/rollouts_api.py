@@ -13,10 +13,11 @@ from ninja import Field, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role
+from accounts.permissions import require_role
 from accounts.validation import MAX_ID
-from fleet import rollout_plan, rollouts
 from fleet.models import Bundle, Group, Rollout, RolloutStatus
-from tinyfleet.api import require_role
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import rollout_plan
 
 router = Router(tags=["rollouts"])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from django.conf import settings
 from django.db import transaction
@@ -18,30 +18,21 @@ from django.utils import timezone
 from ninja import Field, NinjaAPI, Router, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
+from tinyfleet_agent.protocol import EVENT_STATES
 
-from fleet.enrollment import EnrollmentError, enroll
+from core.api_errors import error_response
+from fleet.devices.enrollment import EnrollmentError, enroll
+from fleet.devices.push import announcement
+from fleet.devices.state import last_seen_write_interval, state_body, state_etag
 from fleet.models import Device, DeviceEvent
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, Admission, digest
-from fleet.push import announcement
 from fleet.rollout_tasks import nudge
-from fleet.state import last_seen_write_interval, state_body, state_etag
 
 MAX_EVENTS = 100
 MAX_REASON = 500  # characters of an event's reason that are stored
 MAX_TELEMETRY_BYTES = 64 * 1024
-EventState = Literal[
-    "downloading",
-    "verifying",
-    "installing",
-    "self-test",
-    "active",
-    "failed",
-    "rolled-back",
-    "refused",
-    "frozen",
-    "selftest-failed",  # a periodic in-field golden self-test of the active bundle failed
-]
-EVENT_STATES = set(get_args(EventState))
+# The agent protocol's event states, as an enum in the schema (unknown states are a 400).
+EventState = Literal[tuple(sorted(EVENT_STATES))]  # type: ignore[valid-type]
 
 
 class DeviceAuth(HttpBearer):
@@ -74,7 +65,7 @@ device_api = NinjaAPI(
 
 
 def _error(request: HttpRequest, message: str, status: int) -> HttpResponse:
-    return device_api.create_response(request, {"error": message}, status=status)
+    return error_response(device_api, request, message, status)
 
 
 @device_api.exception_handler(HttpError)
@@ -151,7 +142,7 @@ def enroll_device(request: HttpRequest, body: EnrollIn) -> Status[Any]:
 
 
 class EventIn(Schema):
-    state: EventState
+    state: EventState  # type: ignore[valid-type]  # a Literal of the protocol's states
     bundle: str = Field("", max_length=64)
     reason: str = ""  # kept up to MAX_REASON characters
     detail: dict[str, Any] = {}
@@ -249,7 +240,7 @@ TELEMETRY_BODY = {
                 "schema": {
                     "type": "object",
                     "description": "Aggregates only (counters, fixed-bucket histograms, "
-                    "gauges); see docs/api.md. Validated by fleet.telemetry.parse_batch.",
+                    "gauges); see docs/api.md and fleet.telemetry.validation.parse_batch.",
                     "required": ["batch_id"],
                     "properties": {
                         "batch_id": {"type": "string", "format": "uuid"},
@@ -279,14 +270,14 @@ def ingest_telemetry(request: HttpRequest) -> Status[Any]:
     device = _admitted(request)
     if len(request.body) > MAX_TELEMETRY_BYTES:
         return Status(413, {"error": f"telemetry batch over {MAX_TELEMETRY_BYTES} bytes"})
-    from fleet.telemetry import TelemetryError, bundles_named, parse_batch
+    from fleet.telemetry.validation import TelemetryError, bundles_named, parse_batch
 
     try:
         batch = parse_batch(request.body)
     except TelemetryError as exc:
         return Status(400, {"error": str(exc)})
     check_assigned(device, bundles_named(batch))
-    from fleet.rollups import store_batch
+    from fleet.telemetry.rollups import store_batch
 
     try:
         stored = store_batch(device, batch, _jsonable(batch))
@@ -319,7 +310,7 @@ class StateOut(Schema):
 def desired_state(request: HttpRequest) -> HttpResponse:
     """What the device should run. Answered from the database alone (no broker), with an
     ETag so unchanged polls cost a 304 (most of those are answered before this view, by
-    fleet.state.DeviceStateFastPath)."""
+    fleet.devices.state.DeviceStateFastPath)."""
     from fleet.models import Assignment
 
     device: Device = request.auth  # type: ignore[attr-defined]
@@ -348,7 +339,7 @@ def desired_state(request: HttpRequest) -> HttpResponse:
 
 
 def _mount() -> None:
-    from fleet.device_security_api import router as security_router
+    from fleet.api.device_security_api import router as security_router
 
     device_api.add_router("", router)
     device_api.add_router("", security_router)

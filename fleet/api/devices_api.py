@@ -16,9 +16,10 @@ from ninja.errors import HttpError
 from pydantic import StringConstraints
 
 from accounts.models import Role, audit
+from accounts.permissions import require_role, signed_in_user
 from accounts.validation import MAX_ID
-from fleet import enrollment, rollout_plan
-from fleet.fallback import FallbackUrlError, refresh_devices, set_group_fallback
+from fleet.devices import enrollment
+from fleet.devices.fallback import FallbackUrlError, refresh_devices, set_group_fallback
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import (
     LABEL_KEY,
@@ -29,8 +30,9 @@ from fleet.models.devices import (
     parse_selector,
 )
 from fleet.presenters import device_json, enroll_command, enrollment_token_json, group_json
+from fleet.rollout_tasks import nudge
+from fleet.rollouts import rollout_plan
 from fleet.security import director
-from tinyfleet.api import require_role
 
 router = Router(tags=["fleet"])
 
@@ -162,7 +164,7 @@ def create_group(request: HttpRequest, body: GroupIn) -> Status[Any]:
                 selector=body.selector.strip(),
                 description=body.description,
                 require_approval=body.require_approval,
-                created_by=request.user,
+                created_by=signed_in_user(request),
             )
     except IntegrityError:
         return Status(409, {"error": f"a group named {name!r} already exists"})
@@ -226,7 +228,7 @@ def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn) -> St
         group=group.name,
         prefix=token.prefix,
         max_uses=token.max_uses,
-        expires_at=token.expires_at.isoformat(),
+        expires_at=token.expires_at.isoformat() if token.expires_at else None,
     )
     return Status(
         201,
@@ -336,6 +338,7 @@ def decide_admission(request: HttpRequest, device_id: str, decision: Decision) -
     try:
         if decision == Decision.ACCEPT:
             enrollment.accept(device, request.user)
+            transaction.on_commit(nudge)  # a running rollout of its group may assign it
         else:
             enrollment.reject(device, request.user)
     except enrollment.AdmissionError as exc:
@@ -370,7 +373,7 @@ def metrics(
     """Without parameters: the fleet overview. With `bundle`: hourly series (fleet-wide or
     `group`'s), the per-group breakdown and confidence drift (PSI) over the last `hours`.
     With `device`: that device's daily numbers per bundle over the last `hours`."""
-    from fleet import monitoring
+    from fleet.telemetry import monitoring
 
     if not 1 <= hours <= 24 * 30:
         raise HttpError(400, "hours must be between 1 and 720")

@@ -15,10 +15,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import audit
-from fleet.fallback import refresh_devices
+from fleet.devices.fallback import refresh_devices
 from fleet.models import Device, EnrollmentToken
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, Admission, check_labels, digest
-from fleet.rollout_tasks import nudge
 
 ENROLL_PURPOSE = "tinyfleet-enroll-v1"
 MAX_FACTS_BYTES = 16 * 1024
@@ -146,14 +145,14 @@ class AdmissionError(EnrollmentError):
 
 
 def accept(device: Device, actor: Any) -> Device:
-    """Let a pending device in: it joins its groups and rollouts reach it.
+    """Let a pending device in: it joins its groups, and rollouts reach it at their next
+    evaluation (callers nudge one).
 
     Raises:
         AdmissionError: the device is not pending (409).
     """
     _decide(device, Admission.ACCEPTED, actor)
     refresh_devices([device])
-    transaction.on_commit(nudge)  # a running rollout of its group may now assign it
     return device
 
 
