@@ -20,7 +20,8 @@ from fleet.devices import enrollment
 from fleet.devices.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import Admission, SelectorError, parse_selector
-from fleet.presenters import device_json, enroll_command, enrollment_token_json
+from fleet.models.rollouts import DEFAULT_SOAK_SECONDS
+from fleet.presenters import device_json, enroll_command, enrollment_token_json, server_url
 from fleet.rollout_tasks import nudge
 from fleet.rollouts import engine as rollouts
 from fleet.rollouts import rollout_plan
@@ -135,7 +136,7 @@ def _group_post(request: HttpRequest) -> str | None:
         group = get_object_or_404(Group, pk=parse_id(request.POST.get("group")) or 0)
         token, raw = EnrollmentToken.issue(group, user=request.user, ttl=timedelta(hours=24))
         audit(request.user, "enrollment-token.create", token, group=group.name)
-        return enroll_command(raw)
+        return enroll_command(raw, server_url(request))
     name, selector = request.POST.get("name", "").strip(), request.POST.get("selector", "").strip()
     try:
         parse_selector(selector)
@@ -245,7 +246,7 @@ def rollout_create(request: HttpRequest) -> HttpResponse:
         return redirect("rollouts")
     try:
         waves = [int(w) for w in request.POST.get("waves", "10,50,100").split(",") if w.strip()]
-        soak = int(request.POST.get("soak_seconds", "600"))
+        soak = int(request.POST.get("soak_seconds", str(DEFAULT_SOAK_SECONDS)))
         gates = {"on_failure": request.POST.get("on_failure", "rollback")}
         rollout = rollouts.create(
             user=request.user,
@@ -276,6 +277,7 @@ def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
         "events": rollout.events.all()[:50],
         "wave_devices": [device for device, _ in wave],
         "gates": rollout.last_evaluation.get("gates", []),
+        "waiting_for": rollouts.waiting_for(rollout),
         "variants": rollout_plan.variant_progress(
             bundles, wave, rollout.started_at or rollout.created_at
         ),

@@ -29,7 +29,13 @@ from fleet.models.devices import (
     check_labels,
     parse_selector,
 )
-from fleet.presenters import device_json, enroll_command, enrollment_token_json, group_json
+from fleet.presenters import (
+    device_json,
+    enroll_command,
+    enrollment_token_json,
+    group_json,
+    server_url,
+)
 from fleet.rollout_tasks import nudge
 from fleet.rollouts import rollout_plan
 from fleet.security import director
@@ -238,7 +244,7 @@ def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn) -> St
             "token": raw,
             "max_uses": token.max_uses,
             "expires_at": token.expires_at,
-            "command": enroll_command(raw),
+            "command": enroll_command(raw, server_url(request)),
         },
     )
 

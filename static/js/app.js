@@ -1,5 +1,6 @@
 // Behaviour every page shares, kept out of the HTML so the Content-Security-Policy can
-// forbid inline scripts: confirmations, auto-submitting selects and copy buttons.
+// forbid inline scripts: confirmations and auto-submitting selects
+// (copy buttons: static/js/copy.js).
 (function () {
   "use strict";
   document.addEventListener("submit", function (event) {
@@ -13,16 +14,6 @@
     var field = event.target;
     if (field.hasAttribute && field.hasAttribute("data-autosubmit") && field.form) {
       field.form.submit();
-    }
-  });
-  document.addEventListener("click", function (event) {
-    var button = event.target.closest && event.target.closest("[data-copy-target]");
-    if (!button) {
-      return;
-    }
-    var source = document.querySelector(button.getAttribute("data-copy-target"));
-    if (source && navigator.clipboard) {
-      navigator.clipboard.writeText(source.textContent);
     }
   });
 })();
