@@ -7,10 +7,11 @@ from typing import Any
 
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Router, Schema, Status
+from ninja import Field, Path, Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import ApiToken, Role, audit, has_role, role_of
+from accounts.validation import MAX_ID
 
 router = Router(tags=["accounts"])
 
@@ -36,7 +37,8 @@ class TokenList(Schema):
 
 
 class TokenIn(Schema):
-    name: str
+    # Not blank once stripped, at most 100 characters (the model's column).
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"\S")
 
 
 class NewTokenOut(TokenOut):
@@ -66,7 +68,9 @@ def list_tokens(request: HttpRequest) -> dict[str, Any]:
     return {"items": [token_json(t) for t in tokens], "count": tokens.count()}
 
 
-@router.post("/tokens", response={201: NewTokenOut}, summary="Create a token (shown once)")
+@router.post(
+    "/tokens", response={201: NewTokenOut, 400: dict}, summary="Create a token (shown once)"
+)
 def create_token(request: HttpRequest, body: TokenIn) -> Status[Any]:
     name = body.name.strip()
     if not name or len(name) > 100:
@@ -76,8 +80,8 @@ def create_token(request: HttpRequest, body: TokenIn) -> Status[Any]:
     return Status(201, {**token_json(token), "token": raw})
 
 
-@router.delete("/tokens/{token_id}", response={204: None})
-def revoke_token(request: HttpRequest, token_id: int) -> Status[Any]:
+@router.delete("/tokens/{token_id}", response={204: None, 403: dict, 404: dict})
+def revoke_token(request: HttpRequest, token_id: int = Path(..., ge=1, le=MAX_ID)) -> Status[Any]:
     token = get_object_or_404(ApiToken.objects.select_related("user"), pk=token_id)
     if token.user_id != request.user.pk and not has_role(request.user, Role.ADMIN):
         raise HttpError(403, "you can only revoke your own tokens")

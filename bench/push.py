@@ -121,7 +121,7 @@ def run_mode(
     agents: list[AgentProc] = []
     try:
         group = Group.objects.create(name=f"bench-{name}", selector=f"site={name}")
-        _, token = EnrollmentToken.issue(group)
+        _, token = EnrollmentToken.issue(group, max_uses=args.agents)
         for i in range(args.agents):
             agent = AgentProc(work / f"{name}-{i}", mqtt)
             url = f"http://127.0.0.1:{server.port}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from django.core.files.storage import default_storage
 from django.db.models import Prefetch, Q
@@ -16,12 +16,13 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.shortcuts import get_object_or_404
-from ninja import File, Form, Router, Schema, Status
+from ninja import File, Form, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
 from accounts.models import Role
 from accounts.permissions import require_role
+from accounts.validation import MAX_ID, MAX_OFFSET
 from compression.jobs import cancel_job, create_job, register_dataset
 from compression.models import Dataset, Job, JobStatus, ModelVersion, RegisteredModel
 from compression.recipes import CATALOGUE
@@ -105,7 +106,11 @@ def upload_model(
 
 @router.get("/models", response={200: ModelList, **ERRORS}, summary="List models")
 def list_models(
-    request: HttpRequest, q: str = "", sort: str = "name", limit: int = 100, offset: int = 0
+    request: HttpRequest,
+    q: str = Query("", max_length=200),
+    sort: Literal["name", "-name", "created", "-created"] = "name",
+    limit: int = Query(100, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> dict[str, Any]:
     ordering = {
         "name": "name",
@@ -206,12 +211,13 @@ def remove_version(request: HttpRequest, version_id: int) -> Status[Any]:
 
 @router.get("/jobs", response={200: JobList, **ERRORS}, summary="List jobs, newest first")
 def list_jobs(
-    request: HttpRequest, status: str = "", version: int | None = None, limit: int = 100
+    request: HttpRequest,
+    status: JobStatus | None = None,
+    version: int | None = Query(None, ge=1, le=MAX_ID),
+    limit: int = Query(100, ge=1, le=500),
 ) -> dict[str, Any]:
     jobs = Job.objects.all()
     if status:
-        if status not in JobStatus.values:
-            raise HttpError(400, f"status must be one of: {', '.join(JobStatus.values)}")
         jobs = jobs.filter(status=status)
     if version is not None:
         jobs = jobs.filter(version_id=version)

@@ -6,18 +6,23 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.models import ApiToken, Role, audit, has_role
 from accounts.permissions import role_required, signed_in_user
+from accounts.validation import parse_id
 from core.htmx import is_htmx
+from fleet.devices import enrollment
 from fleet.devices.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
-from fleet.models.devices import SelectorError, parse_selector
+from fleet.models.devices import Admission, SelectorError, parse_selector
 from fleet.models.rollouts import DEFAULT_SOAK_SECONDS
-from fleet.presenters import device_json, enroll_command, server_url
+from fleet.presenters import device_json, enroll_command, enrollment_token_json, server_url
+from fleet.rollout_tasks import nudge
 from fleet.rollouts import engine as rollouts
 from fleet.rollouts import rollout_plan
 from fleet.security import director
@@ -47,8 +52,9 @@ def device_list(request: HttpRequest) -> HttpResponse:
     if status:
         devices = [d for d in devices if d.status == status]
     group_id = request.GET.get("group", "")
-    if group_id.isdigit():
-        members = set(get_object_or_404(Group, pk=group_id).members().values_list("pk", flat=True))
+    if group_id:
+        group = get_object_or_404(Group, pk=parse_id(group_id) or 0)
+        members = set(group.members().values_list("pk", flat=True))
         devices = [d for d in devices if d.pk in members]
     return render(
         request,
@@ -103,15 +109,33 @@ def group_list(request: HttpRequest) -> HttpResponse:
             return HttpResponse("This needs the operator role.", status=403)
         new_command = _group_post(request)
     groups = [(g, g.members().count()) for g in Group.objects.all()]
-    return render(request, "fleet/groups.html", {"groups": groups, "new_command": new_command})
+    tokens = EnrollmentToken.objects.select_related("group", "created_by")[:100]
+    pending = Device.objects.filter(admission=Admission.PENDING, revoked_at__isnull=True)
+    return render(
+        request,
+        "fleet/groups.html",
+        {
+            "groups": groups,
+            "new_command": new_command,
+            "tokens": [enrollment_token_json(t) for t in tokens],
+            "pending": pending.prefetch_related("groups"),
+        },
+    )
 
 
 def _group_post(request: HttpRequest) -> str | None:
-    if request.POST.get("action") == "fallback":
+    action = request.POST.get("action")
+    if action == "fallback":
         _fallback_post(request)
         return None
-    if request.POST.get("action") == "token":
-        group = get_object_or_404(Group, pk=request.POST.get("group"))
+    if action == "revoke-token":
+        _revoke_token_post(request)
+        return None
+    if action in ("accept", "reject"):
+        _admission_post(request, action)
+        return None
+    if action == "token":
+        group = get_object_or_404(Group, pk=parse_id(request.POST.get("group")) or 0)
         token, raw = EnrollmentToken.issue(group, user=request.user, ttl=timedelta(hours=24))
         audit(request.user, "enrollment-token.create", token, group=group.name)
         return enroll_command(raw, server_url(request))
@@ -124,16 +148,48 @@ def _group_post(request: HttpRequest) -> str | None:
     if not name or Group.objects.filter(name=name).exists():
         messages.error(request, "Give the group a new, non-empty name.")
         return None
+    approval = request.POST.get("require_approval") == "on"
     group = Group.objects.create(
-        name=name[:100], selector=selector, created_by=signed_in_user(request)
+        name=name[:100],
+        selector=selector,
+        require_approval=approval,
+        created_by=signed_in_user(request),
     )
-    audit(request.user, "group.create", group, selector=selector)
+    audit(request.user, "group.create", group, selector=selector, require_approval=approval)
     messages.success(request, f"Created group {name}.")
     return None
 
 
+def _revoke_token_post(request: HttpRequest) -> None:
+    token = get_object_or_404(
+        EnrollmentToken.objects.select_related("group"), pk=parse_id(request.POST.get("token")) or 0
+    )
+    if token.revoke():
+        audit(request.user, "enrollment-token.revoke", token, group=token.group.name)
+    messages.success(request, f"Enrollment token {token.prefix}… is revoked.")
+
+
+def _admission_post(request: HttpRequest, decision: str) -> None:
+    try:
+        device = Device.objects.filter(pk=request.POST.get("device", "")).first()
+    except ValidationError:
+        device = None  # not a UUID
+    if device is None:
+        raise Http404("no such device")
+    try:
+        if decision == "accept":
+            enrollment.accept(device, request.user)
+            transaction.on_commit(nudge)  # a running rollout of its group may assign it
+        else:
+            enrollment.reject(device, request.user)
+    except enrollment.AdmissionError as exc:
+        messages.error(request, str(exc))
+        return
+    messages.success(request, f"{device.name} is {device.admission}.")
+
+
 def _fallback_post(request: HttpRequest) -> None:
-    group = get_object_or_404(Group, pk=request.POST.get("group"))
+    group = get_object_or_404(Group, pk=parse_id(request.POST.get("group")) or 0)
     enabled = request.POST.get("enabled") == "on"
     try:
         set_group_fallback(
@@ -166,7 +222,7 @@ def rollout_preview(request: HttpRequest) -> HttpResponse:
     form's fragment under htmx, the rollouts page with the preview otherwise."""
     ids = [request.GET.get("bundle", ""), *request.GET.getlist("variants")]
     found = Bundle.objects.in_bulk([i for i in ids if i])
-    group = Group.objects.filter(pk=request.GET.get("group", "0") or 0).first()
+    group = Group.objects.filter(pk=parse_id(request.GET.get("group")) or 0).first()
     preview: dict[str, object] = {"error": "Pick a group and at least one bundle."}
     if group is not None and ids[0] in found:
         bundles = [found[i] for i in ids if i in found]
@@ -184,7 +240,7 @@ def rollout_preview(request: HttpRequest) -> HttpResponse:
 @require_POST
 def rollout_create(request: HttpRequest) -> HttpResponse:
     bundle = get_object_or_404(Bundle, pk=request.POST.get("bundle", ""))
-    group = get_object_or_404(Group, pk=request.POST.get("group", "0") or 0)
+    group = get_object_or_404(Group, pk=parse_id(request.POST.get("group")) or 0)
     extra = request.POST.getlist("variants")
     found = Bundle.objects.in_bulk(extra)
     if len(found) != len(set(extra)):

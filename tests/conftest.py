@@ -54,6 +54,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("required services missing: " + "; ".join(problems))
 
 
+@pytest.fixture(autouse=True)
+def _roomy_rate_limits(settings: Any) -> None:
+    """Tests call the APIs far faster than any operator or device; the limits have their
+    own tests (tests/security/test_rate_limits.py), which set them back."""
+    settings.API_RATE_LIMIT = settings.DEVICE_RATE_LIMIT = settings.ENROLL_RATE_LIMIT = ""
+
+
 # --- users and clients -------------------------------------------------------------
 
 

@@ -17,8 +17,10 @@ from compression.api import router as compression_router
 from compression.sensor_api import router as sensor_router
 from core.api_errors import error_response
 from fleet.api.bundles_api import router as bundles_router
+from fleet.api.device_api import device_api
 from fleet.api.devices_api import router as fleet_router
 from fleet.api.rollouts_api import router as rollouts_router
+from tinyfleet import api_errors
 
 
 class BearerToken(HttpBearer):
@@ -78,6 +80,9 @@ def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 
 @api.exception_handler(ValidationError)
 def on_invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    if exc.errors and all(tuple(e.get("loc", ()))[:1] == ("path",) for e in exc.errors):
+        # /rollouts/abc or /rollouts/1/explode names no resource: not found, not malformed.
+        return _error(request, "not found", 404)
     problems: list[str] = []
     for item in exc.errors:
         where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "form"))
@@ -91,3 +96,8 @@ api.add_router("", fleet_router)
 api.add_router("", rollouts_router)
 api.add_router("", bundles_router)
 api.add_router("", accounts_router)
+
+
+# Every error JSON, range errors 400, statuses documented, on both APIs.
+api_errors.install(api)
+api_errors.install(device_api)

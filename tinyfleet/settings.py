@@ -8,6 +8,7 @@ CELERY_BROKER_URL (Redis) and TINYFLEET_S3_BUCKET (S3 or MinIO).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -27,7 +28,21 @@ from core.env import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("TINYFLEET_DATA_DIR", BASE_DIR / "data")
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _private(path: Path, mode: int) -> None:
+    """chmod what we own (an existing install may have 0755/0644 from before)."""
+    try:
+        if path.exists() and path.stat().st_uid == os.getuid():
+            path.chmod(mode)
+    except OSError:
+        pass  # not ours to change: the operator chose this layout
+
+
+# The data dir holds the secret key, the master key and (embedded default) the database
+# with every session: nobody else on the machine may read it.
+_private(DATA_DIR, 0o700)
 TMP_DIR = DATA_DIR / "tmp"
 TMP_DIR.mkdir(exist_ok=True)
 
@@ -65,6 +80,7 @@ INSTALLED_APPS = [
     "compression",
     "fleet",
     "fleet.alerts",
+    "axes",  # login rate limiting (AXES_* below)
 ]
 
 MIDDLEWARE = [
@@ -72,7 +88,12 @@ MIDDLEWARE = [
     # query before sessions, CSRF and routing; everything else passes through.
     "fleet.devices.state.DeviceStateFastPath",
     "fleet.api.fastpath.TelemetryFastPath",
+    # Any error under /api/ leaves as JSON (unknown paths, wrong methods, CSRF, 500s).
+    "tinyfleet.api_errors.JsonApiErrors",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Token-authenticated API calls: per-credential rates, counted in the shared cache.
+    "tinyfleet.ratelimit.ApiRateLimit",
     "compression.uploads.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -82,6 +103,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires
 ]
 
 ROOT_URLCONF = "tinyfleet.urls"
@@ -111,6 +133,10 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Embedded default: files this process creates (database and its journals, broker
+    # messages, artifacts, beat schedule) are the owner's only; older ones are tightened.
+    os.umask(0o077)
+    _private(Path(DATABASES["default"]["NAME"]), 0o600)
     # A file-backed test database lets the real Celery worker process see test data.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
@@ -122,6 +148,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    # First: refuses logins while a username+address pair is locked out.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "models"
@@ -167,7 +198,11 @@ if S3_BUCKET:
 else:
     _artifact_storage = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": str(ARTIFACT_DIR), "file_permissions_mode": 0o600},
+        "OPTIONS": {
+            "location": str(ARTIFACT_DIR),
+            "file_permissions_mode": 0o600,
+            "directory_permissions_mode": 0o700,
+        },
     }
 STORAGES = {
     "default": _artifact_storage,
@@ -242,12 +277,64 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
+# --- Content-Security-Policy: our own origin only (htmx, Chart.js and the API docs are
+# vendored; pages carry no inline scripts or styles, see static/js/app.js).
+_SELF, _NONE = "'self'", "'none'"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [_SELF],
+        "script-src": [_SELF],
+        "style-src": [_SELF],
+        "img-src": [_SELF, "data:"],  # Swagger UI's icons are data: URIs
+        "connect-src": [_SELF],
+        "font-src": [_SELF],
+        "object-src": [_NONE],
+        "base-uri": [_SELF],
+        "form-action": [_SELF],
+        "frame-ancestors": [_NONE],
+    }
+}
+
+# --- login rate limiting (django-axes): after AXES_FAILURE_LIMIT failed logins for one
+# username from one address, that pair is locked out for the cool-off time (429).
+AXES_FAILURE_LIMIT = env_int("TINYFLEET_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("TINYFLEET_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+
+# --- API rate limiting (tinyfleet/ratelimit.py); "" turns one off.
+API_RATE_LIMIT = env_str("TINYFLEET_API_RATE_LIMIT", "600/m")
+DEVICE_RATE_LIMIT = env_str("TINYFLEET_DEVICE_RATE_LIMIT", "240/m")
+ENROLL_RATE_LIMIT = env_str("TINYFLEET_ENROLL_RATE_LIMIT", "30/m")
+# Counts must be shared by every web worker: Redis when there is one (production), else
+# files in the data dir (the embedded default runs two gunicorn workers).
+CACHE_URL = env_str("TINYFLEET_CACHE_URL") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
+)
+if CACHE_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "tinyfleet",
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "cache"),
+        }
+    }
+
 # --- fleet ----------------------------------------------------------------------------
 DEVICE_POLL_INTERVAL = env_int("TINYFLEET_DEVICE_POLL_INTERVAL", 30, minimum=1)
 # A device is online while it polled within this many seconds, offline up to the stale
 # limit, and stale beyond it.
 DEVICE_ONLINE_SECONDS = env_int("TINYFLEET_DEVICE_ONLINE_SECONDS", 120, minimum=1)
 DEVICE_STALE_SECONDS = env_int("TINYFLEET_DEVICE_STALE_SECONDS", 24 * 3600, minimum=1)
+# No enrollment token lives longer than this (the API refuses longer or never-expiring).
+ENROLLMENT_TOKEN_MAX_HOURS = env_int("TINYFLEET_ENROLLMENT_TOKEN_MAX_HOURS", 24 * 7, minimum=1)
 
 # --- device push: optional MQTT wake-ups (unset = devices only poll) ------------------
 # The server publishes a tiny hint on tinyfleet/devices/<id> when a device's desired state

@@ -127,7 +127,10 @@ def main() -> int:
         )
         assert status == 201, group
         status, tok = server.request(
-            "POST", "/api/v1/enrollment-tokens", {"group": group["id"]}, api_token
+            "POST",
+            "/api/v1/enrollment-tokens",
+            {"group": group["id"], "max_uses": max(1, args.http_enroll)},
+            api_token,
         )
         assert status == 201, tok
         ctx["enroll"] = http_enroll(server, state_root, tok["token"], args.http_enroll)

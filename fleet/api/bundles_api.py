@@ -21,11 +21,12 @@ from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpRequest
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
-from ninja import Router, Schema, Status
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role
 from accounts.permissions import require_role
+from accounts.validation import MAX_ID
 from compression.models import ModelVersion
 from fleet.models import Bundle, BundleStatus, Device
 from fleet.models.keys import KeyRole, Repo
@@ -43,7 +44,7 @@ ERRORS: dict[int, Any] = {400: dict, 401: dict, 403: dict, 404: dict}
 
 
 class PublishIn(Schema):
-    version: int
+    version: int = Field(..., ge=1, le=MAX_ID)
     # Classifiers only; default: the version's pipeline, else its HF config's id2label.
     labels: list[str] | None = None
     confidence_threshold: float | None = None
@@ -110,7 +111,7 @@ def publish(request: HttpRequest, body: PublishIn) -> Status[Any]:
     require_role(request, Role.OPERATOR)
     version = ModelVersion.objects.select_related("model").filter(pk=body.version).first()
     if version is None:
-        raise HttpError(400, f"version {body.version} does not exist")
+        raise HttpError(404, f"version {body.version} does not exist")
     try:
         overrides = publish_overrides(version, body.labels, body.confidence_threshold)
         bundle, created = request_publish(version, request.user, overrides)
@@ -121,12 +122,13 @@ def publish(request: HttpRequest, body: PublishIn) -> Status[Any]:
 
 @router.get("/bundles", response={200: BundleList, **ERRORS})
 def list_bundles(
-    request: HttpRequest, status: str = "", model: str = "", limit: int = 100
+    request: HttpRequest,
+    status: BundleStatus | None = None,
+    model: str = Query("", max_length=128),
+    limit: int = Query(100, ge=1, le=500),
 ) -> dict[str, Any]:
     bundles = _bundles()
     if status:
-        if status not in BundleStatus.values:
-            raise HttpError(400, f"status must be one of: {', '.join(BundleStatus.values)}")
         bundles = bundles.filter(status=status)
     if model:
         bundles = bundles.filter(model=model)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from ninja import NinjaAPI, Router, Schema, Status
+from ninja import Field, NinjaAPI, Router, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 from tinyfleet_agent.protocol import EVENT_STATES
@@ -25,12 +25,15 @@ from fleet.devices.enrollment import EnrollmentError, enroll
 from fleet.devices.push import announcement
 from fleet.devices.state import last_seen_write_interval, state_body, state_etag
 from fleet.models import Device, DeviceEvent
-from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
+from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, Admission, digest
 from fleet.rollout_tasks import nudge
 from fleet.telemetry.validation import MAX_TELEMETRY_BYTES
 from fleet.telemetry.validation import stored_body as _jsonable
 
 MAX_EVENTS = 100
+MAX_REASON = 500  # characters of an event's reason that are stored
+# The agent protocol's event states, as an enum in the schema (unknown states are a 400).
+EventState = Literal[tuple(sorted(EVENT_STATES))]  # type: ignore[valid-type]
 
 
 class DeviceAuth(HttpBearer):
@@ -39,7 +42,7 @@ class DeviceAuth(HttpBearer):
             return None
         device = (
             Device.objects.filter(credential_digest=digest(token))
-            .only("pk", "revoked_at", "last_seen_at")
+            .only("pk", "revoked_at", "last_seen_at", "admission")
             .first()
         )
         if device is None or device.revoked_at is not None:
@@ -140,34 +143,39 @@ def enroll_device(request: HttpRequest, body: EnrollIn) -> Status[Any]:
 
 
 class EventIn(Schema):
-    state: str
-    bundle: str = ""
-    reason: str = ""
+    state: EventState  # type: ignore[valid-type]  # a Literal of the protocol's states
+    bundle: str = Field("", max_length=64)
+    reason: str = ""  # kept up to MAX_REASON characters
     detail: dict[str, Any] = {}
     at: datetime | None = None
 
 
 class EventsIn(Schema):
-    events: list[EventIn]
+    events: list[EventIn] = Field(..., min_length=1, max_length=MAX_EVENTS)
 
 
-@router.post("/events", response={202: dict, 400: dict})
-def report_events(request: HttpRequest, body: EventsIn) -> Status[Any]:
+def _admitted(request: HttpRequest) -> Device:
+    """The calling device, unless it still waits for an operator's approval (403)."""
     device: Device = request.auth  # type: ignore[attr-defined]
-    if not 0 < len(body.events) <= MAX_EVENTS:
-        raise HttpError(400, f"send 1-{MAX_EVENTS} events at a time")
-    for event in body.events:
-        if event.state not in EVENT_STATES:
-            raise HttpError(400, f"unknown state {event.state!r}")
+    if device.admission != Admission.ACCEPTED:
+        raise HttpError(403, "this device is waiting for an operator to accept it")
+    return device
+
+
+@router.post("/events", response={202: dict, 400: dict, 403: dict})
+def report_events(request: HttpRequest, body: EventsIn) -> Status[Any]:
+    device = _admitted(request)
+    for event in body.events:  # 1-MAX_EVENTS events with known states: the schema checks
         if len(json.dumps(event.detail)) > 4096:
             raise HttpError(400, "event detail is too large")
+    check_assigned(device, {e.bundle for e in body.events if e.bundle})
     DeviceEvent.objects.bulk_create(
         [
             DeviceEvent(
                 device=device,
-                bundle=e.bundle[:64],
+                bundle=e.bundle,
                 state=e.state,
-                reason=e.reason[:500],
+                reason=e.reason[:MAX_REASON],
                 detail=e.detail,
                 device_time=e.at,
             )
@@ -180,12 +188,33 @@ def report_events(request: HttpRequest, body: EventsIn) -> Status[Any]:
     return Status(202, {"accepted": len(body.events)})
 
 
+def check_assigned(device: Device, bundles: set[str]) -> None:
+    """Raises HttpError(400) unless every bundle was assigned to this device at some point
+    (current or previous assignment): a device reports only on what it was given, so it
+    can neither skew another bundle's numbers nor fail another group's rollout.
+    One indexed query, and none when the report names no bundle."""
+    from fleet.models import Assignment
+
+    if not bundles:
+        return
+    known = set(
+        Assignment.objects.filter(device=device, bundle_id__in=bundles).values_list(
+            "bundle_id", flat=True
+        )
+    )
+    unknown = sorted(bundles - known)
+    if unknown:
+        raise HttpError(400, f"bundle {unknown[0]!r} was never assigned to this device")
+
+
 def _remember_state(device: Device, event: EventIn) -> None:
+    # Device.state is returned by every device list: what the device wrote is capped.
+    reason = event.reason[:MAX_REASON]
     state = dict(device.state)
     state["update"] = {
         "state": event.state,
         "bundle": event.bundle,
-        "reason": event.reason,
+        "reason": reason,
         "at": timezone.now().isoformat(),
     }
     # "rolled-back" names the bundle the device went back to (a local rollback too).
@@ -196,25 +225,59 @@ def _remember_state(device: Device, event: EventIn) -> None:
     if event.state in ("failed", "refused", "selftest-failed"):
         state["last_error"] = {
             "bundle": event.bundle,
-            "reason": event.reason,
+            "reason": reason,
             "at": timezone.now().isoformat(),
         }
     Device.objects.filter(pk=device.pk).update(state=state)
     device.state = state
 
 
-@router.post("/telemetry", response={202: dict, 200: dict, 400: dict, 413: dict})
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+TELEMETRY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "Aggregates only (counters, fixed-bucket histograms, "
+                    "gauges); see docs/api.md and fleet.telemetry.validation.parse_batch.",
+                    "required": ["batch_id"],
+                    "properties": {
+                        "batch_id": {"type": "string", "format": "uuid"},
+                        "bundle": {"type": ["string", "null"], "maxLength": 64},
+                        "period_start": _TIME,
+                        "period_end": _TIME,
+                        "period": {
+                            "type": "object",
+                            "properties": {"start": _TIME, "end": _TIME},
+                        },
+                        "bundles": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/telemetry",
+    response={202: dict, 200: dict, 400: dict, 403: dict, 413: dict},
+    openapi_extra=TELEMETRY_BODY,
+)
 def ingest_telemetry(request: HttpRequest) -> Status[Any]:
     """One aggregated batch; idempotent by its `batch_id` (replays are acknowledged)."""
-    device: Device = request.auth  # type: ignore[attr-defined]
+    device = _admitted(request)
     if len(request.body) > MAX_TELEMETRY_BYTES:
         return Status(413, {"error": f"telemetry batch over {MAX_TELEMETRY_BYTES} bytes"})
-    from fleet.telemetry.validation import TelemetryError, parse_batch
+    from fleet.telemetry.validation import TelemetryError, bundles_named, parse_batch
 
     try:
         batch = parse_batch(request.body)
     except TelemetryError as exc:
         return Status(400, {"error": str(exc)})
+    check_assigned(device, bundles_named(batch))
     from fleet.telemetry.rollups import store_batch
 
     try:

@@ -3,31 +3,60 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from ninja import Router, Schema, Status
+from ninja import Field, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
+from pydantic import StringConstraints
 
 from accounts.models import Role, audit
 from accounts.permissions import require_role, signed_in_user
+from accounts.validation import MAX_ID
+from fleet.devices import enrollment
 from fleet.devices.fallback import FallbackUrlError, refresh_devices, set_group_fallback
 from fleet.models import Device, EnrollmentToken, Group
-from fleet.models.devices import SelectorError, check_labels, parse_selector
-from fleet.presenters import device_json, enroll_command, group_json, server_url
+from fleet.models.devices import (
+    LABEL_KEY,
+    LABEL_VALUE,
+    Admission,
+    SelectorError,
+    check_labels,
+    parse_selector,
+)
+from fleet.presenters import (
+    device_json,
+    enroll_command,
+    enrollment_token_json,
+    group_json,
+    server_url,
+)
+from fleet.rollout_tasks import nudge
 from fleet.rollouts import rollout_plan
 from fleet.security import director
 
 router = Router(tags=["fleet"])
+
+# The label grammar of fleet.models.devices.check_labels, in the schema too, so clients
+# (and generated ones) know it; check_labels still runs on every write.
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY.pattern)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE.pattern)]
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(max_length=64, json_schema_extra={"additionalProperties": False}),
+]
 
 
 class GroupIn(Schema):
     name: str
     selector: str = ""
     description: str = ""
+    require_approval: bool = False
 
 
 class GroupOut(Schema):
@@ -38,6 +67,7 @@ class GroupOut(Schema):
     devices: int
     fallback_enabled: bool
     fallback_url: str
+    require_approval: bool
     created_at: datetime
 
 
@@ -47,11 +77,13 @@ class GroupList(Schema):
 
 
 class EnrollmentTokenIn(Schema):
-    group: int
-    name: str = ""
-    max_uses: int | None = None
-    expires_in_hours: int | None = 24
-    labels: dict[str, str] = {}
+    group: int = Field(..., ge=1, le=MAX_ID)
+    name: str = Field("", max_length=100)
+    # Single-use unless asked otherwise; every token expires (at most the configured
+    # TINYFLEET_ENROLLMENT_TOKEN_MAX_HOURS, checked below).
+    max_uses: int = Field(1, ge=1, le=100_000)
+    expires_in_hours: int = Field(24, ge=1, le=settings.ENROLLMENT_TOKEN_MAX_HOURS)
+    labels: Labels = {}
 
 
 class EnrollmentTokenOut(Schema):
@@ -63,11 +95,34 @@ class EnrollmentTokenOut(Schema):
     command: str
 
 
+class EnrollmentTokenInfo(Schema):
+    id: int
+    group: int
+    group_name: str
+    name: str
+    prefix: str
+    labels: dict[str, str]
+    max_uses: int | None
+    uses: int
+    expires_at: datetime
+    revoked_at: datetime | None
+    created_at: datetime
+    created_by: str | None
+    status: str  # active, revoked, expired, used-up
+
+
+class EnrollmentTokenList(Schema):
+    items: list[EnrollmentTokenInfo]
+    count: int
+
+
 class DeviceOut(Schema):
     id: str
     name: str
     status: str
-    labels: dict[str, str]
+    admission: str  # accepted, pending (waits for an operator), rejected
+    labels: dict[str, str]  # operator-set: the only labels group selectors use
+    reported_labels: dict[str, str]  # what the device asked for at enrollment
     facts: dict[str, Any]
     groups: list[int]
     active_bundle: str | None
@@ -84,13 +139,18 @@ class DeviceList(Schema):
     count: int
 
 
+class Decision(StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+
+
 class FallbackIn(Schema):
     enabled: bool
     url: str = ""
 
 
 class LabelsIn(Schema):
-    labels: dict[str, str]
+    labels: Labels
 
 
 @router.post("/groups", response={201: GroupOut, 409: dict, 400: dict, 403: dict})
@@ -109,11 +169,18 @@ def create_group(request: HttpRequest, body: GroupIn) -> Status[Any]:
                 name=name,
                 selector=body.selector.strip(),
                 description=body.description,
+                require_approval=body.require_approval,
                 created_by=signed_in_user(request),
             )
     except IntegrityError:
         return Status(409, {"error": f"a group named {name!r} already exists"})
-    audit(request.user, "group.create", group, selector=group.selector)
+    audit(
+        request.user,
+        "group.create",
+        group,
+        selector=group.selector,
+        require_approval=group.require_approval,
+    )
     return Status(201, group_json(group))
 
 
@@ -135,25 +202,40 @@ def set_fallback(request: HttpRequest, group_id: int, body: FallbackIn) -> Statu
     return Status(200, group_json(group))
 
 
-@router.post("/enrollment-tokens", response={201: EnrollmentTokenOut, 400: dict, 403: dict})
+@router.post(
+    "/enrollment-tokens", response={201: EnrollmentTokenOut, 400: dict, 403: dict, 404: dict}
+)
 def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn) -> Status[Any]:
+    """A new token for `group`: single-use unless `max_uses` says otherwise, and it always
+    expires (`expires_in_hours`, at most the server's TINYFLEET_ENROLLMENT_TOKEN_MAX_HOURS)."""
     require_role(request, Role.OPERATOR)
     group = Group.objects.filter(pk=body.group).first()
     if group is None:
-        raise HttpError(400, f"group {body.group} does not exist")
-    if body.max_uses is not None and body.max_uses < 1:
-        raise HttpError(400, "max_uses must be at least 1")
-    if body.expires_in_hours is not None and not 0 < body.expires_in_hours <= 24 * 365:
-        raise HttpError(400, "expires_in_hours must be between 1 and 8760")
+        raise HttpError(404, f"group {body.group} does not exist")
+    limit = settings.ENROLLMENT_TOKEN_MAX_HOURS
+    if body.expires_in_hours > limit:
+        raise HttpError(400, f"expires_in_hours must be between 1 and {limit}")
     try:
         labels = check_labels(body.labels)
     except ValueError as exc:
         raise HttpError(400, str(exc)) from exc
-    ttl = timedelta(hours=body.expires_in_hours) if body.expires_in_hours else None
     token, raw = EnrollmentToken.issue(
-        group, user=request.user, max_uses=body.max_uses, ttl=ttl, name=body.name, labels=labels
+        group,
+        user=request.user,
+        max_uses=body.max_uses,
+        ttl=timedelta(hours=body.expires_in_hours),
+        name=body.name,
+        labels=labels,
     )
-    audit(request.user, "enrollment-token.create", token, group=group.name)
+    audit(
+        request.user,
+        "enrollment-token.create",
+        token,
+        group=group.name,
+        prefix=token.prefix,
+        max_uses=token.max_uses,
+        expires_at=token.expires_at.isoformat() if token.expires_at else None,
+    )
     return Status(
         201,
         {
@@ -167,11 +249,44 @@ def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn) -> St
     )
 
 
-@router.get("/devices", response=DeviceList)
+@router.get("/enrollment-tokens", response={200: EnrollmentTokenList, 400: dict})
+def list_enrollment_tokens(
+    request: HttpRequest, group: int | None = Query(None, ge=1, le=MAX_ID)
+) -> dict[str, Any]:
+    """Tokens with their uses, expiry and status (never the secret itself)."""
+    tokens = EnrollmentToken.objects.select_related("group", "created_by")
+    if group is not None:
+        tokens = tokens.filter(group_id=group)
+    items = [enrollment_token_json(t) for t in tokens[:500]]
+    return {"items": items, "count": len(items)}
+
+
+@router.post(
+    "/enrollment-tokens/{token_id}/revoke",
+    response={200: EnrollmentTokenInfo, 403: dict, 404: dict},
+)
+def revoke_enrollment_token(
+    request: HttpRequest, token_id: int = Path(..., ge=1, le=MAX_ID)
+) -> Status[Any]:
+    """Stop a token enrolling more devices (devices it enrolled are not affected)."""
+    require_role(request, Role.OPERATOR)
+    token = get_object_or_404(EnrollmentToken.objects.select_related("group"), pk=token_id)
+    if token.revoke():
+        audit(request.user, "enrollment-token.revoke", token, group=token.group.name)
+    return Status(200, enrollment_token_json(token))
+
+
+@router.get("/devices", response={200: DeviceList, 400: dict, 404: dict})
 def list_devices(
-    request: HttpRequest, group: int | None = None, status: str = "", label: str = ""
+    request: HttpRequest,
+    group: int | None = Query(None, ge=1, le=MAX_ID),
+    status: str = "",
+    label: str = "",
+    admission: Admission | None = None,
 ) -> dict[str, Any]:
     devices = list(Device.objects.prefetch_related("groups"))
+    if admission is not None:
+        devices = [d for d in devices if d.admission == admission]
     if group is not None:
         member_ids = set(get_object_or_404(Group, pk=group).members().values_list("pk", flat=True))
         devices = [d for d in devices if d.pk in member_ids]
@@ -188,7 +303,7 @@ def list_devices(
     return {"items": [device_json(d) for d in devices], "count": len(devices)}
 
 
-@router.get("/devices/{device_id}", response=DeviceOut)
+@router.get("/devices/{device_id}", response={200: DeviceOut, 404: dict})
 def get_device(request: HttpRequest, device_id: str) -> dict[str, Any]:
     device = _device(device_id)
     return {**device_json(device), "rollouts": rollout_plan.device_variants(device)}
@@ -201,7 +316,9 @@ def _device(device_id: str) -> Device:
         raise HttpError(404, "not found") from exc
 
 
-@router.put("/devices/{device_id}/labels", response={200: DeviceOut, 400: dict, 403: dict})
+@router.put(
+    "/devices/{device_id}/labels", response={200: DeviceOut, 400: dict, 403: dict, 404: dict}
+)
 def relabel(request: HttpRequest, device_id: str, body: LabelsIn) -> Status[Any]:
     require_role(request, Role.OPERATOR)
     device = _device(device_id)
@@ -215,7 +332,27 @@ def relabel(request: HttpRequest, device_id: str, body: LabelsIn) -> Status[Any]
     return Status(200, device_json(device))
 
 
-@router.post("/devices/{device_id}/revoke", response={200: DeviceOut, 403: dict})
+@router.post(
+    "/devices/{device_id}/admission/{decision}",
+    response={200: DeviceOut, 403: dict, 404: dict, 409: dict},
+)
+def decide_admission(request: HttpRequest, device_id: str, decision: Decision) -> Status[Any]:
+    """Accept a pending device (it joins its groups and rollouts) or reject it (its
+    credential stops working at once)."""
+    require_role(request, Role.OPERATOR)
+    device = _device(device_id)
+    try:
+        if decision == Decision.ACCEPT:
+            enrollment.accept(device, request.user)
+            transaction.on_commit(nudge)  # a running rollout of its group may assign it
+        else:
+            enrollment.reject(device, request.user)
+    except enrollment.AdmissionError as exc:
+        return Status(409, {"error": str(exc)})
+    return Status(200, device_json(device))
+
+
+@router.post("/devices/{device_id}/revoke", response={200: DeviceOut, 403: dict, 404: dict})
 def revoke(request: HttpRequest, device_id: str) -> Status[Any]:
     require_role(request, Role.OPERATOR)
     device = _device(device_id)
@@ -228,13 +365,15 @@ def revoke(request: HttpRequest, device_id: str) -> Status[Any]:
 
 
 @router.get(
-    "/metrics", summary="Fleet overview, one bundle's hourly in-field series, or one device's days"
+    "/metrics",
+    response={200: dict, 400: dict, 404: dict},
+    summary="Fleet overview, one bundle's hourly in-field series, or one device's days",
 )
 def metrics(
     request: HttpRequest,
     bundle: str = "",
-    group: int | None = None,
-    hours: int = 24,
+    group: int | None = Query(None, ge=1, le=MAX_ID),
+    hours: int = Query(24, ge=1, le=24 * 30),
     device: str = "",
 ) -> dict[str, Any]:
     """Without parameters: the fleet overview. With `bundle`: hourly series (fleet-wide or

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Router, Schema, Status
+from ninja import Field, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role
 from accounts.permissions import require_role
-from fleet.models import Bundle, Group, Rollout
+from accounts.validation import MAX_ID
+from fleet.models import Bundle, Group, Rollout, RolloutStatus
 from fleet.models.rollouts import DEFAULT_SOAK_SECONDS
 from fleet.rollouts import engine as rollouts
 from fleet.rollouts import rollout_plan
@@ -26,7 +28,7 @@ class RolloutIn(Schema):
     # of them, in order of preference, when `bundle` is left out or is its first item).
     bundle: str | None = None
     variants: list[str] = []
-    group: int
+    group: int = Field(..., ge=1, le=MAX_ID)
     waves: list[int] = [10, 50, 100]
     gates: dict[str, Any] = {}
     soak_seconds: int = DEFAULT_SOAK_SECONDS
@@ -126,13 +128,13 @@ def rollout_json(rollout: Rollout) -> dict[str, Any]:
     }
 
 
-@router.post("/rollouts", response={201: RolloutOut, 400: dict, 403: dict, 409: dict})
+@router.post("/rollouts", response={201: RolloutOut, 400: dict, 403: dict, 404: dict, 409: dict})
 def create_rollout(request: HttpRequest, body: RolloutIn) -> Status[Any]:
     require_role(request, Role.OPERATOR)
     bundles = _bundles(_variant_ids(body.bundle, body.variants))
     group = Group.objects.filter(pk=body.group).first()
     if group is None:
-        raise HttpError(400, f"group {body.group} does not exist")
+        raise HttpError(404, f"group {body.group} does not exist")
     try:
         rollout = rollouts.create(
             user=request.user,
@@ -164,18 +166,22 @@ def _bundles(ids: list[str]) -> list[Bundle]:
     found = Bundle.objects.in_bulk(set(ids))
     missing = [i for i in ids if i not in found]
     if missing:
-        raise HttpError(400, f"bundle {missing[0]!r} does not exist")
+        raise HttpError(404, f"bundle {missing[0]!r} does not exist")
     return [found[i] for i in ids]
 
 
-@router.get("/rollouts/preview", response={200: dict, 400: dict})
-def preview_rollout(request: HttpRequest, group: int, bundles: str) -> Status[Any]:
+@router.get("/rollouts/preview", response={200: dict, 400: dict, 404: dict})
+def preview_rollout(
+    request: HttpRequest, group: int = Query(..., ge=1, le=MAX_ID), bundles: str = ""
+) -> Status[Any]:
     """Before starting: how many of the group's devices each variant would serve, and
     how many no variant fits. `bundles` is a comma-separated list, preferred first."""
     chosen = _bundles([b.strip() for b in bundles.split(",") if b.strip()])
+    if not chosen:
+        raise HttpError(400, "bundles: give at least one bundle id")
     target = Group.objects.filter(pk=group).first()
     if target is None:
-        raise HttpError(400, f"group {group} does not exist")
+        raise HttpError(404, f"group {group} does not exist")
     try:
         rollout_plan.check_variants(chosen)
     except rollout_plan.VariantError as exc:
@@ -183,8 +189,8 @@ def preview_rollout(request: HttpRequest, group: int, bundles: str) -> Status[An
     return Status(200, rollout_plan.preview(target, chosen))
 
 
-@router.get("/rollouts", response=RolloutList)
-def list_rollouts(request: HttpRequest, status: str = "") -> dict[str, Any]:
+@router.get("/rollouts", response={200: RolloutList, 400: dict})
+def list_rollouts(request: HttpRequest, status: RolloutStatus | None = None) -> dict[str, Any]:
     items = Rollout.objects.select_related("bundle", "group")
     if status:
         items = items.filter(status=status)
@@ -192,9 +198,21 @@ def list_rollouts(request: HttpRequest, status: str = "") -> dict[str, Any]:
     return {"items": [rollout_json(r) for r in found], "count": len(found)}
 
 
-@router.get("/rollouts/{rollout_id}", response=RolloutOut)
-def get_rollout(request: HttpRequest, rollout_id: int) -> dict[str, Any]:
+@router.get("/rollouts/{rollout_id}", response={200: RolloutOut, 404: dict})
+def get_rollout(
+    request: HttpRequest, rollout_id: int = Path(..., ge=1, le=MAX_ID)
+) -> dict[str, Any]:
     return rollout_json(get_object_or_404(Rollout, pk=rollout_id))
+
+
+class Action(StrEnum):
+    """What an operator can do to a rollout (an enum in the OpenAPI document)."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    CANCEL = "cancel"
 
 
 ACTIONS = {
@@ -209,15 +227,15 @@ ACTIONS = {
 @router.post(
     "/rollouts/{rollout_id}/{action}", response={200: RolloutOut, 403: dict, 404: dict, 409: dict}
 )
-def act(request: HttpRequest, rollout_id: int, action: str) -> Status[Any]:
+def act(
+    request: HttpRequest, action: Action, rollout_id: int = Path(..., ge=1, le=MAX_ID)
+) -> Status[Any]:
     """Optional JSON body: {"reason": "..."} (kept in the rollout's history)."""
     require_role(request, Role.OPERATOR)
-    if action not in ACTIONS:
-        raise HttpError(404, f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
     rollout = get_object_or_404(Rollout, pk=rollout_id)
     reason = _reason(request)
     try:
-        rollout = ACTIONS[action](rollout, request.user, reason)
+        rollout = ACTIONS[action.value](rollout, request.user, reason)
     except rollouts.RolloutError as exc:
         return Status(exc.status, {"error": str(exc)})
     return Status(200, rollout_json(rollout))

@@ -12,10 +12,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.utils import timezone
 
+from accounts.models import audit
 from fleet.devices.fallback import refresh_devices
 from fleet.models import Device, EnrollmentToken
-from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, check_labels, digest
+from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, Admission, check_labels, digest
 
 ENROLL_PURPOSE = "tinyfleet-enroll-v1"
 MAX_FACTS_BYTES = 16 * 1024
@@ -93,7 +95,12 @@ def enroll(
     check_proof(token, identity_public_key, encryption_public_key, name, proof)
     credential = DEVICE_CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
-        record = EnrollmentToken.objects.select_for_update().filter(digest=digest(token)).first()
+        record = (
+            EnrollmentToken.objects.select_for_update(of=("self",))
+            .select_related("group")
+            .filter(digest=digest(token))
+            .first()
+        )
         if record is None:
             raise EnrollmentDeniedError("unknown enrollment token")
         problem = record.problem()
@@ -103,7 +110,13 @@ def enroll(
             with transaction.atomic():
                 device = Device.objects.create(
                     name=name,
-                    labels={**record.labels, **labels},
+                    # Only the operator's labels decide membership: what the device
+                    # asks for is kept apart, so it cannot label itself into a group.
+                    labels=dict(record.labels),
+                    reported_labels=labels,
+                    admission=Admission.PENDING
+                    if record.group.require_approval
+                    else Admission.ACCEPTED,
                     facts=facts,
                     identity_public_key=identity_public_key.lower(),
                     encryption_public_key=encryption_public_key.lower(),
@@ -115,4 +128,52 @@ def enroll(
         device.groups.add(record.group)
         refresh_devices([device])  # the group may have the low-confidence fallback on
         EnrollmentToken.objects.filter(pk=record.pk).update(uses=F("uses") + 1)
+        audit(
+            None,
+            "device.enroll",
+            device,
+            token=record.prefix,
+            group=record.group.name,
+            admission=device.admission,
+            reported_labels=labels,
+        )
     return device, credential
+
+
+class AdmissionError(EnrollmentError):
+    status = 409
+
+
+def accept(device: Device, actor: Any) -> Device:
+    """Let a pending device in: it joins its groups, and rollouts reach it at their next
+    evaluation (callers nudge one).
+
+    Raises:
+        AdmissionError: the device is not pending (409).
+    """
+    _decide(device, Admission.ACCEPTED, actor)
+    refresh_devices([device])
+    return device
+
+
+def reject(device: Device, actor: Any) -> Device:
+    """Turn a pending device away: its credential stops working at once.
+
+    Raises:
+        AdmissionError: the device is not pending (409).
+    """
+    _decide(device, Admission.REJECTED, actor)
+    device.revoked_at = timezone.now()
+    device.save(update_fields=["revoked_at"])
+    return device
+
+
+def _decide(device: Device, outcome: str, actor: Any) -> None:
+    with transaction.atomic():
+        updated = Device.objects.filter(pk=device.pk, admission=Admission.PENDING).update(
+            admission=outcome
+        )
+        if not updated:
+            raise AdmissionError(f"device {device.name} is not waiting for approval")
+        device.admission = outcome
+        audit(actor, f"device.{'accept' if outcome == Admission.ACCEPTED else 'reject'}", device)

@@ -40,7 +40,7 @@ def parse_selector(text: str) -> list[tuple[str, str, str]]:
         if not match:
             raise SelectorError(f"selector term {raw!r} must look like key=value or key!=value")
         key, op, value = match.groups()
-        if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
+        if not LABEL_KEY.fullmatch(key) or not LABEL_VALUE.fullmatch(value):
             raise SelectorError(f"selector term {raw!r} has an invalid label key or value")
         terms.append((key, op, value))
     return terms
@@ -59,17 +59,28 @@ def check_labels(labels: Any) -> dict[str, str]:
     if not isinstance(labels, dict) or len(labels) > 64:
         raise ValueError("labels must be an object with at most 64 entries")
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_KEY.match(key):
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
             raise ValueError(f"label key {key!r} is invalid (lowercase letters, digits, ._/-)")
-        if not isinstance(value, str) or not LABEL_VALUE.match(value):
+        if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
             raise ValueError(f"label value {value!r} for {key!r} is invalid")
     return dict(labels)
+
+
+class Admission(models.TextChoices):
+    """Whether an operator let a newly enrolled device in (groups with `require_approval`)."""
+
+    ACCEPTED = "accepted"
+    PENDING = "pending"
+    REJECTED = "rejected"
 
 
 class Group(models.Model):
     name = models.CharField(max_length=100, unique=True)
     selector = models.CharField(max_length=500, blank=True)
     description = models.TextField(blank=True)
+    # Devices enrolled with this group's tokens wait (pending) until an operator accepts
+    # them; until then they belong to no group and receive nothing.
+    require_approval = models.BooleanField(default=False)
     # Low-confidence fallback (fleet/devices/fallback.py): off unless an operator enables it.
     fallback_enabled = models.BooleanField(default=False)
     fallback_url = models.CharField(max_length=500, blank=True)
@@ -85,20 +96,28 @@ class Group(models.Model):
         return self.name
 
     def matches(self, device: Device) -> bool:
+        # `labels` holds only operator-set labels (token, API, page): what a device says
+        # about itself (`reported_labels`) never makes it a member. Devices an operator
+        # has not accepted belong to no group.
+        if device.admission != Admission.ACCEPTED:
+            return False
         if device.groups.filter(pk=self.pk).exists():
             return True
         terms = parse_selector(self.selector)
         return bool(terms) and selector_matches(terms, device.labels)
 
     def members(self) -> models.QuerySet[Device]:
-        """Explicit members plus every active device the selector matches."""
+        """Accepted explicit members plus every accepted active device the selector matches."""
         terms = parse_selector(self.selector)
         ids = set(self.explicit_devices.values_list("pk", flat=True))
         if terms:
-            for device in Device.objects.filter(revoked_at__isnull=True).only("pk", "labels"):
+            candidates = Device.objects.filter(
+                revoked_at__isnull=True, admission=Admission.ACCEPTED
+            )
+            for device in candidates.only("pk", "labels"):
                 if selector_matches(terms, device.labels):
                     ids.add(device.pk)
-        return Device.objects.filter(pk__in=ids)
+        return Device.objects.filter(pk__in=ids, admission=Admission.ACCEPTED)
 
 
 class EnrollmentToken(models.Model):
@@ -106,7 +125,7 @@ class EnrollmentToken(models.Model):
     name = models.CharField(max_length=100, blank=True)
     prefix = models.CharField(max_length=12)
     digest = models.CharField(max_length=64, unique=True)
-    max_uses = models.PositiveIntegerField(null=True, blank=True)
+    max_uses = models.PositiveIntegerField(null=True, blank=True, default=1)
     uses = models.PositiveIntegerField(default=0)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -125,11 +144,14 @@ class EnrollmentToken(models.Model):
         group: Group,
         *,
         user: Any = None,
-        max_uses: int | None = None,
+        max_uses: int = 1,
         ttl: timedelta | None = None,
         name: str = "",
         labels: dict[str, str] | None = None,
     ) -> tuple[EnrollmentToken, str]:
+        """A new token (single-use unless `max_uses` says otherwise); the raw value is
+        returned once. Its lifetime is `ttl`, never more than the configured maximum."""
+        ttl = min(ttl or max_token_lifetime(), max_token_lifetime())
         raw = ENROLLMENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = cls.objects.create(
             group=group,
@@ -137,7 +159,7 @@ class EnrollmentToken(models.Model):
             prefix=raw[:10],
             digest=digest(raw),
             max_uses=max_uses,
-            expires_at=timezone.now() + ttl if ttl else None,
+            expires_at=timezone.now() + ttl,
             created_by=user,
             labels=labels or {},
         )
@@ -147,11 +169,34 @@ class EnrollmentToken(models.Model):
         """Why this token cannot enroll a device now, or None."""
         if self.revoked_at is not None:
             return "enrollment token was revoked"
-        if self.expires_at is not None and self.expires_at <= timezone.now():
+        # Tokens from before lifetimes were enforced may have no expiry: they end at the
+        # maximum lifetime counted from their creation.
+        expires_at = self.expires_at or self.created_at + max_token_lifetime()
+        if expires_at <= timezone.now():
             return "enrollment token has expired"
         if self.max_uses is not None and self.uses >= self.max_uses:
             return "enrollment token has been used up"
         return None
+
+    @property
+    def status(self) -> str:
+        """active, revoked, expired or used-up (for lists)."""
+        problem = self.problem()
+        if problem is None:
+            return "active"
+        return {"revoked": "revoked", "expired": "expired"}.get(problem.split()[-1], "used-up")
+
+    def revoke(self) -> bool:
+        """Stop the token enrolling anything more; False when it was revoked already."""
+        if self.revoked_at is not None:
+            return False
+        self.revoked_at = timezone.now()
+        self.save(update_fields=["revoked_at"])
+        return True
+
+
+def max_token_lifetime() -> timedelta:
+    return timedelta(hours=settings.ENROLLMENT_TOKEN_MAX_HOURS)
 
 
 class DeviceStatus(models.TextChoices):
@@ -164,7 +209,15 @@ class DeviceStatus(models.TextChoices):
 class Device(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=100)
+    # Operator-set labels only (the enrollment token's, then the API or page): the only
+    # labels group selectors look at.
     labels = models.JSONField(default=dict, blank=True)
+    # What the device asked for at enrollment: shown to operators, never used for
+    # membership; an operator may copy them into `labels`.
+    reported_labels = models.JSONField(default=dict, blank=True)
+    admission = models.CharField(
+        max_length=16, choices=Admission.choices, default=Admission.ACCEPTED
+    )
     facts = models.JSONField(default=dict, blank=True)
     identity_public_key = models.CharField(max_length=64, unique=True)  # Ed25519, hex
     encryption_public_key = models.CharField(max_length=64)  # X25519, hex

@@ -28,7 +28,8 @@ class DeviceEvent(models.Model):
 class TelemetryBatch(models.Model):
     """One aggregated batch as the device sent it (kept raw for a retention period)."""
 
-    batch_id = models.UUIDField(unique=True)
+    # Unique per device (a constraint below): one device cannot shadow another's batches.
+    batch_id = models.UUIDField()
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="telemetry")
     bundle = models.CharField(max_length=64, blank=True)
     period_start = models.DateTimeField(null=True, blank=True)
@@ -41,6 +42,11 @@ class TelemetryBatch(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "batch_id"], name="telemetry_batch_per_device"
+            )
+        ]
         indexes = [
             # The fold's queue: small, since folded rows leave it.
             models.Index(fields=["id"], condition=Q(folded=False), name="telemetry_pending_fold"),

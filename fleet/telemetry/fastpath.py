@@ -30,9 +30,11 @@ from django.utils import timezone
 
 from fleet.devices import fastsql
 from fleet.devices.state import credential_digest, last_seen_write_interval
+from fleet.models.devices import Admission
 from fleet.telemetry.validation import (
     MAX_TELEMETRY_BYTES,
     TelemetryError,
+    bundles_named,
     parse_batch,
     stored_body,
 )
@@ -45,23 +47,30 @@ CONTENT_TYPE = "application/json; charset=utf-8"
 
 @functools.cache
 def _ingest_sql() -> str:
-    from fleet.models import Device, TelemetryBatch
+    from fleet.models import Assignment, Device, TelemetryBatch
 
     device, batches = Device._meta.db_table, TelemetryBatch._meta.db_table
+    assignments = Assignment._meta.db_table
     # One statement, one round trip. Data-modifying CTEs always run once: the device's
     # last_seen_at is refreshed when due (as the view's auth does) and the batch is
-    # inserted for a known, unrevoked device. The unique batch id makes a replay (or the
-    # same batch racing itself) a no-op: `inserted` is NULL and the answer is 200, as the
-    # view answers.
+    # inserted for a known, unrevoked, admitted device that was assigned every bundle the
+    # batch names (the view's checks; when one fails, `ok` is false, nothing is stored and
+    # the view answers 403/400 with its message). The per-device unique batch id makes a
+    # replay (or the same batch racing itself) a no-op: `inserted` is NULL and the answer
+    # is 200, as the view answers.
     return (
-        f"WITH d AS (SELECT id, revoked_at FROM {device} WHERE credential_digest = %s), "  # noqa: S608
+        f"WITH d AS (SELECT id, revoked_at IS NULL AND admission = %s AND NOT EXISTS ("  # noqa: S608
+        f"SELECT 1 FROM unnest(%s::varchar[]) AS named(bundle_id) WHERE NOT EXISTS ("
+        f"SELECT 1 FROM {assignments} a WHERE a.device_id = {device}.id "
+        "AND a.bundle_id = named.bundle_id)) AS ok, revoked_at "
+        f"FROM {device} WHERE credential_digest = %s), "
         f"seen AS (UPDATE {device} SET last_seen_at = %s WHERE id = (SELECT id FROM d) "
         "AND revoked_at IS NULL AND (last_seen_at IS NULL OR last_seen_at < %s) RETURNING 1), "
         f"ins AS (INSERT INTO {batches} "
         "(batch_id, device_id, bundle, period_start, period_end, body, received_at, folded) "
-        "SELECT %s, d.id, %s, %s, %s, %s::jsonb, %s, false FROM d WHERE d.revoked_at IS NULL "
-        "ON CONFLICT (batch_id) DO NOTHING RETURNING id) "
-        "SELECT d.revoked_at IS NULL, (SELECT id FROM ins) FROM d"
+        "SELECT %s, d.id, %s, %s, %s, %s::jsonb, %s, false FROM d WHERE d.ok "
+        "ON CONFLICT (device_id, batch_id) DO NOTHING RETURNING id) "
+        "SELECT d.ok, (SELECT id FROM ins) FROM d"
     )
 
 
@@ -89,11 +98,12 @@ def ingest(meta: Mapping[str, Any], raw: bytes) -> tuple[int, bytes] | None:
     now = timezone.now()
     due = now - timedelta(seconds=last_seen_write_interval())
     try:
-        row = fastsql.fetchone(_ingest_sql(), [credential, now, due, *_batch_params(batch, now)])
+        params = [Admission.ACCEPTED, sorted(bundles_named(batch)), credential, now, due]
+        row = fastsql.fetchone(_ingest_sql(), [*params, *_batch_params(batch, now)])
     except DatabaseError:
         return None
     if row is None or not row[0]:
-        return None
+        return None  # unknown, revoked, pending, or a bundle never assigned: the view says why
     if row[1] is None:
         return 200, DUPLICATE
     return 202, ACCEPTED  # committed (autocommit); the caller nudges the rollout engine

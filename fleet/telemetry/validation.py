@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 MAX_DEPTH = 5
@@ -84,9 +84,22 @@ def _time(value: Any, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(str(value))
+        parsed = datetime.fromisoformat(str(value))
     except ValueError as exc:
         raise TelemetryError(f"{name} must be an ISO 8601 time") from exc
+    # A time without an offset is taken as UTC, so naive and aware times compare.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def bundles_named(batch: dict[str, Any]) -> set[str]:
+    """Every bundle id a parsed batch reports on (top level and per-bundle sections)."""
+    named = {batch["bundle"]} if batch.get("bundle") else set()
+    sections = batch.get("bundles")
+    if isinstance(sections, list):
+        for section in sections:
+            if isinstance(section, dict) and isinstance(section.get("bundle"), str):
+                named.add(section["bundle"])
+    return named
 
 
 def parse_batch(raw: bytes) -> dict[str, Any]:
@@ -108,6 +121,10 @@ def parse_batch(raw: bytes) -> dict[str, Any]:
     bundle = body.get("bundle")
     if bundle is not None and (not isinstance(bundle, str) or len(bundle) > 64):
         raise TelemetryError("bundle must be a short string")
+    if "bundles" in body and not isinstance(body["bundles"], list):
+        raise TelemetryError("bundles must be a list")
+    if "period" in body and not isinstance(body["period"], dict):
+        raise TelemetryError("period must be an object with start and end")
     if not _valid_quickly(body):
         _check_value(body, "batch", 0, [MAX_ITEMS])  # raises with the path of the error
     raw_period = body.get("period")

@@ -110,7 +110,8 @@ def test_agents_install_serve_and_a_bad_canary_rolls_back(
     bad_bundle = _publish(_corrupted_twin(good, tmp_path))
 
     group = alice_api.post("/api/v1/groups", {"name": "lab", "selector": "site=lab"}).json()
-    token = alice_api.post("/api/v1/enrollment-tokens", {"group": group["id"]}).json()["token"]
+    body = {"group": group["id"], "max_uses": len(agents)}
+    token = alice_api.post("/api/v1/enrollment-tokens", body).json()["token"]
     for agent in agents:
         enrolled = agent.cli(
             "enroll",

@@ -112,7 +112,8 @@ def test_agents_with_different_runtimes_get_different_variants(
     settings.SITE_URL = live_server.url
     onnx_bundle, tflite_bundle = _variants(tmp_path)
     group = alice_api.post("/api/v1/groups", {"name": "press", "selector": "site=press"}).json()
-    token = alice_api.post("/api/v1/enrollment-tokens", {"group": group["id"]}).json()["token"]
+    body = {"group": group["id"], "max_uses": len(two_agents)}
+    token = alice_api.post("/api/v1/enrollment-tokens", body).json()["token"]
     for agent in two_agents.values():
         agent.cli(
             "enroll", "--server", live_server.url, "--token", token,

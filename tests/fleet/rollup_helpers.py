@@ -13,10 +13,19 @@ import pytest
 from tinyfleet_agent._internal.telemetry import LATENCY_EDGES_MS
 
 from fleet.models import BundleGroupHour
+from tests.fleet import publish_helpers
 from tests.fleet.publish_helpers import TestDevice
-from tests.fleet.telemetry_helpers import BUCKETS
+from tests.fleet.telemetry_helpers import BUCKETS, grant
 
 BUNDLE = "b-rollup-test"
+
+
+def make_device(name: str = "pi-1") -> TestDevice:
+    """A device that was assigned the bundles these tests report on (the device API
+    accepts reports only on bundles a device was given)."""
+    device = publish_helpers.make_device(name)
+    grant(device.device, BUNDLE, "b-other")
+    return device
 
 
 LAT, TOK, CONF = len(LATENCY_EDGES_MS) + 1, len(BUCKETS["input_tokens"]) + 1, 21

@@ -12,6 +12,7 @@ from django.test import Client
 
 from fleet.models import Device, DeviceEvent, EnrollmentToken, Group, TelemetryBatch
 from tests.fleet.device_helpers import FakeDevice
+from tests.fleet.telemetry_helpers import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -133,6 +134,7 @@ def test_a_viewer_cannot_create_groups_or_tokens(bob_api: Any, group: dict[str, 
 def test_revoking_a_device_locks_it_out_at_once(alice_api: Any, client: Client, token: str) -> None:
     device = FakeDevice()
     device.enroll(client, token)
+    grant(Device.objects.get(pk=device.device_id), "b-1", "b-2")
     events = {"events": [{"state": "downloading", "bundle": "b-1"}]}
     assert (
         device.client()
@@ -169,6 +171,7 @@ def test_relabelling_validates_labels(alice_api: Any, client: Client, token: str
 def test_events_update_the_devices_state(client: Client, token: str, alice_api: Any) -> None:
     device = FakeDevice()
     device.enroll(client, token)
+    grant(Device.objects.get(pk=device.device_id), "b-1", "b-2")
     device.client().post(
         "/api/device/v1/events",
         {
@@ -198,6 +201,7 @@ def test_events_update_the_devices_state(client: Client, token: str, alice_api: 
 def test_telemetry_is_validated_and_deduplicated(client: Client, token: str) -> None:
     device = FakeDevice()
     device.enroll(client, token)
+    grant(Device.objects.get(pk=device.device_id), "b-1", "b-2")
     batch = {
         "batch_id": str(uuid.uuid4()),
         "bundle": "b-1",
@@ -264,6 +268,7 @@ def test_local_rollbacks_and_failed_periodic_selftests_update_the_devices_state(
 ) -> None:
     device = FakeDevice()
     device.enroll(client, token)
+    grant(Device.objects.get(pk=device.device_id), "b-1", "b-2")
     events = [
         {"state": "active", "bundle": "b-1"},
         {"state": "active", "bundle": "b-2"},

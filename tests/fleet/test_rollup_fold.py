@@ -18,7 +18,6 @@ from fleet.tasks import fold_telemetry
 from fleet.telemetry.rollup_fold import fold_pending, pending_count
 from fleet.telemetry.rollup_maintenance import enforce_retention, rebuild
 from tests.conftest import ROOT, Worker, wait_for
-from tests.fleet.publish_helpers import make_device
 from tests.fleet.rollup_helpers import (
     _assert_row,
     _batch,
@@ -27,6 +26,7 @@ from tests.fleet.rollup_helpers import (
     _hourly,
     _post,
     _section,
+    make_device,
 )
 from tests.services import rerun_on_private_postgres
 

@@ -23,7 +23,7 @@ from fleet.tasks import enforce_telemetry_retention, rebuild_telemetry_rollups
 from fleet.telemetry.rollup_maintenance import enforce_retention
 from fleet.telemetry.rollups import rollup_hour
 from tests.conftest import Worker, wait_for
-from tests.fleet.publish_helpers import TestDevice, make_device
+from tests.fleet.publish_helpers import TestDevice
 from tests.fleet.rollup_helpers import (
     BUNDLE,
     LAT,
@@ -35,6 +35,7 @@ from tests.fleet.rollup_helpers import (
     _hourly,
     _post,
     _section,
+    make_device,
 )
 from tests.fleet.telemetry_helpers import BUCKETS, ingest
 
