@@ -19,8 +19,10 @@ from django.utils import timezone
 
 from fleet.api.fastpath import DeviceFastPathApp
 from fleet.models import Device, TelemetryBatch
+from fleet.telemetry.validation import bundles_named
 from tests.fleet.publish_helpers import TestDevice, make_device
 from tests.fleet.rollup_helpers import _batch, _hour, _section
+from tests.fleet.telemetry_helpers import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -101,9 +103,9 @@ def _body(device: TestDevice, minutes: int = 0, seed: int = 1) -> bytes:
     import random
 
     hour = _hour(timezone.now()) - timedelta(hours=1)
-    return json.dumps(
-        _batch(_section(random.Random(seed)), hour + timedelta(minutes=minutes))
-    ).encode()
+    batch = _batch(_section(random.Random(seed)), hour + timedelta(minutes=minutes))
+    grant(device.device, *bundles_named(batch))  # devices report only on their bundles
+    return json.dumps(batch).encode()
 
 
 def test_it_answers_an_unchanged_poll_before_django() -> None:
@@ -177,12 +179,13 @@ def test_it_stores_a_batch_with_one_statement_and_refreshes_last_seen_when_due(
     app = DeviceFastPathApp(Inner())
     stale = timezone.now() - timedelta(hours=1)
     Device.objects.filter(pk=device.device.pk).update(last_seen_at=stale)
+    first, second = _body(device, 1), _body(device, 2)
     with django_assert_num_queries(1):
-        assert _call(app, "POST", TELEMETRY, device.credential, _body(device, 1))[0] == 202
+        assert _call(app, "POST", TELEMETRY, device.credential, first)[0] == 202
     seen = Device.objects.get(pk=device.device.pk).last_seen_at
     assert seen is not None and seen > stale
     with django_assert_num_queries(1):
-        assert _call(app, "POST", TELEMETRY, device.credential, _body(device, 2))[0] == 202
+        assert _call(app, "POST", TELEMETRY, device.credential, second)[0] == 202
     assert Device.objects.get(pk=device.device.pk).last_seen_at == seen  # fresh: untouched
     assert TelemetryBatch.objects.filter(folded=False).count() == 2
 
@@ -234,3 +237,21 @@ def test_the_query_log_shows_the_prepared_statements_sql() -> None:
         assert _call(app, "GET", STATE, device.credential, etag=etag)[0] == 304
     assert len(captured.captured_queries) == 1
     assert "credential_digest" in captured.captured_queries[0]["sql"]
+
+
+def test_it_leaves_unassigned_bundles_and_pending_devices_to_the_view(deferred: None) -> None:
+    # The fast path must not be a way around the device API's lane checks.
+    from fleet.models.devices import Admission
+
+    device = make_device()
+    inner = Inner()
+    app = DeviceFastPathApp(inner)
+    foreign = json.loads(_body(device))
+    foreign["bundles"][0]["bundle"] = "b-never-assigned"
+    status, _, content = _call(
+        app, "POST", TELEMETRY, device.credential, json.dumps(foreign).encode()
+    )
+    assert status == 400 and "never assigned" in json.loads(content)["error"]
+    Device.objects.filter(pk=device.device.pk).update(admission=Admission.PENDING)
+    assert _call(app, "POST", TELEMETRY, device.credential, _body(device, 1))[0] == 403
+    assert inner.calls == 2 and not TelemetryBatch.objects.exists()
