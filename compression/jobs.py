@@ -21,7 +21,13 @@ from compression.models import (
     VersionStatus,
 )
 from compression.pipeline.textdata import DatasetError, load_jsonl, load_npz
-from compression.recipes import RecipeError, check_model_size, check_params, check_recipe
+from compression.recipes import (
+    RecipeError,
+    check_applicable,
+    check_model_size,
+    check_params,
+    check_recipe,
+)
 from compression.services import RegistryError
 from compression.storage import safe_filename, store_file
 
@@ -64,12 +70,15 @@ def create_job(
         info = check_recipe(recipe, version.format)
         clean_params = check_params(recipe, params or {})
         check_model_size(clean_params, version.inspection or {})
+        check_applicable(info, clean_params, version.inspection or {})
     except RecipeError as exc:
         raise RegistryError(str(exc)) from exc
     evaluation = _dataset(eval_dataset, "evaluation")
     calibration = _dataset(calibration_dataset, "calibration")
     if info.needs_calibration and calibration is None:
         raise RegistryError(f"recipe {recipe!r} needs a calibration_dataset")
+    if info.trains:
+        _check_training_data(calibration, evaluation)
     with transaction.atomic():
         # Lock the version row so two identical requests cannot both pass the check.
         ModelVersion.objects.select_for_update().get(pk=version.pk)
@@ -95,6 +104,20 @@ def create_job(
         audit(user, "job.create", job, recipe=recipe, version=version.pk)
         transaction.on_commit(lambda: _enqueue(job.pk))
     return job
+
+
+def _check_training_data(train: Dataset | None, evaluation: Dataset | None) -> None:
+    """Training recipes learn from text: refuse tensor data and sets too small to learn from."""
+    from compression.pipeline.distill.params import MIN_TRAIN_TEXTS
+
+    for role, ds in (("training (calibration)", train), ("evaluation", evaluation)):
+        if ds is not None and ds.kind != DatasetKind.TEXT:
+            raise RegistryError(f"the {role} dataset must be JSONL text, not {ds.kind}")
+    if train is not None and train.rows < MIN_TRAIN_TEXTS:
+        raise RegistryError(
+            f"the training (calibration) dataset has {train.rows} texts; "
+            f"training needs at least {MIN_TRAIN_TEXTS}"
+        )
 
 
 def _enqueue(job_id: int) -> None:

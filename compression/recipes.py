@@ -4,11 +4,17 @@ produces, and validation of its parameters before a job is queued."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from compression.models import Format
+from compression.pipeline.distill.params import DistillParams, check_against_teacher
 from compression.pipeline.runner import RECIPES, resolve
+
+
+def _check_distill(params: dict[str, Any], inspection: dict[str, Any]) -> None:
+    check_against_teacher(DistillParams(**params), inspection)
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,12 @@ class RecipeInfo:
     form_params: str = "{}"
     # Subprocess function measuring fidelity + golden set (compression.pipeline.runner).
     assessor: str = "assess"
+    # Trains on text: calibration_dataset is its training text (optional: built-in corpus),
+    # eval_dataset its held-out set, and it keeps a checkpoint between deliveries.
+    trains: bool = False
+    # Checks the parameters against the parent's inspection before queueing (raises
+    # ValueError with the reason).
+    precheck: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
 
 
 CATALOGUE: dict[str, RecipeInfo] = {
@@ -86,6 +98,19 @@ CATALOGUE: dict[str, RecipeInfo] = {
             "and the measured tensor arena.",
             assessor="assess-tflm",
         ),
+        RecipeInfo(
+            "distill",
+            "Distill into a smaller student",
+            frozenset({Format.HF_DIR}),
+            Format.HF_DIR,
+            description="Trains a student with fewer layers (optionally narrower) to match "
+            "this encoder on CPU. Training text: the calibration dataset, else the built-in "
+            "corpus; held-out: the evaluation dataset, else a reserved split.",
+            form_params='{"layers": 3, "max_train_texts": 20000}',
+            assessor="assess-student",
+            trains=True,
+            precheck=_check_distill,
+        ),
     )
     if info.name in RECIPES
 }
@@ -129,6 +154,20 @@ def check_params(recipe: str, params: dict[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"invalid parameters for {recipe}: {exc}") from exc
     return _jsonable(dataclasses.asdict(built))
+
+
+def check_applicable(info: RecipeInfo, params: dict[str, Any], inspection: dict[str, Any]) -> None:
+    """Recipe-specific checks against the parent (a teacher that is not an encoder).
+
+    Raises:
+        RecipeError: the recipe cannot work on this model with these parameters.
+    """
+    if info.precheck is None:
+        return
+    try:
+        info.precheck(params, inspection)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from exc
 
 
 def check_model_size(params: dict[str, Any], inspection: dict[str, Any]) -> None:

@@ -120,6 +120,7 @@ def run_compression(job_id: int) -> None:
     except JobCancelledError:
         return
     except (ConverterCrashError, InvalidModelError, ValueError, OSError) as exc:
+        _drop_checkpoint_unless_interrupted(job, exc)
         message = str(exc)
         tail = getattr(exc, "stderr_tail", "")
         if tail:
@@ -130,6 +131,15 @@ def run_compression(job_id: int) -> None:
     except Exception as exc:
         log.exception("compression job %s crashed", job.pk)
         job.finish(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+def _drop_checkpoint_unless_interrupted(job: Job, exc: BaseException) -> None:
+    from compression.checkpoints import discard, keeps_checkpoint
+    from compression.recipes import CATALOGUE
+
+    info = CATALOGUE.get(job.recipe)
+    if info is not None and info.trains and not keeps_checkpoint(exc):
+        discard(job)
 
 
 def _compress(job: Job) -> None:
@@ -159,8 +169,12 @@ def _compress(job: Job) -> None:
         kwargs["tokenizer_path"] = str(tokenizer) if tokenizer else None
         if job.calibration_dataset is not None:
             kwargs["calibration_path"] = _dataset_path(job.calibration_dataset, work)
-        if job.recipe == "onnx-int8-auto" and job.eval_dataset is not None:
+        if (job.recipe == "onnx-int8-auto" or info.trains) and job.eval_dataset is not None:
             kwargs["eval_path"] = _dataset_path(job.eval_dataset, work)
+        if info.trains:
+            from compression.checkpoints import checkpoint_dir
+
+            kwargs["checkpoint_dir"] = str(checkpoint_dir(job))
         result = run_in_subprocess(
             job.recipe, kwargs, timeout=settings.CELERY_TASK_SOFT_TIME_LIMIT, progress=progress
         )
@@ -214,6 +228,10 @@ def _compress(job: Job) -> None:
             golden_sha256=assessment["golden"]["sha256"],
             inspection=inspection,
         )
+    if info.trains:
+        from compression.checkpoints import discard
+
+        discard(job)
 
 
 def _dataset_path(dataset: object, work: Path) -> str:

@@ -74,6 +74,7 @@ RECIPES: dict[str, str] = {
     "onnx-int8-auto": "compression.pipeline.auto_int8:quantize_int8_auto:AutoInt8Params",
     "tflite": "compression.pipeline.tflite_export:export_tflite:TfliteParams",
     "tflm": "compression.pipeline.tflm.recipe:convert_tflm:TflmParams",
+    "distill": "compression.pipeline.distill.recipe:distill:DistillParams",
 }
 
 # Functions callable through the subprocess runner that are not recipes.
@@ -83,6 +84,7 @@ _EXTRA_FUNCS: dict[str, str] = {
     "assess": "compression.pipeline.assess:assess",
     "assess-tflm": "compression.pipeline.tflm.assess:assess_tflm",
     "compare-latency": "compression.pipeline.assess:compare_latency_json",
+    "assess-student": "compression.pipeline.distill.assess:assess_student",
 }
 
 
