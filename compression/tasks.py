@@ -178,6 +178,11 @@ def _compress(job: Job) -> None:
         result = run_in_subprocess(
             job.recipe, kwargs, timeout=settings.CELERY_TASK_SOFT_TIME_LIMIT, progress=progress
         )
+        if info.trains:
+            # Training finished: its output is in out_dir, the checkpoint has served.
+            from compression.checkpoints import discard
+
+            discard(job)
         for line in result.get("log", [])[-50:]:
             job.append_log(str(line))
         carry_tokenizer(src, out_dir)
@@ -228,10 +233,6 @@ def _compress(job: Job) -> None:
             golden_sha256=assessment["golden"]["sha256"],
             inspection=inspection,
         )
-    if info.trains:
-        from compression.checkpoints import discard
-
-        discard(job)
 
 
 def _dataset_path(dataset: object, work: Path) -> str:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Corpus", "build_corpus", "clean_sentences", "is_held_out"]
 
@@ -89,8 +90,8 @@ def clean_sentences(text: str) -> Iterator[str]:
 
 def _descriptions() -> Iterator[tuple[str, str]]:
     for dist in sorted(importlib.metadata.distributions(), key=lambda d: d.metadata["Name"] or ""):
-        meta = dist.metadata
-        body = meta.get_payload() or meta.get("Description") or ""  # type: ignore[attr-defined]
+        meta: Any = dist.metadata  # an email.message.Message underneath
+        body = meta.get_payload() or meta.get("Description") or ""
         summary = meta.get("Summary") or ""
         yield str(meta["Name"]), f"{summary}\n\n{body}"
 

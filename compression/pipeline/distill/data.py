@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from compression.pipeline.corpus import build_corpus, is_held_out
@@ -20,7 +21,7 @@ class TrainingTexts:
     source: str
 
 
-def _label_ids(raw: list[object]) -> list[int]:
+def _label_ids(raw: Sequence[object]) -> list[int]:
     """Dataset labels as class indices: integers as they are, strings in sorted order."""
     if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
         return [int(x) for x in raw]  # type: ignore[call-overload]

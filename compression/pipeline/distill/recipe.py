@@ -78,7 +78,7 @@ def _parameters(model: Any) -> int:
 def distill(
     model_dir: str,
     output_dir: str,
-    params: DistillParams = DistillParams(),
+    params: DistillParams | None = None,
     progress: ProgressFn = no_progress,
     calibration_path: str | None = None,
     tokenizer_path: str | None = None,
@@ -98,6 +98,8 @@ def distill(
     import torch
 
     from compression.pipeline.distill.data import training_texts
+
+    params = params or DistillParams()
     from compression.pipeline.distill.student import build_student, load_teacher
     from compression.pipeline.distill.train import Tokens, Trainer, checkpoint_lock
 

@@ -112,7 +112,7 @@ def pick_layers(
     if student_layers == 1:
         return [teacher_layers - 1]
     step = (teacher_layers - 1) / (student_layers - 1)
-    return [int(math.floor(step * i + 0.5)) for i in range(student_layers)]
+    return [math.floor(step * i + 0.5) for i in range(student_layers)]
 
 
 def embedding_projection(teacher: Teacher, width: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The training loop shared by distillation and pruning recovery.
 
 Losses (student against the frozen teacher on the same batch):
-* embedding models: ``cosine_weight·(1 − cos)`` and ``pooled_mse_weight·MSE`` on mean-pooled
+* embedding models: ``cosine_weight·(1 - cos)`` and ``pooled_mse_weight·MSE`` on mean-pooled
   embeddings, plus ``token_weight·MSE`` on token states (padding masked out);
 * classifiers: ``KL(teacher‖student)`` on logits softened by ``temperature`` (scaled by
   T²), mixed with cross-entropy on the labels when the data has them.
@@ -284,7 +284,7 @@ class Trainer:
         for start in range(0, len(order), window):
             chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
             batches += [chunk[k : k + size] for k in range(0, len(chunk), size)]
-        rng.shuffle(batches)  # type: ignore[arg-type]
+        rng.shuffle(batches)
         return [i for batch in batches for i in batch]
 
     def _batch(self, step: int) -> tuple[dict[str, torch.Tensor], Any]:
