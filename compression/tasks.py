@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-from celery import shared_task
+from celery import current_app, shared_task
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -113,8 +113,15 @@ def _recipe_input_name(recipe: str) -> str:
 @shared_task(acks_late=True)
 def run_compression(job_id: int) -> None:
     job = Job.claim(job_id)
-    if job is None:
-        return
+    if job is not None:
+        _run_compression(job)
+    # Also on a re-delivery of a finished job: a crash between its end and this call
+    # must not strand its chain. By name: the worker side does not import chains.
+    if Job.objects.filter(pk=job_id, chain__isnull=False).exists():
+        current_app.send_task("compression.chain_tasks.advance_chain", args=[job_id])
+
+
+def _run_compression(job: Job) -> None:
     try:
         _compress(job)
     except JobCancelledError:

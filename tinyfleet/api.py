@@ -87,11 +87,13 @@ def on_invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
 def _register_routers() -> None:
     from accounts.api import router as accounts_router
     from compression.api import router as compression_router
+    from compression.chains_api import router as chains_router
     from fleet.api import router as fleet_router
     from fleet.bundles_api import router as bundles_router
     from fleet.rollouts_api import router as rollouts_router
 
     api.add_router("", compression_router)
+    api.add_router("", chains_router)
     api.add_router("", fleet_router)
     api.add_router("", rollouts_router)
     api.add_router("", bundles_router)

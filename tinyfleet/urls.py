@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from accounts import views as account_views
+from compression import chain_views
 from compression import views as registry_views
 from fleet import pages as fleet_pages
 from fleet import views as fleet_views
@@ -25,6 +26,10 @@ urlpatterns = [
     path("models/<int:model_id>/compare/", registry_views.model_compare, name="model-compare"),
     path("versions/<int:version_id>/jobs/", registry_views.job_start, name="job-start"),
     path("jobs/", registry_views.job_list, name="jobs"),
+    path("versions/<int:version_id>/chain/", chain_views.chain_start, name="chain-start"),
+    path("chains/", chain_views.chain_list, name="chains"),
+    path("chains/<int:chain_id>/", chain_views.chain_detail, name="chain-detail"),
+    path("chains/<int:chain_id>/cancel/", chain_views.chain_cancel, name="chain-cancel"),
     path("jobs/<int:job_id>/", registry_views.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/cancel/", registry_views.job_cancel, name="job-cancel"),
     path("versions/<int:version_id>/publish/", fleet_views.version_publish, name="version-publish"),

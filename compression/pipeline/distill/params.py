@@ -53,6 +53,9 @@ class DistillParams:
     patience: int = 3
     min_delta: float = 0.0005
     checkpoint_every: int = 100
+    # Stop training after this many minutes (the best student so far is kept); None: no
+    # limit but the planned steps.
+    max_minutes: float | None = None
     seed: int = 13
     threads: int = 2
     # Refuse teachers above this size (CPU training time grows with it).
@@ -83,6 +86,10 @@ class DistillParams:
             or not all(isinstance(i, int) and not isinstance(i, bool) for i in self.layer_map)
         ):
             raise ValueError("layer_map must be a list of teacher layer indices")
+        if self.max_minutes is not None and not (
+            isinstance(self.max_minutes, (int, float)) and self.max_minutes > 0
+        ):
+            raise ValueError("max_minutes must be a positive number")
         if self.task not in ("auto", "embedding", "classifier"):
             raise ValueError(f"task must be auto, embedding or classifier, not {self.task!r}")
         if not 0 < self.learning_rate < 1:

@@ -349,6 +349,13 @@ class Trainer:
                 # A bare progress tick: the bar moves and a cancel is noticed within a second.
                 self.progress(step / self.total_steps, "training", "")
                 last_tick = time.monotonic()
+            if not stopped_early and self._out_of_time(started):
+                measured = self.measure()
+                history.append({"step": step, "loss": round(loss_avg, 6), **measured})
+                if measured["score"] > best["score"] + self.p.min_delta:
+                    best = {"score": measured["score"], "step": step, "weights": self._weights()}
+                last_report = self._report(step, loss_avg, started, resumed_from, measured)
+                stopped_early = True
             if step % self.p.checkpoint_every == 0 or stopped_early:
                 self._save(step, best, history, stopped_early)
             if stopped_early:
@@ -367,6 +374,10 @@ class Trainer:
             heldout={k: round(v, 5) for k, v in final.items() if k != "score"},
             seconds=time.monotonic() - started,
         )
+
+    def _out_of_time(self, started: float) -> bool:
+        limit = self.p.max_minutes
+        return limit is not None and time.monotonic() - started > 60 * limit
 
     def _weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
