@@ -38,6 +38,8 @@ from compression.pipeline.distill.params import DistillParams
 from compression.pipeline.distill.recipe import distill
 from compression.pipeline.evaluate import embedding_fidelity, onnx_embeddings
 from compression.pipeline.export_onnx import export_onnx
+from compression.pipeline.prune.params import PruneHeadsParams
+from compression.pipeline.prune.recipe import prune_heads_recipe
 
 REPORT = Path(__file__).parent / "reports" / "distill.md"
 TARGET = {"cosine": 0.95, "nn": 0.85, "latency_ratio": 0.25}
@@ -74,6 +76,14 @@ def train_student(
         checkpoint_dir=str(work / f"ckpt-{layers}"),
     )  # fmt: skip
     result.metrics["wall_seconds"] = round(time.monotonic() - started, 1)
+    return Path(result.output_path), result.metrics
+
+
+def prune_student(student: Path, fraction: float, minutes: float, work: Path) -> tuple[Path, Any]:
+    params = PruneHeadsParams(
+        fraction=fraction, recovery_texts=1600, eval_every=10, max_minutes=minutes, held_out=256
+    )
+    result = prune_heads_recipe(str(student), str(work / f"pruned-{student.name}"), params)
     return Path(result.output_path), result.metrics
 
 
@@ -124,13 +134,24 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], meta: dict[str, Any
     lines += ["", "## Training", ""]
     for layers, metrics in info.get("training", {}).items():
         t = metrics["training"]
+        best = max(h.get("cosine_mean", 0) for h in t["history"])
+        start = t["history"][0].get("cosine_mean", 0)
         lines.append(
             f"- {layers}-layer student: layers {metrics['layers_kept']} of the teacher, "
             f"{metrics['student_parameters']:,} parameters; {t['steps']} of {t['planned_steps']} "
             f"planned steps (batch 32) in {t['seconds'] / 60:.1f} min"
             + (", stopped early" if t["stopped_early"] else "")
-            + f"; best held-out cosine during training {max(h.get('cosine_mean', 0) for h in t['history']):.4f}"
-            f" (start {t['history'][0].get('cosine_mean', 0):.4f}); int8 scheme: {metrics.get('int8')}"
+            + f"; best held-out cosine during training {best:.4f}"
+            f" (start {start:.4f}); int8 scheme: {metrics.get('int8')}"
+        )
+    for layers, pm in info.get("pruning", {}).items():
+        rec = pm["recovery"]
+        lines.append(
+            f"- head pruning of the {layers}-layer student: removed {pm['heads_removed']} of "
+            f"{pm['heads_total']} heads {pm['plan']} by ablation importance; recovery "
+            f"{rec.get('steps')} steps in {rec.get('seconds', 0) / 60:.1f} min, held-out "
+            f"cosine vs the unpruned student {rec['before_recovery'].get('cosine_mean')} -> "
+            f"{rec['after_recovery'].get('cosine_mean')}; int8 scheme: {pm.get('int8')}"
         )
     lines += ["", "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in meta["machine"].items()]
@@ -144,6 +165,8 @@ def main() -> int:
     parser.add_argument("--train-texts", type=int, default=4800)
     parser.add_argument("--minutes", type=float, default=26.0, help="training time cap each")
     parser.add_argument("--held-out", type=int, default=500)
+    parser.add_argument("--prune-heads", type=float, default=0.0, help="fraction; 0: none")
+    parser.add_argument("--prune-minutes", type=float, default=4.0)
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
@@ -184,6 +207,17 @@ def main() -> int:
                 (f"{layers}-layer student int8", layers, int8, extra),
             ]
             log(f"{layers}-layer done: {metrics['heldout_fidelity']}")
+            if args.prune_heads:
+                log(f"pruning {args.prune_heads:.0%} of the {layers}-layer student's heads")
+                pruned, pm = prune_student(student, args.prune_heads, args.prune_minutes, work)
+                p_int8, p_scheme = to_int8(pruned, tokenizer, work / f"p{layers}-int8")
+                info.setdefault("pruning", {})[layers] = {**pm, "int8": p_scheme}
+                tag = f"{layers}-layer, {pm['heads_removed']}/{pm['heads_total']} heads pruned"
+                models += [
+                    (f"{tag} fp32", layers, pruned, extra),
+                    (f"{tag} int8", layers, p_int8, extra),
+                ]
+                log(f"pruned: {pm['recovery']}")
         log("timing all models interleaved")
         medians = compare_latency([m[2] for m in models], threads=1)
         base = medians[str(teacher_onnx)]

@@ -40,13 +40,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
     },
     "distill-prune-int8-tflite": {
-        "title": "Distill -> prune heads -> ONNX -> INT8 auto, and TFLite of the pruned model",
+        "title": "Distill -> prune FFN -> ONNX -> INT8 auto, and TFLite of the pruned model",
         "steps": [
             {"recipe": "distill", "params": {"layers": 3}},
-            {"recipe": "prune-heads", "params": {"fraction": 0.25}},
+            {"recipe": "prune-ffn", "params": {"fraction": 0.25}},
             {"recipe": "export-onnx"},
             {"recipe": "onnx-int8-auto"},
             {"recipe": "tflite", "from": 1},
+        ],
+    },
+    "distill-prune-heads-int8": {
+        "title": "Distill -> prune 25% of heads (ONNX) -> INT8 auto",
+        "steps": [
+            {"recipe": "distill", "params": {"layers": 3}},
+            {"recipe": "prune-heads", "params": {"fraction": 0.25}},
+            {"recipe": "onnx-int8-auto"},
         ],
     },
 }
@@ -187,7 +195,9 @@ def advance(job_id: int) -> None:
             with transaction.atomic():
                 _queue_step(chain, index, version)
         except RegistryError as exc:
-            chain.error = f"step {index + 1} ({chain.steps[index]['recipe']}) could not start: {exc}"
+            chain.error = (
+                f"step {index + 1} ({chain.steps[index]['recipe']}) could not start: {exc}"
+            )
             chain.save(update_fields=["error"])
             log.info("chain %s stopped: %s", chain.pk, chain.error)
 

@@ -17,6 +17,11 @@ def _check_distill(params: dict[str, Any], inspection: dict[str, Any]) -> None:
     check_against_teacher(DistillParams(**params), inspection)
 
 
+def _check_prunable(params: dict[str, Any], inspection: dict[str, Any]) -> None:
+    # Pruning needs the same BERT-style encoder layout as distillation (any depth).
+    check_against_teacher(DistillParams(layers=1), {**inspection, "num_layers": None})
+
+
 @dataclass(frozen=True)
 class RecipeInfo:
     name: str
@@ -110,6 +115,29 @@ CATALOGUE: dict[str, RecipeInfo] = {
             assessor="assess-student",
             trains=True,
             precheck=_check_distill,
+        ),
+        RecipeInfo(
+            "prune-heads",
+            "Prune attention heads (to ONNX)",
+            frozenset({Format.HF_DIR}),
+            Format.ONNX,
+            description="Removes the least important heads (measured by ablation), "
+            "fine-tunes briefly towards the unpruned model, exports the smaller model to ONNX.",
+            form_params='{"fraction": 0.25}',
+            trains=True,
+            precheck=_check_prunable,
+        ),
+        RecipeInfo(
+            "prune-ffn",
+            "Prune FFN neurons",
+            frozenset({Format.HF_DIR}),
+            Format.HF_DIR,
+            description="Removes the least active feed-forward neurons (same count per "
+            "layer) and fine-tunes briefly; stays a Hugging Face folder.",
+            form_params='{"fraction": 0.25}',
+            assessor="assess-student",
+            trains=True,
+            precheck=_check_prunable,
         ),
     )
     if info.name in RECIPES

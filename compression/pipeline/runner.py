@@ -75,6 +75,8 @@ RECIPES: dict[str, str] = {
     "tflite": "compression.pipeline.tflite_export:export_tflite:TfliteParams",
     "tflm": "compression.pipeline.tflm.recipe:convert_tflm:TflmParams",
     "distill": "compression.pipeline.distill.recipe:distill:DistillParams",
+    "prune-heads": "compression.pipeline.prune.recipe:prune_heads_recipe:PruneHeadsParams",
+    "prune-ffn": "compression.pipeline.prune.recipe:prune_ffn_recipe:PruneFfnParams",
 }
 
 # Functions callable through the subprocess runner that are not recipes.

@@ -29,7 +29,7 @@ STEPS = [
 ]
 
 
-def _chain(api: Any, chain_id: int, timeout: float = 600) -> dict[str, Any]:
+def _chain(api: Any, chain_id: int, timeout: float = 420) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         body: dict[str, Any] = api.get(f"/api/v1/chains/{chain_id}").json()
         return body if body["status"] in ("succeeded", "failed", "cancelled") else None
