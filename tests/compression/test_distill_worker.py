@@ -80,7 +80,7 @@ def test_it_distills_a_teacher_into_a_smaller_student_version(
     started = _start(
         alice_api,
         teacher["id"],
-        {"layers": 2, "batch_size": 16, "eval_every": 5, "held_out": 16},
+        {"layers": 2, "batch_size": 16, "eval_every": 5, "held_out": 16, "threads": 1},
         calibration_dataset=train,
     )
     assert started.status_code == 201, started.content

@@ -22,7 +22,16 @@ from tests.fixtures.tiny_models import zip_dir
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 STEPS = [
-    {"recipe": "distill", "params": {"layers": 2, "batch_size": 16, "held_out": 16}},
+    {
+        "recipe": "distill",
+        "params": {
+            "layers": 2,
+            "max_train_texts": 160,
+            "batch_size": 16,
+            "held_out": 16,
+            "threads": 1,
+        },
+    },
     {"recipe": "export-onnx"},
     # A random tiny teacher's student is not a model int8 can match to 0.998: take the best.
     {"recipe": "onnx-int8-auto", "params": {"require_target": False}},
