@@ -3,6 +3,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY agent ./agent
 COPY tinyfleet ./tinyfleet
+COPY core ./core
 COPY accounts ./accounts
 COPY compression ./compression
 COPY fleet ./fleet

@@ -49,7 +49,9 @@ test-fast: install-test
 lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy agent/tinyfleet_agent compression/pipeline
+	# Typed apps too, with django-stubs (models, managers, settings, request.user).
+	$(VENV)/bin/mypy agent/tinyfleet_agent core accounts compression fleet tinyfleet
+	$(VENV)/bin/lint-imports --no-cache
 
 format: install-test
 	$(VENV)/bin/ruff format .

@@ -7,7 +7,6 @@ import secrets
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import models
 from django.utils import timezone
 
@@ -31,7 +30,7 @@ class Profile(models.Model):
         return f"{self.user} ({self.role})"
 
 
-def role_of(user: AbstractBaseUser | AnonymousUser | Any) -> str | None:
+def role_of(user: Any) -> str | None:
     """The user's role; superusers are admins; anonymous users have none."""
     if not getattr(user, "is_authenticated", False) or not user.is_active:
         return None

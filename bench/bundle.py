@@ -379,7 +379,8 @@ from django.core.management import call_command
 from compression.models import ModelVersion, RegisteredModel
 from fleet.models import Device
 from fleet.security import director, image_repo
-from fleet.security.publish import request_publish, run_publish
+from fleet.security.publish import request_publish
+from fleet.security.publish_worker import run_publish
 from tests.fixtures.tiny_models import build_big_onnx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 call_command("migrate", verbosity=0)

@@ -947,7 +947,7 @@ def converge(
 def fold_timing() -> dict[str, Any]:
     """Deferred mode: fold every batch the telemetry phase left pending, as the Celery
     task would (one process, chunks of FOLD_CHUNK per transaction)."""
-    from fleet.rollup_fold import fold_pending, pending_count
+    from fleet.telemetry.rollup_fold import fold_pending, pending_count
 
     pending = pending_count()
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -963,8 +963,9 @@ def fold_timing() -> dict[str, Any]:
 
 
 def gate_timing(user: Any, bundle: Any, group: Any, since: datetime) -> dict[str, Any]:
-    from fleet import gates, rollouts
     from fleet.models import DeviceEvent, Rollout, TelemetryBatch
+    from fleet.rollouts import engine as rollouts
+    from fleet.rollouts import gates
 
     t = time.perf_counter()
     rollout = rollouts.create(
@@ -1107,12 +1108,16 @@ def profile_state(creds_etags: list[tuple[str, str]], n: int) -> dict[str, Any]:
         ("whole request (test client, in-process)", "django/test/client.py", "get"),
         ("Django handler + middleware", "django/core/handlers/base.py", "get_response"),
         ("ninja: auth, view, response", "ninja/operation.py", "run"),
-        ("DeviceAuth.authenticate (credential lookup)", "fleet/device_api.py", "authenticate"),
-        ("desired_state view (assignment + body + ETag)", "fleet/device_api.py", "desired_state"),
+        ("DeviceAuth.authenticate (credential lookup)", "fleet/api/device_api.py", "authenticate"),
+        (
+            "desired_state view (assignment + body + ETag)",
+            "fleet/api/device_api.py",
+            "desired_state",
+        ),
         ("current_assignment query", "fleet/security/director.py", "current_assignment"),
         ("psycopg Cursor.execute (DB round trips)", "psycopg/cursor.py", "execute"),
         ("SQL compilation", "django/db/models/sql/compiler.py", "as_sql"),
-        ("state_etag (json + sha256)", "fleet/state.py", "state_etag"),
+        ("state_etag (json + sha256)", "fleet/devices/state.py", "state_etag"),
     ]
     breakdown = [(label, cum(p, f)) for label, p, f in wanted]
     top = []
@@ -1551,7 +1556,8 @@ def main() -> int:
 
         from fleet.models import Bundle, EnrollmentToken, Group
         from fleet.security.device_metadata import trusted_roots
-        from fleet.security.publish import request_publish, run_publish
+        from fleet.security.publish import request_publish
+        from fleet.security.publish_worker import run_publish
 
         since = timezone.now()
         trusted_roots()  # keys and roots exist before any worker starts

@@ -102,8 +102,9 @@ def run_mode(
     from django.conf import settings
     from django.contrib.auth import get_user_model
 
-    from fleet import push, rollouts
+    from fleet.devices import push
     from fleet.models import EnrollmentToken, Group
+    from fleet.rollouts import engine as rollouts
 
     mqtt = name == "mqtt"
     poll = args.mqtt_poll_interval if mqtt else args.poll_interval
@@ -164,7 +165,7 @@ def publish_rate(devices: int, runs: int = 3) -> dict[str, float]:
     every PUBACK awaited), against the local Mosquitto; median of `runs`."""
     import uuid
 
-    from fleet import push
+    from fleet.devices import push
 
     broker = push.Broker("127.0.0.1", 1883, False, None, None, None)
     ids = [str(uuid.uuid4()) for _ in range(devices)]
@@ -273,7 +274,8 @@ def main() -> int:
         fleet_bench = _load_fleet_bench()
         fleet_bench.setup_django(env)
         from fleet.security.device_metadata import trusted_roots
-        from fleet.security.publish import request_publish, run_publish
+        from fleet.security.publish import request_publish
+        from fleet.security.publish_worker import run_publish
 
         trusted_roots()
         bundle, _ = request_publish(fleet_bench.build_version(work), None)

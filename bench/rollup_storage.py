@@ -6,7 +6,7 @@ Creates a fresh database (`tinyfleet_rollup_bench`, dropped at the end), migrate
 creates devices with the ORM (labels matching `--groups` selector groups), and ingests
 the agent's real batch bodies (`Telemetry.snapshot_and_reset()` after recording requests
 with latencies, token counts, confidences, feedback and a golden self-test) through
-`fleet.rollups.store_batch`, in this process (no HTTP: the HTTP path is bench/fleet.py's).
+`fleet.telemetry.rollups.store_batch`, in this process (no HTTP: the HTTP path is bench/fleet.py's).
 Batches of one device go to one hour, one batch every 5 minutes as the agent's default.
 
 Prints (and writes bench/reports/rollup_storage.md): median and p95 wall time of one raw-only
@@ -97,10 +97,10 @@ def _concurrent_rate(fleet: list[object], hour: datetime, threads: int, mode: st
 
     from django.db import connection, transaction
 
-    from fleet.device_api import _jsonable
+    from fleet.api.device_api import _jsonable
     from fleet.models import TelemetryBatch
-    from fleet.rollups import store_batch
-    from fleet.telemetry import parse_batch
+    from fleet.telemetry.rollups import store_batch
+    from fleet.telemetry.validation import parse_batch
 
     rng = random.Random(threads)
     per_thread = max(1, len(fleet) // threads)
@@ -140,10 +140,10 @@ def run(devices: int, batches: int, groups: int, threads: int = 4) -> str:
 
     from django.db import connection
 
-    from fleet.device_api import _jsonable
+    from fleet.api.device_api import _jsonable
     from fleet.models import BundleGroupHour, Device, DeviceDay, Group, TelemetryBatch
-    from fleet.rollups import store_batch
-    from fleet.telemetry import parse_batch
+    from fleet.telemetry.rollups import store_batch
+    from fleet.telemetry.validation import parse_batch
 
     rng = random.Random(6)
     for g in range(groups):

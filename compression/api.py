@@ -5,17 +5,23 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.core.files.storage import default_storage
 from django.db.models import Prefetch, Q
-from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    FileResponse,
+    HttpRequest,
+    HttpResponseBase,
+    HttpResponseRedirect,
+)
 from django.shortcuts import get_object_or_404
 from ninja import File, Form, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
 from accounts.models import Role
+from accounts.permissions import require_role
 from compression.jobs import cancel_job, create_job, register_dataset
 from compression.models import Dataset, Job, JobStatus, ModelVersion, RegisteredModel
 from compression.recipes import CATALOGUE
@@ -29,8 +35,7 @@ from compression.schemas import (
     VersionOut,
 )
 from compression.services import RegistryError, delete_version, register_upload
-from compression.uploads import too_large_message, upload_too_large
-from tinyfleet.api import require_role
+from compression.uploads import HashedUploadedFile, too_large_message, upload_too_large
 
 router = Router(tags=["registry"])
 ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
@@ -45,6 +50,12 @@ def _model_json(model: RegisteredModel) -> dict[str, Any]:
         "created_at": model.created_at,
         "versions": [VersionOut.from_version(v) for v in model.versions.all()],
     }
+
+
+def _hashed(file: UploadedFile) -> HashedUploadedFile:
+    # FILE_UPLOAD_HANDLERS stores every upload through compression.uploads, as a temporary
+    # file with its SHA-256; the parameter's declared type does not know it.
+    return cast(HashedUploadedFile, file)
 
 
 @router.post(
@@ -65,15 +76,16 @@ def upload_model(
         raise HttpError(413, too_large_message())
     if file is None:
         raise HttpError(400, "no file in the upload (multipart field 'file')")
+    hashed = _hashed(file)
     try:
         version, job = register_upload(
             user=request.user,
             name=name,
             task=task,
-            path=Path(file.temporary_file_path()),
-            filename=file.name or "upload",
-            sha256=file.sha256,  # type: ignore[attr-defined]
-            size=file.size or 0,
+            path=Path(hashed.temporary_file_path()),
+            filename=hashed.name or "upload",
+            sha256=hashed.sha256,
+            size=hashed.size or 0,
         )
     except RegistryError as exc:
         extra = {}
@@ -119,7 +131,7 @@ def get_version(request: HttpRequest, version_id: int) -> dict[str, Any]:
 
 
 @router.get("/versions/{version_id}/file", response={200: None, **ERRORS})
-def download_version(request: HttpRequest, version_id: int) -> HttpResponse:
+def download_version(request: HttpRequest, version_id: int) -> HttpResponseBase:
     version = _version(version_id)
     try:
         path = default_storage.path(version.storage_key)
@@ -276,7 +288,7 @@ def upload_dataset(
         dataset = register_dataset(
             user=request.user,
             name=name,
-            path=Path(file.temporary_file_path()),
+            path=Path(_hashed(file).temporary_file_path()),
             filename=file.name or "dataset",
             size=file.size or 0,
         )

@@ -23,6 +23,7 @@ from compression.chains import (
 from compression.models import Chain, ModelVersion
 from compression.recipes import CATALOGUE
 from compression.services import RegistryError
+from core.htmx import is_htmx
 
 HTMX_STOP_POLLING = 286
 
@@ -88,7 +89,7 @@ def chain_detail(request: HttpRequest, chain_id: int) -> HttpResponse:
         "steps": [(s, step_numbers(s)) for s in steps],
         "finished": status in ("succeeded", "failed", "cancelled"),
     }
-    if request.htmx:
+    if is_htmx(request):
         response = render(request, "compression/_chain_steps.html", context)
         if context["finished"]:
             response.status_code = HTMX_STOP_POLLING

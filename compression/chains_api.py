@@ -10,11 +10,11 @@ from django.shortcuts import get_object_or_404
 from ninja import Router, Schema, Status
 
 from accounts.models import Role
+from accounts.permissions import require_role
 from compression.chains import cancel_chain, chain_status, start_chain, step_numbers, step_views
 from compression.models import Chain, ModelVersion
 from compression.schemas import ErrorOut
 from compression.services import RegistryError
-from tinyfleet.api import require_role
 
 router = Router(tags=["chains"])
 ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}

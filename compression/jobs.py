@@ -30,6 +30,7 @@ from compression.recipes import (
 )
 from compression.services import RegistryError
 from compression.storage import safe_filename, store_file
+from compression.tasks import run_compression
 
 MAX_DATASET_ROWS = 100_000
 
@@ -121,8 +122,6 @@ def _check_training_data(train: Dataset | None, evaluation: Dataset | None) -> N
 
 
 def _enqueue(job_id: int) -> None:
-    from compression.tasks import run_compression
-
     run_compression.delay(job_id)
 
 

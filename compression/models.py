@@ -119,7 +119,7 @@ class ModelVersion(models.Model):
             reasons.append("other versions were derived from it")
         if self.jobs.filter(status__in=ACTIVE_JOB_STATUSES).exists():
             reasons.append("a job is using it")
-        if self.bundles.exists():  # type: ignore[attr-defined]
+        if self.bundles.exists():
             reasons.append("a bundle was published from it (devices may run it)")
         return reasons
 

@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from accounts.models import audit
+from compression.archives import archive_limits
 from compression.models import (
     Job,
     JobKind,
@@ -19,10 +19,10 @@ from compression.models import (
     RegisteredModel,
     Task,
 )
-from compression.pipeline.archive import ArchiveLimits
 from compression.pipeline.errors import InvalidModelError
 from compression.pipeline.formats import sniff_upload
 from compression.storage import content_key, store_file
+from compression.tasks import inspect_version
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
 
@@ -46,13 +46,6 @@ class DuplicateVersionError(RegistryError):
 
 class VersionInUseError(RegistryError):
     status = 409
-
-
-def archive_limits() -> ArchiveLimits:
-    return ArchiveLimits(
-        max_members=settings.ARCHIVE_MAX_MEMBERS,
-        max_total_uncompressed=settings.ARCHIVE_MAX_UNCOMPRESSED,
-    )
 
 
 def _check_name_and_task(name: str, task: str) -> None:
@@ -133,8 +126,6 @@ def _create_version(
 
 
 def _enqueue_inspection(job_id: int) -> None:
-    from compression.tasks import inspect_version
-
     inspect_version.delay(job_id)
 
 

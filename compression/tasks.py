@@ -3,11 +3,9 @@ record the outcome. Tasks take primary keys; progress lives in the database."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,28 +14,14 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from compression.archives import materialized
 from compression.models import Job, JobCancelledError, JobStatus, ModelVersion, VersionStatus
-from compression.pipeline.archive import extract_zip
 from compression.pipeline.errors import InvalidModelError
-from compression.pipeline.formats import model_root
 from compression.pipeline.inspect import inspect_model
 from compression.pipeline.runner import ConverterCrashError
-from compression.services import archive_limits
 from compression.storage import local_copy, store_file
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def materialized(version: ModelVersion) -> Iterator[Path]:
-    """The version as a local model path: the file itself, or the unpacked zip folder."""
-    with local_copy(version.storage_key) as path:
-        if not version.is_zip:
-            yield path
-            return
-        with tempfile.TemporaryDirectory(dir=settings.TMP_DIR) as tmp:
-            extract_zip(path, Path(tmp), archive_limits())
-            yield model_root(Path(tmp))
 
 
 @shared_task(acks_late=True)
@@ -256,7 +240,7 @@ def summarize_benchmark(raw: dict[str, object]) -> dict[str, object]:
     """The headline numbers (batch 1, sequence 64 for text) plus the full measurement."""
     latency = raw.get("latency_batch1") or {}
     assert isinstance(latency, dict)
-    headline = latency.get("64") or next(iter(latency.values()), {})
+    headline: dict[str, object] = latency.get("64") or next(iter(latency.values()), {})
     rss = raw.get("peak_rss_bytes") or 0
     assert isinstance(rss, int)
     return {

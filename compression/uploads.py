@@ -5,7 +5,7 @@ memory does not grow with the upload."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.files.uploadedfile import TemporaryUploadedFile
@@ -37,7 +37,7 @@ class HashingCappedUploadHandler(TemporaryFileUploadHandler):
     # chunk size of all handlers).
     chunk_size = 1024 * 1024
 
-    def handle_raw_input(  # type: ignore[override]
+    def handle_raw_input(
         self,
         input_data: Any,
         META: Any,
@@ -68,10 +68,11 @@ class HashingCappedUploadHandler(TemporaryFileUploadHandler):
         return None
 
     def file_complete(self, file_size: int) -> HashedUploadedFile:
-        self.file.seek(0)
-        self.file.size = file_size
-        self.file.sha256 = self._digest.hexdigest()
-        return self.file  # type: ignore[no-any-return]
+        hashed = cast(HashedUploadedFile, self.file)
+        hashed.seek(0)
+        hashed.size = file_size
+        hashed.sha256 = self._digest.hexdigest()
+        return hashed
 
 
 def upload_too_large(request: HttpRequest) -> bool:

@@ -22,6 +22,7 @@ from compression.models import Dataset, Job, ModelVersion, RegisteredModel, Task
 from compression.recipes import CATALOGUE
 from compression.services import RegistryError, delete_version, register_upload
 from compression.uploads import too_large_message, upload_too_large
+from core.htmx import is_htmx
 
 HTMX_STOP_POLLING = 286
 SORTS = {"name": "name", "-name": "-name", "updated": "-last_upload", "versions": "-n_versions"}
@@ -39,7 +40,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
     models = models.order_by(SORTS.get(sort, "name"))
     page = Paginator(models, 50).get_page(request.GET.get("page"))
     context = {"page": page, "q": query, "sort": sort, "sorts": SORTS}
-    template = "compression/_model_rows.html" if request.htmx else "compression/model_list.html"
+    template = "compression/_model_rows.html" if is_htmx(request) else "compression/model_list.html"
     return render(request, template, context)
 
 
@@ -65,7 +66,7 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
         "finished": version.status in (VersionStatus.READY, VersionStatus.FAILED),
         "chain_presets": presets_for(version),
     }
-    if request.htmx:
+    if is_htmx(request):
         response = render(request, "compression/_version_status.html", context)
         if context["finished"]:
             response.status_code = HTMX_STOP_POLLING
@@ -102,7 +103,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         return JsonResponse(payload, status=status)
     if status == 201:
         return redirect("version-detail", version_id=payload["version"])
-    messages.error(request, payload["error"])
+    messages.error(request, str(payload["error"]))
     return render(request, "compression/upload.html", context, status=status)
 
 
@@ -137,7 +138,7 @@ def _handle_upload(request: HttpRequest) -> tuple[int, dict[str, object]]:
 def job_list(request: HttpRequest) -> HttpResponse:
     jobs = Job.objects.select_related("version__model", "created_by")[:200]
     active = any(not job.is_finished for job in jobs)
-    if request.htmx:
+    if is_htmx(request):
         response = render(request, "compression/_job_rows.html", {"jobs": jobs})
         if not active:
             response.status_code = HTMX_STOP_POLLING
@@ -151,7 +152,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         Job.objects.select_related("version__model", "result_version", "created_by"), pk=job_id
     )
     context = {"job": job, "log_tail": job.log[-6000:], "training": _training_line(job)}
-    if request.htmx:
+    if is_htmx(request):
         response = render(request, "compression/_job_progress.html", context)
         if job.is_finished:
             response.status_code = HTMX_STOP_POLLING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
@@ -10,13 +11,16 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.models import ApiToken, Role, audit, has_role
-from accounts.permissions import role_required
-from fleet import drift, monitoring, rollout_plan, rollouts
-from fleet.fallback import FallbackUrlError, set_group_fallback
+from accounts.permissions import role_required, signed_in_user
+from core.htmx import is_htmx
+from fleet.devices.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
 from fleet.presenters import device_json, enroll_command
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import rollout_plan
 from fleet.security import director
+from fleet.telemetry import drift, monitoring
 
 HTMX_STOP_POLLING = 286
 
@@ -117,7 +121,9 @@ def _group_post(request: HttpRequest) -> str | None:
     if not name or Group.objects.filter(name=name).exists():
         messages.error(request, "Give the group a new, non-empty name.")
         return None
-    group = Group.objects.create(name=name[:100], selector=selector, created_by=request.user)
+    group = Group.objects.create(
+        name=name[:100], selector=selector, created_by=signed_in_user(request)
+    )
     audit(request.user, "group.create", group, selector=selector)
     messages.success(request, f"Created group {name}.")
     return None
@@ -166,7 +172,7 @@ def rollout_preview(request: HttpRequest) -> HttpResponse:
             preview = rollout_plan.preview(group, bundles)
         except rollout_plan.VariantError as exc:
             preview = {"error": str(exc)}
-    if request.htmx:
+    if is_htmx(request):
         return render(request, "fleet/_rollout_preview.html", {"preview": preview})
     return rollout_list(request, preview)
 
@@ -219,7 +225,7 @@ def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
         ),
         "incompatible": plan.incompatible,
     }
-    if request.htmx:
+    if is_htmx(request):
         response = render(request, "fleet/_rollout_status.html", context)
         if not rollout.is_active:
             response.status_code = HTMX_STOP_POLLING
@@ -272,7 +278,7 @@ def bundle_monitor(request: HttpRequest, bundle_id: str) -> HttpResponse:
 
 def prometheus(request: HttpRequest) -> HttpResponse:
     """Prometheus scrape endpoint; needs a viewer session or API token."""
-    user = request.user
+    user: Any = request.user
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         token = ApiToken.authenticate(header[7:].strip())

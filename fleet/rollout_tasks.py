@@ -16,8 +16,8 @@ _nudge_lock = threading.Lock()
 
 @shared_task(acks_late=True)
 def evaluate_rollouts() -> dict[int, str]:
-    from fleet.gates import step_all
-    from fleet.rollup_fold import fold_pending
+    from fleet.rollouts.gates import step_all
+    from fleet.telemetry.rollup_fold import fold_pending
 
     # Gates read rollups: in deferred mode, fold what devices just reported first.
     fold_pending()

@@ -1,33 +1,30 @@
-"""Celery tasks of the fleet app: publishing bundles and keeping metadata fresh.
+"""Celery tasks of the fleet app: keeping metadata fresh, telemetry upkeep.
 
-Tasks take primary keys and keep their state in the database; publishing is
-idempotent (a redelivered message re-runs it from the start or finds it done).
+Tasks take primary keys and keep their state in the database. Publishing has its own
+task module beside the code it runs (`fleet.security.tasks`).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from fleet.models import Bundle, BundleStatus
+from fleet.models.keys import Repo
+from fleet.security import director, image_repo
+from fleet.telemetry.rollup_fold import fold_pending
+from fleet.telemetry.rollup_maintenance import enforce_retention, rebuild
+
 log = logging.getLogger(__name__)
-
-
-@shared_task(acks_late=True)
-def publish_bundle(bundle_id: str) -> str:
-    from fleet.security.publish import run_publish
-
-    return run_publish(bundle_id)
 
 
 def _fail_stuck_publishing() -> int:
     """Fail bundles whose publishing task died without redelivery (worker lost)."""
-    from fleet.models import Bundle, BundleStatus
-
     cutoff = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 600)
     stuck = Bundle.objects.filter(status=BundleStatus.PUBLISHING, created_at__lt=cutoff)
     return stuck.update(
@@ -38,9 +35,6 @@ def _fail_stuck_publishing() -> int:
 @shared_task
 def refresh_metadata() -> dict[str, Any]:
     """Re-sign timestamp, snapshot, targets, roots and director metadata before expiry."""
-    from fleet.models.keys import Repo
-    from fleet.security import director, image_repo
-
     image_repo.ensure_repositories()
     result: dict[str, Any] = {"image": image_repo.refresh_image()}
     result["roots"] = [repo for repo in Repo.values if image_repo.refresh_root(repo)]
@@ -54,16 +48,12 @@ def refresh_metadata() -> dict[str, Any]:
 @shared_task
 def fold_telemetry() -> dict[str, int]:
     """Beat (deferred mode): add pending telemetry batches to the rollups."""
-    from fleet.rollup_fold import fold_pending
-
     return fold_pending()
 
 
 @shared_task
 def enforce_telemetry_retention() -> dict[str, int]:
     """Beat: delete raw telemetry and rollups past their retention, in bounded batches."""
-    from fleet.rollup_maintenance import enforce_retention
-
     deleted = enforce_retention()
     if any(deleted.values()):
         log.info("telemetry retention deleted %s", deleted)
@@ -73,8 +63,4 @@ def enforce_telemetry_retention() -> dict[str, int]:
 @shared_task(acks_late=True)
 def rebuild_telemetry_rollups(start: str, end: str) -> dict[str, Any]:
     """Recompute the rollups of [start, end) (ISO 8601 times, whole UTC days)."""
-    from datetime import datetime
-
-    from fleet.rollup_maintenance import rebuild
-
     return rebuild(datetime.fromisoformat(start), datetime.fromisoformat(end)).as_dict()

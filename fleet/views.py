@@ -15,9 +15,10 @@ from django.views.decorators.http import require_POST
 from accounts.models import Role
 from accounts.permissions import role_required
 from compression.models import ModelVersion
+from core.htmx import is_htmx
 from fleet.models import Bundle, BundleStatus
-from fleet.security import keystore
 from fleet.security.publish import PublishError, request_publish, signed_target
+from fleet.security.report import status_report
 
 HTMX_STOP_POLLING = 286
 
@@ -52,7 +53,7 @@ def bundle_detail(request: HttpRequest, bundle_id: str) -> HttpResponse:
         "polling": bundle.status == BundleStatus.PUBLISHING,
     }
     response = render(request, "fleet/bundle_detail.html", context)
-    if request.htmx and not context["polling"]:
+    if is_htmx(request) and not context["polling"]:
         response.status_code = HTMX_STOP_POLLING
     return response
 
@@ -75,4 +76,4 @@ def version_publish(request: HttpRequest, version_id: int) -> HttpResponse:
 
 @role_required(Role.OPERATOR)
 def security(request: HttpRequest) -> HttpResponse:
-    return render(request, "fleet/security.html", {"report": keystore.status_report()})
+    return render(request, "fleet/security.html", {"report": status_report()})

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Fixtures shared across test directories live in helper modules, registered here.
+pytest_plugins = ["tests.fixtures.s3"]
 
 
 def _reachable(url: str, default_port: int) -> bool:

@@ -11,7 +11,14 @@ from ninja.errors import AuthenticationError, AuthorizationError, HttpError, Val
 from ninja.security import HttpBearer
 from ninja.security.session import SessionAuth
 
-from accounts.models import ApiToken, has_role
+from accounts.api import router as accounts_router
+from accounts.models import ApiToken
+from compression.api import router as compression_router
+from compression.chains_api import router as chains_router
+from core.api_errors import error_response
+from fleet.api.bundles_api import router as bundles_router
+from fleet.api.devices_api import router as fleet_router
+from fleet.api.rollouts_api import router as rollouts_router
 
 
 class BearerToken(HttpBearer):
@@ -33,12 +40,6 @@ class BrowserSession(SessionAuth):
         return super()._get_key(request)
 
 
-def require_role(request: HttpRequest, role: str) -> None:
-    """Raises HttpError(403) unless the caller has at least `role`."""
-    if not has_role(request.user, role):
-        raise HttpError(403, f"this needs the {role} role")
-
-
 api = NinjaAPI(
     title="tinyfleet API",
     version="1",
@@ -52,7 +53,7 @@ api = NinjaAPI(
 
 
 def _error(request: HttpRequest, message: str, status: int, **extra: Any) -> HttpResponse:
-    return api.create_response(request, {"error": message, **extra}, status=status)
+    return error_response(api, request, message, status, **extra)
 
 
 @api.exception_handler(HttpError)
@@ -77,27 +78,16 @@ def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 
 @api.exception_handler(ValidationError)
 def on_invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    problems = []
+    problems: list[str] = []
     for item in exc.errors:
         where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "form"))
-        problems.append(f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg"))
+        problems.append(f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg")))
     return _error(request, "invalid request: " + "; ".join(problems), 400, details=exc.errors)
 
 
-def _register_routers() -> None:
-    from accounts.api import router as accounts_router
-    from compression.api import router as compression_router
-    from compression.chains_api import router as chains_router
-    from fleet.api import router as fleet_router
-    from fleet.bundles_api import router as bundles_router
-    from fleet.rollouts_api import router as rollouts_router
-
-    api.add_router("", compression_router)
-    api.add_router("", chains_router)
-    api.add_router("", fleet_router)
-    api.add_router("", rollouts_router)
-    api.add_router("", bundles_router)
-    api.add_router("", accounts_router)
-
-
-_register_routers()
+api.add_router("", compression_router)
+api.add_router("", chains_router)
+api.add_router("", fleet_router)
+api.add_router("", rollouts_router)
+api.add_router("", bundles_router)
+api.add_router("", accounts_router)

@@ -8,13 +8,13 @@ CELERY_BROKER_URL (Redis) and TINYFLEET_S3_BUCKET (S3 or MinIO).
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from tinyfleet.env import (
+from core.config import broker_visibility_timeout, read_or_create_secret
+from core.env import (
     env_bool,
     env_int,
     env_list,
@@ -37,11 +37,7 @@ def _secret_key() -> str:
     configured = env_str("SECRET_KEY")
     if configured:
         return configured
-    key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.touch(mode=0o600)
-        key_file.write_text(secrets.token_urlsafe(50))
-    return key_file.read_text().strip()
+    return read_or_create_secret(DATA_DIR / "secret_key")
 
 
 SECRET_KEY = _secret_key()
@@ -68,7 +64,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: unchanged device polls (the fleet's hottest request) are answered with one
     # query before sessions, CSRF and routing; everything else passes through.
-    "fleet.state.DeviceStateFastPath",
+    "fleet.devices.state.DeviceStateFastPath",
     "django.middleware.security.SecurityMiddleware",
     "compression.uploads.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -168,6 +164,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 0
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
 
 # --- Celery -------------------------------------------------------------------------
+JOB_TIME_LIMIT = env_int("TINYFLEET_JOB_TIME_LIMIT", 3 * 3600, minimum=60)
 BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
@@ -181,7 +178,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3 * 3600}
+    # Derived from the job time limit: Redis must not redeliver a job that is still running.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": broker_visibility_timeout(JOB_TIME_LIMIT)
+    }
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "tinyfleet")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -189,11 +189,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_TIME_LIMIT = env_int("TINYFLEET_JOB_TIME_LIMIT", 3 * 3600, minimum=60)
+CELERY_TASK_TIME_LIMIT = JOB_TIME_LIMIT
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_IMPORTS = ("fleet.rollout_tasks", "compression.chain_tasks")
+# Task modules beside the code they run (autodiscovery finds only `<app>.tasks`).
+CELERY_IMPORTS = ("fleet.rollout_tasks", "fleet.security.tasks", "compression.chain_tasks")
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "compression.tasks.reap_stale_jobs", "schedule": 60.0},
     "evaluate-rollouts": {"task": "fleet.rollout_tasks.evaluate_rollouts", "schedule": 30.0},

@@ -1,13 +1,14 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
+from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 
 from accounts import views as account_views
 from compression import chain_views
 from compression import views as registry_views
 from fleet import pages as fleet_pages
 from fleet import views as fleet_views
-from fleet.device_api import device_api
+from fleet.api.device_api import device_api
 from tinyfleet.api import api
 from tinyfleet.views import healthz, home
 
@@ -15,7 +16,7 @@ urlpatterns = [
     path("", home, name="home"),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", api.urls),
-    path("api/device/v1/", device_api.urls),
+    path(DEVICE_API_PREFIX.removeprefix("/") + "/", device_api.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("models/", registry_views.model_list, name="models"),

@@ -1,7 +1,9 @@
 """tinyfleet device agent.
 
 This package must never import django, celery, torch or the server packages
-(`fleet`, `compression`, `tinyfleet`); a test enforces it.
+(`fleet`, `compression`, `tinyfleet`); a test and `make lint` enforce it. The server uses
+the agent only through `tinyfleet_agent.protocol` (its contract with the server) and the
+documented public modules; `_internal` may change without notice.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def confidence_histogram(logits: np.ndarray) -> dict[str, Any]:
     """Top-class softmax confidence histogram over the agent's fixed edges: the reference
     the server compares in-field confidences with (PSI). Same bucketing code as the agent,
     so a device seeing the evaluation data would report these very counts."""
-    from tinyfleet_agent._internal.telemetry import CONFIDENCE_EDGES, Histogram
+    from tinyfleet_agent.protocol import CONFIDENCE_EDGES, Histogram
 
     flat = logits.reshape(logits.shape[0], -1).astype(np.float64)
     shifted = np.exp(flat - flat.max(axis=-1, keepdims=True))

@@ -70,7 +70,7 @@ class Group(models.Model):
     name = models.CharField(max_length=100, unique=True)
     selector = models.CharField(max_length=500, blank=True)
     description = models.TextField(blank=True)
-    # Low-confidence fallback (fleet/fallback.py): off unless an operator enables it.
+    # Low-confidence fallback (fleet/devices/fallback.py): off unless an operator enables it.
     fallback_enabled = models.BooleanField(default=False)
     fallback_url = models.CharField(max_length=500, blank=True)
     created_by = models.ForeignKey(
@@ -178,7 +178,8 @@ class Device(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     state = models.JSONField(default=dict, blank=True)  # slots, active bundle, last errors
     # The fallback URL in force for this device ("" = off), kept here so the one-query
-    # desired-state fast path (fleet/state.py) can include it; see fleet/fallback.py.
+    # desired-state fast path (fleet/devices/state.py) can include it; see
+    # fleet/devices/fallback.py.
     fallback_url = models.CharField(max_length=500, blank=True)
 
     class Meta:

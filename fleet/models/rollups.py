@@ -10,7 +10,7 @@ id de-duplication keeps them exact), and both rebuildable from raw batches:
   (which look at the exact devices of a wave).
 
 Histograms are JSON lists of integer counts over the agent's fixed bucket edges
-(`tinyfleet_agent._internal.telemetry`), merged by element-wise addition under a row
+(`tinyfleet_agent.protocol`), merged by element-wise addition under a row
 lock; JSON keeps SQLite (`make run`) and PostgreSQL on the same code path.
 """
 
@@ -42,7 +42,7 @@ class RollupCounters(models.Model):
     golden_min_agreement = models.FloatField(null=True, blank=True)
     feedback_total = models.BigIntegerField(default=0)
     feedback_correct = models.BigIntegerField(default=0)
-    # {"predicted": {"actual": count}}, capped in distinct pairs (see fleet.rollups).
+    # {"predicted": {"actual": count}}, capped in distinct pairs (see fleet.telemetry.rollups).
     feedback_confusion = models.JSONField(default=dict)
     batches = models.BigIntegerField(default=0)
 
@@ -59,7 +59,7 @@ class BundleGroupHour(RollupCounters):
     )
     hour = models.DateTimeField()
     # Each device always writes the same one of HOURLY_SHARDS rows per bundle, group and
-    # hour (fleet.rollups), so concurrent batches of a busy bundle rarely queue on one
+    # hour (fleet.telemetry.rollups), so concurrent batches of a busy bundle rarely queue on one
     # row lock; readers add the shards up (distinct devices too, as a device never
     # spans two shards).
     shard = models.PositiveSmallIntegerField(default=0)

@@ -36,7 +36,7 @@ class TelemetryBatch(models.Model):
     body = models.JSONField()
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     # False while a batch stored with TINYFLEET_TELEMETRY_FOLD=deferred waits for
-    # fleet.rollups.fold_pending to add it to the rollups.
+    # fleet.telemetry.rollups.fold_pending to add it to the rollups.
     folded = models.BooleanField(default=True)
 
     class Meta:

@@ -14,10 +14,10 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
-from tinyfleet_agent.bundle import BundleRecord, director_target_custom, wrap_key
+from tinyfleet_agent.protocol import BundleRecord, director_target_custom, wrap_key
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
-from fleet import push
+from fleet.devices import push
 from fleet.models import Assignment, Bundle, Device, TufMetadata
 from fleet.models.keys import KeyRole, Repo
 from fleet.security import image_repo, keystore

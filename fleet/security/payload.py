@@ -20,21 +20,21 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinyfleet_agent._internal.payload import (
+from tinyfleet_agent.protocol import (
     GOLDEN_MEMBER,
     TOKENIZER_MEMBER,
     PayloadLimits,
     UnsafePayloadError,
-    _allowed,
-    _check_layout,
+    allowed_member,
+    check_layout,
 )
 
+from compression.archives import materialized
 from compression.models import Format, ModelVersion
 from compression.pipeline.assess import find_tokenizer
 from compression.pipeline.errors import InvalidModelError
 from compression.pipeline.onnx_scan import scan_onnx
 from compression.storage import local_copy
-from compression.tasks import materialized
 
 MODEL_MEMBER: dict[str, str] = {Format.ONNX: "model.onnx", Format.TFLITE: "model.tflite"}
 _SUFFIX: dict[str, str] = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite"}
@@ -85,7 +85,7 @@ def _external_data(model: Path) -> list[tuple[Path, str]]:
     members = []
     for location in scan.external_locations:
         # Devices unpack flat names only: external data must sit beside the model.
-        if "/" in location or not _allowed(location) or location in MODEL_MEMBER.values():
+        if "/" in location or not allowed_member(location) or location in MODEL_MEMBER.values():
             raise PayloadError(
                 f"external data file {location!r} cannot travel in a bundle: it must sit next "
                 "to the model and end in .data, .bin, .onnx_data or .weights"
@@ -140,6 +140,6 @@ def _write_zip(members: list[tuple[Path, str]], dst: Path) -> None:
             with src.open("rb") as f, zf.open(info, "w") as out:
                 shutil.copyfileobj(f, out, 1 << 20)
         try:
-            _check_layout(zf.infolist(), PayloadLimits())
+            check_layout(zf.infolist(), PayloadLimits())
         except UnsafePayloadError as exc:
             raise PayloadError(f"the payload would be refused by devices: {exc}") from None

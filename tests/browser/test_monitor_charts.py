@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from tests.fleet.drift_helpers import _classifier, _shifted
+from tests.fleet.publish_helpers import make_device
 from tests.fleet.telemetry_helpers import ingest
-from tests.fleet.test_drift import _classifier, _shifted
-from tests.fleet.test_publish import make_device
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.test_upload_journey import _login
-from tests.fleet.test_rollout_variants import mixed_group, onnx_bundle, tflite_bundle
+from tests.browser.helpers import _login
+from tests.fleet.variant_helpers import mixed_group, onnx_bundle, tflite_bundle
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -9,18 +9,11 @@ from typing import Any
 
 import pytest
 
+from tests.browser.helpers import _login
 from tests.conftest import Worker
 from tests.fixtures.tiny_models import build_tiny_bert_onnx
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _login(page: Any, base: str, username: str) -> None:
-    page.goto(f"{base}/models/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"pw-{username}")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/models/")
 
 
 def test_an_operator_uploads_a_model_and_sees_it_inspected(
@@ -111,7 +104,7 @@ def test_an_operator_creates_pauses_and_resumes_a_rollout(
     live_server: Any, alice: Any, page: Any, tmp_path: Path
 ) -> None:
     from fleet.models import Group
-    from tests.fleet.test_publish import make_version, onnx_files, publish_now
+    from tests.fleet.publish_helpers import make_version, onnx_files, publish_now
 
     bundle = publish_now(make_version(onnx_files(tmp_path)))
     Group.objects.create(name="plant-3", selector="site=plant-3")

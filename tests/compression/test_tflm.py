@@ -214,7 +214,7 @@ def test_it_converts_a_classifier_whose_logits_agree_with_the_parent(
 
 @pytest.mark.slow  # litert-torch conversion or the real MiniLM
 def test_it_refuses_the_real_minilm_as_too_large_for_a_microcontroller(tmp_path: Path) -> None:
-    from tests.compression.test_inspect import minilm_dir
+    from tests.compression.helpers import minilm_dir
 
     out = tmp_path / "out"
     with pytest.raises(TooLargeError, match=r"model has 22,\d{3},\d{3} parameters"):

@@ -29,8 +29,7 @@ from fleet.models import Bundle, Device
 from fleet.security import director
 from tests.compression.helpers import upload
 from tests.conftest import Worker, wait_for
-from tests.e2e.test_agent_faults import _active, _updater
-from tests.e2e.test_agents_and_rollouts import _derive, _publish, _text_model_zip
+from tests.e2e.agent_helpers import _active, _derive, _publish, _text_model_zip, _updater
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

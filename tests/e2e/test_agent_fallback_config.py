@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
-from tests.e2e.test_agents_and_rollouts import Agent
+from tests.e2e.agent_helpers import Agent
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

@@ -24,7 +24,7 @@ from fleet.models import Device
 from fleet.security import director
 from tests.compression.helpers import upload
 from tests.conftest import Worker, wait_for
-from tests.e2e.test_agents_and_rollouts import _derive, _publish, _text_model_zip
+from tests.e2e.agent_helpers import _active, _derive, _publish, _text_model_zip, _updater
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -102,31 +102,6 @@ def proxy(live_server: Any) -> Iterator[FaultProxy]:
     proxy = FaultProxy(live_server.url)
     yield proxy
     proxy.close()
-
-
-def _updater(state_dir: Path, server: str, clock: Any = None) -> Any:
-    from tinyfleet_agent._internal.client import DeviceClient
-    from tinyfleet_agent._internal.identity import load_or_create_keys
-    from tinyfleet_agent._internal.slots import SlotStore
-    from tinyfleet_agent._internal.updater import Updater
-    from tinyfleet_agent.fleet import load_device
-
-    device, credential = load_device(state_dir)
-    updater = Updater(
-        client=DeviceClient(server, credential, timeout=10),
-        keys=load_or_create_keys(state_dir),
-        device_id=device["device_id"],
-        store=SlotStore(state_dir),
-        state_dir=state_dir,
-    )
-    if clock is not None:
-        updater.clock = clock
-    return updater
-
-
-def _active(updater: Any) -> str | None:
-    slot = updater.store.active()
-    return slot.meta.bundle if slot else None
 
 
 def test_the_agent_survives_network_faults_tampering_clock_skew_and_revocation(

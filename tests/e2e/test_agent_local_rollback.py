@@ -15,7 +15,7 @@ from fleet.models import Bundle, Device, DeviceEvent
 from fleet.security import director
 from tests.compression.helpers import upload
 from tests.conftest import Worker, wait_for
-from tests.e2e.test_agents_and_rollouts import Agent, _derive, _publish, _text_model_zip
+from tests.e2e.agent_helpers import Agent, _derive, _publish, _text_model_zip
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

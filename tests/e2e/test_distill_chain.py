@@ -16,7 +16,7 @@ from fleet.security import director
 from tests.compression.distill_helpers import build_teacher
 from tests.compression.helpers import upload
 from tests.conftest import Worker, wait_for
-from tests.e2e.test_agents_and_rollouts import Agent, _publish
+from tests.e2e.agent_helpers import Agent, _publish
 from tests.fixtures.tiny_models import zip_dir
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

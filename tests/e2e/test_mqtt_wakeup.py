@@ -19,11 +19,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from compression.models import ModelVersion
-from fleet import push
+from fleet.devices import push
 from fleet.models import Device
 from tests.compression.helpers import upload
 from tests.conftest import Worker, wait_for
-from tests.e2e.test_agents_and_rollouts import Agent, _derive, _publish, _text_model_zip
+from tests.e2e.agent_helpers import Agent, _derive, _publish, _text_model_zip
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

@@ -26,7 +26,7 @@ from compression.models import ModelVersion
 from compression.pipeline.golden import build_golden
 from fleet.models import Bundle, Device
 from tests.conftest import wait_for
-from tests.e2e.test_agents_and_rollouts import Agent, _settle
+from tests.e2e.agent_helpers import Agent, _settle
 from tests.fixtures.tiny_models import (
     _TFL_BIAS,
     _TFL_SHIFT,
@@ -34,7 +34,7 @@ from tests.fixtures.tiny_models import (
     build_tiny_tflite,
     tiny_tflite_reference,
 )
-from tests.fleet.test_publish import make_version, publish_now
+from tests.fleet.publish_helpers import make_version, publish_now
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

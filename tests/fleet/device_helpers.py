@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from django.test import Client
 
-from fleet.enrollment import proof_message
+from fleet.devices.enrollment import proof_message
 
 RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 

@@ -13,10 +13,10 @@ from tinyfleet_agent._internal.telemetry import (
     LATENCY_EDGES_MS,
 )
 
-from fleet.device_api import _jsonable
+from fleet.api.device_api import _jsonable
 from fleet.models import Device
-from fleet.rollups import store_batch
-from fleet.telemetry import parse_batch
+from fleet.telemetry.rollups import store_batch
+from fleet.telemetry.validation import parse_batch
 
 BUCKETS = {
     "latency_ms": list(LATENCY_EDGES_MS),

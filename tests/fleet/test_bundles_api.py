@@ -16,10 +16,7 @@ from accounts.models import AuditEvent
 from compression.models import VersionStatus
 from fleet.models import Bundle
 from fleet.security import director
-from tests.compression.test_s3_storage import moto_server, s3_settings
-from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
-
-__all__ = ["moto_server", "s3_settings"]
+from tests.fleet.publish_helpers import make_device, make_version, onnx_files, publish_now
 
 
 def bundle_files() -> list[str]:

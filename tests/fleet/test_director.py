@@ -12,11 +12,10 @@ from tinyfleet_agent.bundle import WrongDeviceError, verify_director_targets
 from tinyfleet_agent.bundle import director_target_custom as agent_custom
 
 from fleet.models import Assignment, Bundle, TufMetadata
-from fleet.security import director, image_repo
+from fleet.security import director, image_repo, rotation
 from fleet.security.director import AssignmentError, NotAssignedError
 from fleet.security.publish import request_publish
-from tests.fleet.test_publish import (
-    device_prefix,
+from tests.fleet.publish_helpers import (
     device_resolves,
     enrolled_state,
     fetch,
@@ -25,8 +24,6 @@ from tests.fleet.test_publish import (
     onnx_files,
     publish_now,
 )
-
-__all__ = ["device_prefix"]
 
 
 @pytest.fixture
@@ -113,7 +110,7 @@ def test_director_targets_key_rotation_resigns_every_device(bundle: Bundle) -> N
     for dev in devices:
         director.assign(dev.device, bundle)
     state = enrolled_state()
-    image_repo.rotate("director", "targets")
+    rotation.rotate("director", "targets")
     chain = [bytes(image_repo.current_root_row("director").data)]
     from tinyfleet_agent.bundle import update_root_chain
 

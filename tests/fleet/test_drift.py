@@ -11,16 +11,22 @@ import pytest
 from django.test import Client
 from tinyfleet_agent._internal.telemetry import CONFIDENCE_EDGES
 
-from fleet import drift, gates, rollouts
 from fleet.models import Bundle, DeviceEvent, Group
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import gates
+from fleet.telemetry import drift
+from tests.fleet.drift_helpers import REFERENCE, _classifier, _shifted
+from tests.fleet.publish_helpers import (
+    TestDevice,
+    make_device,
+    make_version,
+    onnx_files,
+    publish_now,
+)
 from tests.fleet.telemetry_helpers import ingest
-from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
 
 pytestmark = pytest.mark.django_db
 
-BINS = len(CONFIDENCE_EDGES) + 1
-# Reference: a confident classifier, most predictions above 0.9.
-REFERENCE = [0] * BINS
 REFERENCE[17], REFERENCE[18], REFERENCE[19] = 100, 300, 600
 
 
@@ -55,31 +61,9 @@ def test_the_reference_must_use_the_agents_bins() -> None:
     assert not embedding.applicable and "not applicable" in embedding.note
 
 
-def _classifier(tmp_path: Path, reference: list[int] | None = REFERENCE) -> Bundle:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    version = make_version(
-        onnx_files(tmp_path),
-        name=f"intent clf {tmp_path.name}",
-        task="text-classification",
-        pipeline={"labels": ["neg", "pos"], "confidence_threshold": 0.55, "max_seq_len": 96},
-    )
-    if reference is not None:
-        edges = list(CONFIDENCE_EDGES)
-        version.metrics["reference_confidence"] = {"edges": edges, "counts": reference}
-        version.save(update_fields=["metrics"])
-    return publish_now(version)
-
-
 def _confidences(device: TestDevice, bundle: Bundle, counts: list[int]) -> None:
     section = {"bundle": bundle.pk, "requests": sum(counts), "confidence": counts}
     assert ingest(device.device, {"bundles": [section]})
-
-
-def _shifted() -> list[int]:
-    # In the field the model is far less sure: most predictions between 0.55 and 0.75.
-    counts = [0] * BINS
-    counts[11], counts[12], counts[13], counts[19] = 200, 300, 200, 100
-    return counts
 
 
 def test_the_api_and_page_show_psi_against_the_reference(

@@ -9,9 +9,9 @@ import pytest
 from django.test import Client
 
 from fleet.models import Group, Rollout
+from tests.fleet.publish_helpers import make_device, make_version, onnx_files, publish_now
+from tests.fleet.rollout_helpers import LATENCY_EDGES
 from tests.fleet.telemetry_helpers import ingest
-from tests.fleet.test_publish import make_device, make_version, onnx_files, publish_now
-from tests.fleet.test_rollouts import LATENCY_EDGES
 
 pytestmark = pytest.mark.django_db
 
@@ -20,7 +20,7 @@ def test_every_fleet_page_renders_for_a_viewer(client: Client, bob: Any, tmp_pat
     group = Group.objects.create(name="lab", selector="site=lab")
     device = make_device("pi")
     bundle = publish_now(make_version(onnx_files(tmp_path)))
-    from fleet import rollouts
+    from fleet.rollouts import engine as rollouts
 
     rollout = rollouts.create(user=None, bundle=bundle, group=group, waves=[100], gates={})
     client.force_login(bob)

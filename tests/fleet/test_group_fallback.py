@@ -11,7 +11,7 @@ from django.test import Client
 
 from accounts.models import AuditEvent
 from fleet.models import Device, Group
-from tests.fleet.test_publish import TestDevice, make_device
+from tests.fleet.publish_helpers import TestDevice, make_device
 
 STATE = "/api/device/v1/state"
 URL = "https://models.example.com/v1/classify"

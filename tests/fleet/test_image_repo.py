@@ -18,21 +18,10 @@ from tinyfleet_agent.bundle import (
 )
 
 from fleet.models import TufMetadata
-from fleet.security import image_repo
-from fleet.security.device_metadata import image_metadata_bytes
+from fleet.security import image_repo, rotation
 from fleet.tasks import refresh_metadata
 from tests.conftest import wait_for
-from tests.fleet.test_publish import device_prefix, enrolled_state, fetch, make_device
-
-__all__ = ["device_prefix"]
-
-
-def image_set() -> tuple[bytes, bytes, bytes]:
-    """The image metadata a device fetches, exactly as served."""
-    ts, snap, tgt = (
-        image_metadata_bytes(f"{r}.json") for r in ("timestamp", "snapshot", "targets")
-    )
-    return ts, snap, tgt
+from tests.fleet.publish_helpers import enrolled_state, fetch, image_set, make_device
 
 
 def test_it_produces_metadata_the_agent_verifies(db: None, device_prefix: str) -> None:
@@ -78,7 +67,7 @@ def test_it_keeps_every_root_version_for_the_chain(db: None, device_prefix: str)
     dev = make_device()
     state = enrolled_state()
     for role in ("timestamp", "snapshot", "root"):
-        image_repo.rotate("image", role)
+        rotation.rotate("image", role)
     chain = [fetch(dev, device_prefix, f"metadata/image/{v}.root.json") for v in (2, 3, 4)]
     assert update_root_chain(state, chain).version == 4
     verify_image_metadata(state, *image_set(), timezone.now())

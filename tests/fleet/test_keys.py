@@ -22,8 +22,13 @@ from fleet.models import Bundle, KeyStatus, SigningKey
 from fleet.security import image_repo, keystore, masterkey
 from fleet.security.director import CONTENT_KEY_PURPOSE, content_key
 from fleet.security.masterkey import MasterKeyError
-from tests.fleet.test_image_repo import image_set
-from tests.fleet.test_publish import enrolled_state, make_version, onnx_files, publish_now
+from tests.fleet.publish_helpers import (
+    enrolled_state,
+    image_set,
+    make_version,
+    onnx_files,
+    publish_now,
+)
 
 
 def test_it_generates_the_embedded_master_key_once_with_mode_0600(

@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from tinyfleet_agent._internal.wakeup import MqttOptions, WakeupListener
 
-from fleet import push
+from fleet.devices import push
 from tests.conftest import ROOT, wait_for
 
 SERVER_USER, SERVER_PASSWORD = "tinyfleet-server", "server-" + uuid.uuid4().hex

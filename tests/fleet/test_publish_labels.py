@@ -13,9 +13,9 @@ from accounts.models import AuditEvent
 from compression.models import ModelVersion
 from compression.pipeline.inspect import inspect_model
 from fleet.models import Bundle
-from fleet.security.publish import run_publish
+from fleet.security.publish_worker import run_publish
 from tests.fixtures.tiny_models import build_tiny_hf_dir
-from tests.fleet.test_publish import make_version, onnx_files, publish_now
+from tests.fleet.publish_helpers import make_version, onnx_files, publish_now
 
 LABELS = ["billing", "outage", "other"]
 

@@ -12,8 +12,9 @@ from django.core.files.storage import default_storage
 from django.db import connection
 
 from fleet.models import Bundle
-from fleet.security.publish import request_publish, run_publish
-from tests.fleet.test_publish import make_version, onnx_files
+from fleet.security.publish import request_publish
+from fleet.security.publish_worker import run_publish
+from tests.fleet.publish_helpers import make_version, onnx_files
 
 
 @pytest.mark.django_db(transaction=True)

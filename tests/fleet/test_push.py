@@ -21,13 +21,20 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
-from fleet import push, rollouts
+from core.env import env_mqtt_url, without_credentials
+from fleet.devices import push
 from fleet.models import Bundle, Group
+from fleet.rollouts import engine as rollouts
 from fleet.security import director
 from tests.conftest import wait_for
 from tests.fleet.device_helpers import FakeDevice
-from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
-from tinyfleet.env import env_mqtt_url, without_credentials
+from tests.fleet.publish_helpers import (
+    TestDevice,
+    make_device,
+    make_version,
+    onnx_files,
+    publish_now,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,56 +11,14 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from fleet import gates, rollouts
-from fleet.models import Bundle, BundleStatus, Group, Rollout, RolloutEvent, RolloutVariant
+from fleet.models import Bundle, BundleStatus, Rollout, RolloutEvent, RolloutVariant
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import gates
 from fleet.security import director
-from tests.fleet.test_publish import (
-    TestDevice,
-    make_device,
-    make_version,
-    onnx_files,
-    publish_now,
-    tflite_files,
-)
-from tests.fleet.test_rollouts import _assigned, _report, _telemetry
+from tests.fleet.rollout_helpers import _assigned, _report, _telemetry
+from tests.fleet.variant_helpers import mixed_group, onnx_bundle, tflite_bundle
 
 pytestmark = pytest.mark.django_db
-
-MODEL = "sensor"
-
-
-def onnx_bundle(tmp_path: Path, model: str = MODEL) -> Bundle:
-    folder = tmp_path / f"onnx-{Bundle.objects.count()}"
-    folder.mkdir(parents=True)
-    return publish_now(make_version(onnx_files(folder, tokenizer=False), name=model, task="tensor"))
-
-
-def tflite_bundle(tmp_path: Path, model: str = MODEL) -> Bundle:
-    folder = tmp_path / f"tflite-{Bundle.objects.count()}"
-    folder.mkdir(parents=True)
-    return publish_now(make_version(tflite_files(folder), name=model, task="tensor", fmt="tflite"))
-
-
-KINDS: dict[str, dict[str, Any]] = {
-    "onnx": {"arch": "x86_64", "runtimes": {"onnxruntime": "1.31.1"}},
-    "litert": {"arch": "aarch64", "runtimes": {"litert": "2.3.0"}},
-    "both": {"arch": "x86_64", "runtimes": {"onnxruntime": "1.31.1", "litert": "2.3.0"}},
-    "armv7": {"arch": "armv7l", "runtimes": {"onnxruntime": "1.31.1"}},
-    "old-ort": {"arch": "x86_64", "runtimes": {"onnxruntime": "1.10.0"}},
-    "tflite-rt": {"arch": "aarch64", "runtimes": {"tflite-runtime": "2.14.0"}},
-}
-
-
-def mixed_group(counts: dict[str, int]) -> tuple[Group, dict[str, list[TestDevice]]]:
-    group = Group.objects.create(name="mixed", selector="site=mixed")
-    fleet: dict[str, list[TestDevice]] = {}
-    for kind, count in counts.items():
-        for i in range(count):
-            dev = make_device(f"{kind}-{i}", facts=KINDS[kind])
-            dev.device.labels = {"site": "mixed"}
-            dev.device.save()
-            fleet.setdefault(kind, []).append(dev)
-    return group, fleet
 
 
 @pytest.fixture

@@ -8,20 +8,21 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from fleet import evidence, gates, rollouts
-from fleet.models import Bundle, DeviceEvent, Group, Rollout
+from fleet.models import Group, Rollout
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import gates
 from fleet.security import director
-from tests.fleet.telemetry_helpers import ingest
-from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
+from fleet.telemetry import evidence
+from tests.fleet.publish_helpers import (
+    TestDevice,
+    make_device,
+    make_version,
+    onnx_files,
+    publish_now,
+)
+from tests.fleet.rollout_helpers import _assigned, _bundle, _report, _telemetry
 
 pytestmark = pytest.mark.django_db
-
-LATENCY_EDGES = [0.1 * 10 ** (i / 7) for i in range(42)]
-
-
-def _bundle(tmp_path: Path, name: str = "minilm intent") -> Bundle:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    return publish_now(make_version(onnx_files(tmp_path), name=name))
 
 
 @pytest.fixture
@@ -32,45 +33,6 @@ def fleet_of_four(db: None) -> tuple[Group, list[TestDevice]]:
         d.device.labels = {"site": "plant-3"}
         d.device.save()
     return group, devices
-
-
-def _report(device: TestDevice, bundle: Bundle, state: str = "active", reason: str = "") -> None:
-    DeviceEvent.objects.create(device=device.device, bundle=bundle.pk, state=state, reason=reason)
-
-
-def _telemetry(
-    device: TestDevice,
-    bundle: Bundle,
-    *,
-    golden: float = 1.0,
-    latency_bucket: int = 10,
-    requests: int = 20,
-    errors: int = 0,
-    feedback: list[dict[str, Any]] | None = None,
-) -> None:
-    counts = [0] * (len(LATENCY_EDGES) + 1)
-    counts[latency_bucket] = requests
-    ingest(
-        device.device,
-        {
-            "bundle": bundle.pk,
-            "bundles": [
-                {
-                    "bundle": bundle.pk,
-                    "requests": requests,
-                    "errors": {"runtime": errors} if errors else {},
-                    "latency_ms": counts,
-                    "golden": {"agreement": golden},
-                    "feedback": feedback or [],
-                }
-            ],
-        },
-    )
-
-
-def _assigned(device: TestDevice) -> str | None:
-    current = director.current_assignment(device.device)
-    return current.bundle_id if current else None
 
 
 def test_a_rollout_assigns_waves_and_promotes_on_passing_gates(

@@ -14,12 +14,20 @@ from django.db import connection
 from django.utils import timezone
 
 from fleet.models import BundleGroupHour, DeviceDay, Group, TelemetryBatch
-from fleet.rollup_fold import fold_pending, pending_count
-from fleet.rollup_maintenance import enforce_retention, rebuild
 from fleet.tasks import fold_telemetry
+from fleet.telemetry.rollup_fold import fold_pending, pending_count
+from fleet.telemetry.rollup_maintenance import enforce_retention, rebuild
 from tests.conftest import Worker, wait_for
-from tests.fleet.test_publish import make_device
-from tests.fleet.test_rollups import _assert_row, _batch, _expected, _hour, _hourly, _post, _section
+from tests.fleet.publish_helpers import make_device
+from tests.fleet.rollup_helpers import (
+    _assert_row,
+    _batch,
+    _expected,
+    _hour,
+    _hourly,
+    _post,
+    _section,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -62,7 +70,7 @@ def test_it_stores_raw_batches_and_folds_each_exactly_once(deferred: None) -> No
 
 
 def test_it_folds_in_chunks_and_one_fold_at_a_time(deferred: None, monkeypatch: Any) -> None:
-    import fleet.rollup_fold as rollup_fold
+    import fleet.telemetry.rollup_fold as rollup_fold
 
     monkeypatch.setattr(rollup_fold, "FOLD_CHUNK", 4)
     devices = [make_device(f"pi-{i}") for i in range(2)]
@@ -129,7 +137,7 @@ def test_the_fold_task_runs_on_a_real_worker(deferred: None, celery_worker: Work
 def test_rows_shared_by_devices_in_different_groups_get_every_addition(
     deferred: None, monkeypatch: Any
 ) -> None:
-    import fleet.rollups as rollups
+    import fleet.telemetry.rollups as rollups
 
     monkeypatch.setattr(rollups, "HOURLY_SHARDS", 1)  # every device on the same rows
     Group.objects.create(name="site-a", selector="site=a")

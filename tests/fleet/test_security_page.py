@@ -11,7 +11,7 @@ from django.utils.html import escape
 
 from fleet.models import Bundle
 from fleet.security import image_repo, masterkey
-from tests.fleet.test_publish import make_version, onnx_files, publish_now
+from tests.fleet.publish_helpers import make_version, onnx_files, publish_now
 
 
 def logged_in(user: Any) -> Client:

@@ -37,9 +37,8 @@ from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, 
 
 from fleet.models import Bundle, SigningKey
 from fleet.security import director, keystore
-from tests.fleet.test_publish import (
+from tests.fleet.publish_helpers import (
     TestDevice,
-    device_prefix,
     device_resolves,
     enrolled_state,
     fetch,
@@ -49,8 +48,6 @@ from tests.fleet.test_publish import (
     onnx_files,
     publish_now,
 )
-
-__all__ = ["device_prefix"]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Unchanged desired-state polls are answered by fleet.state.DeviceStateFastPath with one
+"""Unchanged desired-state polls are answered by fleet.devices.state.DeviceStateFastPath with one
 query; anything else reaches the full view (real PostgreSQL, Django's real middleware)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from fleet.models import Device, Group
 from fleet.security import director
-from tests.fleet.test_publish import TestDevice, make_device
-from tests.fleet.test_rollouts import _bundle
+from tests.fleet.publish_helpers import TestDevice, make_device
+from tests.fleet.rollout_helpers import _bundle
 
 STATE = "/api/device/v1/state"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fleet.variants import (
+from fleet.rollouts.variants import (
     NO_COMPATIBLE_VARIANT,
     VariantError,
     check_release,

@@ -21,7 +21,13 @@ from fleet.models import Bundle
 from fleet.security import director
 from fleet.security.device_metadata import trusted_roots
 from tests.conftest import ROOT
-from tests.fleet.test_publish import TestDevice, make_device, make_version, onnx_files, publish_now
+from tests.fleet.publish_helpers import (
+    TestDevice,
+    make_device,
+    make_version,
+    onnx_files,
+    publish_now,
+)
 
 
 def verify(*args: Any) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
 from accounts.models import Profile, Role
-from tinyfleet.env import env_str
+from core.env import env_str
 
 
 class Command(BaseCommand):

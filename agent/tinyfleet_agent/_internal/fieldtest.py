@@ -9,7 +9,7 @@ It never holds predictions up for long: the thread runs at low CPU priority (nic
 Linux per-thread), runs one golden input at a time, each in one of the local API's
 compute slots like a request, and pauses between inputs so queued requests go first.
 A result is recorded in telemetry (`golden.runs / failed / min_agreement /
-last_agreement`, which fleet/evidence.py reads for the golden-agreement gate); a failure
+last_agreement`, which fleet/telemetry/evidence.py reads for the golden-agreement gate); a failure
 is also reported as a `selftest-failed` event and, only if `selftest_rollback` is set,
 rolls the device back to its previous install (as `tinyfleet-agent rollback` does).
 """

@@ -72,7 +72,8 @@ class ExtractedPayload:
     files: tuple[str, ...]
 
 
-def _allowed(name: str) -> bool:
+def allowed_member(name: str) -> bool:
+    """Whether `name` is a member name a payload may hold (model, tokenizer, golden, data)."""
     return (
         name in MODEL_MEMBERS
         or name in (TOKENIZER_MEMBER, GOLDEN_MEMBER)
@@ -84,7 +85,7 @@ def _check_member(info: zipfile.ZipInfo, limits: PayloadLimits) -> None:
     name = info.filename
     if "/" in name or "\\" in name or name in (".", "..") or ":" in name:
         raise UnsafePayloadError(f"member {name!r} is not a flat file name")
-    if not _allowed(name):
+    if not allowed_member(name):
         raise UnsafePayloadError(f"unexpected member {name!r}")
     kind = stat.S_IFMT(info.external_attr >> 16)
     # Writers that set no Unix type bits (kind 0) mean a plain file.
@@ -99,7 +100,8 @@ def _check_member(info: zipfile.ZipInfo, limits: PayloadLimits) -> None:
         raise UnsafePayloadError(f"member {name!r} is larger than {limits.max_member_bytes}")
 
 
-def _check_layout(infos: list[zipfile.ZipInfo], limits: PayloadLimits) -> None:
+def check_layout(infos: list[zipfile.ZipInfo], limits: PayloadLimits) -> None:
+    """Raises UnsafePayloadError unless the members form a payload the agent unpacks."""
     if len(infos) > limits.max_members:
         raise UnsafePayloadError(f"payload has more than {limits.max_members} members")
     names = [i.filename for i in infos]
@@ -174,7 +176,7 @@ def extract_payload(
             raise UnsafePayloadError(f"payload is not a readable ZIP: {e}") from None
         with archive:
             infos = archive.infolist()
-            _check_layout(infos, limits)
+            check_layout(infos, limits)
             if sum(i.file_size for i in infos) > payload.stat().st_size:
                 # Stored members cannot add up to more than the archive itself
                 # unless entries overlap (the classic overlapping-entry bomb).

@@ -15,7 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from fleet.rollup_maintenance import RebuildError, rebuild
+from fleet.telemetry.rollup_maintenance import RebuildError, rebuild
 
 
 def _moment(value: str) -> datetime:

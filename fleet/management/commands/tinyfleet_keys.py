@@ -21,9 +21,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from accounts.models import audit
 from fleet.models import SigningKey
 from fleet.models.keys import KeyRole, Repo
-from fleet.security import image_repo, keystore
+from fleet.security import image_repo, keystore, rotation
 from fleet.security.keystore import KeyUnavailableError
 from fleet.security.masterkey import MasterKeyError
+from fleet.security.report import status_report
 
 
 class Command(BaseCommand):
@@ -64,7 +65,7 @@ class Command(BaseCommand):
             audit(None, "keys.init", None, via="cli")
 
     def _status(self, options: dict[str, Any]) -> None:
-        report = keystore.status_report()
+        report = status_report()
         master = report["master_key"]
         self.stdout.write(f"master key: {master['source']} (fingerprint {master['fingerprint']})")
         for repo in report["repos"]:
@@ -89,7 +90,7 @@ class Command(BaseCommand):
 
     def _rotate(self, options: dict[str, Any]) -> None:
         repo, role = options["repo"], options["role"]
-        row = image_repo.rotate(repo, role, extra_signers=self._root_signers(options))
+        row = rotation.rotate(repo, role, extra_signers=self._root_signers(options))
         audit(None, "keys.rotate", None, repo=repo, role=role, root_version=row.version)
         self.stdout.write(f"rotated {repo} {role}: {repo} root is now v{row.version}")
 
@@ -109,7 +110,7 @@ class Command(BaseCommand):
             key = SigningKey.objects.get(keyid=keyid)
         except SigningKey.DoesNotExist:
             raise CommandError(f"no key {keyid!r}") from None
-        row = image_repo.revoke(keyid, extra_signers=self._root_signers(options))
+        row = rotation.revoke(keyid, extra_signers=self._root_signers(options))
         audit(None, "keys.revoke", None, repo=key.repo, role=key.role, keyid=keyid)
         self.stdout.write(
             f"revoked {key.repo} {key.role} key {keyid[:16]}; {key.repo} root is now "

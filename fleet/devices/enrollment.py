@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from fleet.fallback import refresh_devices
+from fleet.devices.fallback import refresh_devices
 from fleet.models import Device, EnrollmentToken
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, check_labels, digest
 

@@ -1,5 +1,5 @@
 """Telemetry ingest into raw batches and rollups, in one transaction (or, with
-TINYFLEET_TELEMETRY_FOLD=deferred, raw only and folded later: fleet/rollup_fold.py).
+TINYFLEET_TELEMETRY_FOLD=deferred, raw only and folded later: fleet/telemetry/rollup_fold.py).
 
 The raw `TelemetryBatch` insert is what makes a batch id count once: a replay (or the
 same batch racing itself) fails on the unique batch id before any rollup is touched, so
@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from tinyfleet_agent._internal.telemetry import (
+from tinyfleet_agent.protocol import (
     CONFIDENCE_EDGES,
     INPUT_LENGTH_EDGES,
     LATENCY_EDGES_MS,
@@ -30,7 +30,7 @@ from tinyfleet_agent._internal.telemetry import (
 from fleet.models import Device, Group, TelemetryBatch
 from fleet.models.devices import parse_selector, selector_matches
 from fleet.models.rollups import BundleGroupHour, DeviceDay, RollupCounters
-from fleet.telemetry import TelemetryError
+from fleet.telemetry.validation import TelemetryError
 
 # The agent's fixed bucket edges: every histogram is len(edges) + 1 counts.
 EDGES: dict[str, tuple[float, ...]] = {
@@ -260,7 +260,7 @@ def _insert_raw(
 def _store_pending(
     device: Device, batch: dict[str, Any], raw_body: dict[str, Any], received: datetime
 ) -> bool:
-    """Deferred mode: the raw row only; fleet.rollup_fold adds it to the rollups."""
+    """Deferred mode: the raw row only; fleet.telemetry.rollup_fold adds it to the rollups."""
     try:
         with transaction.atomic():
             _insert_raw(device, batch, raw_body, received, folded=False)

@@ -25,6 +25,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role
+from accounts.permissions import require_role
 from compression.models import ModelVersion
 from fleet.models import Bundle, BundleStatus, Device
 from fleet.models.keys import KeyRole, Repo
@@ -36,7 +37,6 @@ from fleet.security.publish import (
     request_publish,
     signed_target,
 )
-from tinyfleet.api import require_role
 
 router = Router(tags=["bundles"])
 ERRORS: dict[int, Any] = {400: dict, 401: dict, 403: dict, 404: dict}
@@ -203,7 +203,11 @@ def _consistent_image_set() -> dict[str, bytes]:
     tgt_version = image_repo.load(snap).signed.meta["targets.json"].version
     tgt = image_repo.row_by_version(Repo.IMAGE, KeyRole.TARGETS, tgt_version)
     assert tgt is not None
-    return {"timestamp.json": ts.data, "snapshot.json": snap.data, "targets.json": tgt.data}
+    return {
+        "timestamp.json": bytes(ts.data),
+        "snapshot.json": bytes(snap.data),
+        "targets.json": bytes(tgt.data),
+    }
 
 
 def write_export(bundle: Bundle, out: IO[bytes], device: Device | None = None) -> None:

@@ -12,11 +12,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import audit
-from fleet import rollout_plan
 from fleet.models import Bundle, Device, Group, Rollout, RolloutEvent, RolloutStatus, RolloutVariant
 from fleet.models.rollouts import ACTIVE_ROLLOUT_STATUSES, DEFAULT_GATES
+from fleet.rollouts import rollout_plan
+from fleet.rollouts.variants import VariantError
 from fleet.security import director
-from fleet.variants import VariantError
 
 GATE_NAMES = set(DEFAULT_GATES)
 
@@ -51,13 +51,14 @@ def check_plan(waves: Any, gates: Any, soak_seconds: Any) -> tuple[list[int], di
     return waves, gates
 
 
-def _record(
+def record(
     rollout: Rollout,
     actor: Any,
     action: str,
     reason: str = "",
     numbers: dict[str, Any] | None = None,
 ) -> None:
+    """Write one transition to the rollout's event list and the audit log."""
     name = actor.get_username() if getattr(actor, "is_authenticated", False) else "tinyfleet"
     RolloutEvent.objects.create(
         rollout=rollout, actor=name, action=action, reason=reason, numbers=numbers or {}
@@ -108,7 +109,7 @@ def create(
         RolloutVariant.objects.bulk_create(
             RolloutVariant(rollout=rollout, bundle=b, position=i) for i, b in enumerate(bundles)
         )
-        _record(
+        record(
             rollout, user, "create", numbers={"waves": waves, "variants": [b.pk for b in bundles]}
         )
         if start:
@@ -121,7 +122,7 @@ def _start(rollout: Rollout, user: Any) -> None:
     rollout.status, rollout.current_wave = RolloutStatus.RUNNING, 0
     rollout.started_at = rollout.wave_started_at = now
     rollout.save(update_fields=["status", "current_wave", "started_at", "wave_started_at"])
-    _record(rollout, user, "start", numbers={"wave": 0, "percent": rollout.wave_percent})
+    record(rollout, user, "start", numbers={"wave": 0, "percent": rollout.wave_percent})
     apply_wave(rollout)
     _pause_if_nothing_fits(rollout)
 
@@ -196,7 +197,7 @@ def _pause_if_nothing_fits(rollout: Rollout) -> None:
     )
     rollout.status, rollout.reason = RolloutStatus.PAUSED, reason
     rollout.save(update_fields=["status", "reason"])
-    _record(rollout, None, "pause", reason, {"no_compatible_variant": len(plan.incompatible)})
+    record(rollout, None, "pause", reason, {"no_compatible_variant": len(plan.incompatible)})
 
 
 def _locked(rollout_id: int) -> Rollout:
@@ -210,7 +211,7 @@ def pause(rollout: Rollout, user: Any, reason: str = "") -> Rollout:
             raise RolloutConflictError(f"rollout is {rollout.status}, not running")
         rollout.status, rollout.reason = RolloutStatus.PAUSED, reason
         rollout.save(update_fields=["status", "reason"])
-        _record(rollout, user, "pause", reason)
+        record(rollout, user, "pause", reason)
     return rollout
 
 
@@ -225,7 +226,7 @@ def resume(rollout: Rollout, user: Any) -> Rollout:
         rollout.status, rollout.wave_started_at = RolloutStatus.RUNNING, timezone.now()
         rollout.reason = ""
         rollout.save(update_fields=["status", "wave_started_at", "reason"])
-        _record(rollout, user, "resume")
+        record(rollout, user, "resume")
         apply_wave(rollout)
         _pause_if_nothing_fits(rollout)
     return rollout
@@ -237,22 +238,23 @@ def promote(rollout: Rollout, user: Any, reason: str = "promoted by hand") -> Ro
         rollout = _locked(rollout.pk)
         if rollout.status not in ACTIVE_ROLLOUT_STATUSES:
             raise RolloutConflictError(f"rollout is {rollout.status}; it cannot be promoted")
-        _advance(rollout, user, reason)
+        advance(rollout, user, reason)
     return rollout
 
 
-def _advance(
+def advance(
     rollout: Rollout, actor: Any, reason: str, numbers: dict[str, Any] | None = None
 ) -> None:
+    """Start the next wave, or succeed after the last one (the caller holds the lock)."""
     if rollout.current_wave + 1 >= len(rollout.waves):
         rollout.status, rollout.finished_at = RolloutStatus.SUCCEEDED, timezone.now()
         rollout.save(update_fields=["status", "finished_at"])
-        _record(rollout, actor, "succeed", reason, numbers)
+        record(rollout, actor, "succeed", reason, numbers)
         return
     rollout.current_wave += 1
     rollout.status, rollout.wave_started_at = RolloutStatus.RUNNING, timezone.now()
     rollout.save(update_fields=["current_wave", "status", "wave_started_at"])
-    _record(
+    record(
         rollout,
         actor,
         "promote",
@@ -273,15 +275,16 @@ def rollback(
         rollout = _locked(rollout.pk)
         if rollout.status not in ACTIVE_ROLLOUT_STATUSES:
             raise RolloutConflictError(f"rollout is {rollout.status}; it cannot be rolled back")
-        _restore_previous(rollout)
+        restore_previous(rollout)
         rollout.status, rollout.reason = RolloutStatus.ROLLED_BACK, reason
         rollout.finished_at = timezone.now()
         rollout.save(update_fields=["status", "reason", "finished_at"])
-        _record(rollout, user, "rollback", reason, numbers)
+        record(rollout, user, "rollback", reason, numbers)
     return rollout
 
 
-def _restore_previous(rollout: Rollout) -> None:
+def restore_previous(rollout: Rollout) -> None:
+    """Reassign what each touched device ran before, unless something newer took over."""
     ours = {b.pk for b in rollout_plan.variant_bundles(rollout)}
     for device_id, bundle_id in rollout.previous.items():
         device = Device.objects.filter(pk=device_id, revoked_at__isnull=True).first()
@@ -304,5 +307,5 @@ def cancel(rollout: Rollout, user: Any) -> Rollout:
             raise RolloutConflictError(f"rollout is {rollout.status}; it cannot be cancelled")
         rollout.status, rollout.finished_at = RolloutStatus.CANCELLED, timezone.now()
         rollout.save(update_fields=["status", "finished_at"])
-        _record(rollout, user, "cancel")
+        record(rollout, user, "cancel")
     return rollout

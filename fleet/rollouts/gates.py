@@ -10,8 +10,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from fleet import drift, evidence, rollouts
 from fleet.models import Bundle, Device, Rollout, RolloutStatus
+from fleet.rollouts import engine as rollouts
+from fleet.telemetry import drift, evidence
 
 log = logging.getLogger(__name__)
 # How far back the previous bundle's numbers on the same devices are taken from.
@@ -235,7 +236,7 @@ def step(rollout: Rollout) -> str:
             last_evaluation={**numbers, "decision": decision, "at": timezone.now().isoformat()}
         )
         if decision == "pass":
-            rollouts._advance(rollout, None, "gates passed after soak", numbers)
+            rollouts.advance(rollout, None, "gates passed after soak", numbers)
         elif decision == "fail":
             failing = ", ".join(
                 f"{r.name}={r.value} (limit {r.limit})" for r in results if r.status == "fail"
@@ -244,13 +245,13 @@ def step(rollout: Rollout) -> str:
             if rollout.gate("on_failure") == "pause":
                 rollout.status, rollout.reason = RolloutStatus.PAUSED, reason
                 rollout.save(update_fields=["status", "reason"])
-                rollouts._record(rollout, None, "pause", reason, numbers)
+                rollouts.record(rollout, None, "pause", reason, numbers)
             else:
-                rollouts._restore_previous(rollout)
+                rollouts.restore_previous(rollout)
                 rollout.status, rollout.reason = RolloutStatus.ROLLED_BACK, reason
                 rollout.finished_at = timezone.now()
                 rollout.save(update_fields=["status", "reason", "finished_at"])
-                rollouts._record(rollout, None, "rollback", reason, numbers)
+                rollouts.record(rollout, None, "rollback", reason, numbers)
     return decision
 
 

@@ -12,9 +12,10 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role
-from fleet import rollout_plan, rollouts
+from accounts.permissions import require_role
 from fleet.models import Bundle, Group, Rollout
-from tinyfleet.api import require_role
+from fleet.rollouts import engine as rollouts
+from fleet.rollouts import rollout_plan
 
 router = Router(tags=["rollouts"])
 

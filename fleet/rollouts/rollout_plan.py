@@ -1,6 +1,6 @@
 """Variants of a rollout, per device: which bundle each member of the group gets, which
 members no variant fits (and why), the preview shown before starting and the
-per-variant progress shown while running. The decisions are `fleet.variants`; this
+per-variant progress shown while running. The decisions are `fleet.rollouts.variants`; this
 module only feeds them the bundles' signed records and the devices' reported facts."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fleet import evidence
 from fleet.models import Bundle, Device, Group, Rollout
 from fleet.models.rollouts import ACTIVE_ROLLOUT_STATUSES
-from fleet.variants import NO_COMPATIBLE_VARIANT, VariantError, check_release, choose
+from fleet.rollouts.variants import NO_COMPATIBLE_VARIANT, VariantError, check_release, choose
+from fleet.telemetry import evidence
 
 
 @dataclass

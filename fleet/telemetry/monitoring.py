@@ -14,9 +14,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from fleet import drift, push
-from fleet.evidence import BundleEvidence
+from fleet.devices import push
 from fleet.models import Bundle, BundleGroupHour, Device, DeviceDay, Group, Rollout, TelemetryBatch
+from fleet.telemetry import drift
+from fleet.telemetry.evidence import BundleEvidence
 
 
 def device_counts() -> dict[str, int]:
@@ -92,6 +93,8 @@ def group_breakdown(
     merged: dict[int, tuple[Group, BundleEvidence]] = {}
     devices_per_hour: dict[tuple[int, datetime], int] = defaultdict(int)
     for row in rows:
+        if row.group is None or row.group_id is None:
+            continue  # the query excludes them; this narrows the types
         group, ev = merged.get(row.group_id, (row.group, BundleEvidence()))
         ev.add_row(row, str(row.pk))
         merged[row.group_id] = (group, ev)

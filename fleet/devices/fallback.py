@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
-from tinyfleet_agent._internal.fallback import FallbackUrlError, check_fallback_url
+from tinyfleet_agent.protocol import FallbackUrlError, check_fallback_url
 
 from accounts.models import audit
 from fleet.models import Device, Group

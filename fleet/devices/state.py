@@ -27,10 +27,11 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 
-from fleet.push import announcement
+from fleet.devices.push import announcement
 
-STATE_PATH = "/api/device/v1/state"
+STATE_PATH = f"{DEVICE_API_PREFIX}/state"
 
 
 def last_seen_write_interval() -> int:
@@ -48,7 +49,7 @@ def state_body(
     """The desired-state answer for one device (also what its ETag is computed from).
 
     `fallback` appears only while a group of the device has the low-confidence fallback
-    on (fleet/fallback.py), and `mqtt` only when wake-ups are configured, so devices
+    on (fleet/devices/fallback.py), and `mqtt` only when wake-ups are configured, so devices
     without them keep their bodies and ETags."""
     body: dict[str, Any] = {
         "device_id": device_id,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tinyfleet_agent._internal.telemetry import CONFIDENCE_EDGES
+from tinyfleet_agent.protocol import CONFIDENCE_EDGES
 
 PSI_EPSILON = 1e-4
 PSI_MODERATE = 0.1
@@ -77,10 +77,13 @@ def reference_from_metrics(task: str, metrics: dict[str, Any]) -> DriftReference
         return DriftReference(False, note="not applicable: the model reports no confidence")
     recorded = metrics.get("reference_confidence") or {}
     edges, counts = recorded.get("edges"), recorded.get("counts")
-    same_edges = isinstance(edges, list) and len(edges) == len(CONFIDENCE_EDGES)
-    if not same_edges or not all(
-        math.isclose(float(a), b, rel_tol=1e-9)
-        for a, b in zip(edges, CONFIDENCE_EDGES, strict=True)
+    if (
+        not isinstance(edges, list)
+        or len(edges) != len(CONFIDENCE_EDGES)
+        or not all(
+            math.isclose(float(a), b, rel_tol=1e-9)
+            for a, b in zip(edges, CONFIDENCE_EDGES, strict=True)
+        )
     ):
         return DriftReference(True, note="no reference confidence recorded at compression")
     if not isinstance(counts, list) or len(counts) != len(CONFIDENCE_EDGES) + 1:

@@ -18,28 +18,18 @@ from django.utils import timezone
 from ninja import NinjaAPI, Router, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
+from tinyfleet_agent.protocol import EVENT_STATES
 
-from fleet.enrollment import EnrollmentError, enroll
+from core.api_errors import error_response
+from fleet.devices.enrollment import EnrollmentError, enroll
+from fleet.devices.push import announcement
+from fleet.devices.state import last_seen_write_interval, state_body, state_etag
 from fleet.models import Device, DeviceEvent
 from fleet.models.devices import DEVICE_CREDENTIAL_PREFIX, digest
-from fleet.push import announcement
 from fleet.rollout_tasks import nudge
-from fleet.state import last_seen_write_interval, state_body, state_etag
 
 MAX_EVENTS = 100
 MAX_TELEMETRY_BYTES = 64 * 1024
-EVENT_STATES = {
-    "downloading",
-    "verifying",
-    "installing",
-    "self-test",
-    "active",
-    "failed",
-    "rolled-back",
-    "refused",
-    "frozen",
-    "selftest-failed",  # a periodic in-field golden self-test of the active bundle failed
-}
 
 
 class DeviceAuth(HttpBearer):
@@ -72,7 +62,7 @@ device_api = NinjaAPI(
 
 
 def _error(request: HttpRequest, message: str, status: int) -> HttpResponse:
-    return device_api.create_response(request, {"error": message}, status=status)
+    return error_response(device_api, request, message, status)
 
 
 @device_api.exception_handler(HttpError)
@@ -218,13 +208,13 @@ def ingest_telemetry(request: HttpRequest) -> Status[Any]:
     device: Device = request.auth  # type: ignore[attr-defined]
     if len(request.body) > MAX_TELEMETRY_BYTES:
         return Status(413, {"error": f"telemetry batch over {MAX_TELEMETRY_BYTES} bytes"})
-    from fleet.telemetry import TelemetryError, parse_batch
+    from fleet.telemetry.validation import TelemetryError, parse_batch
 
     try:
         batch = parse_batch(request.body)
     except TelemetryError as exc:
         return Status(400, {"error": str(exc)})
-    from fleet.rollups import store_batch
+    from fleet.telemetry.rollups import store_batch
 
     try:
         stored = store_batch(device, batch, _jsonable(batch))
@@ -257,7 +247,7 @@ class StateOut(Schema):
 def desired_state(request: HttpRequest) -> HttpResponse:
     """What the device should run. Answered from the database alone (no broker), with an
     ETag so unchanged polls cost a 304 (most of those are answered before this view, by
-    fleet.state.DeviceStateFastPath)."""
+    fleet.devices.state.DeviceStateFastPath)."""
     from fleet.models import Assignment
 
     device: Device = request.auth  # type: ignore[attr-defined]
@@ -286,7 +276,7 @@ def desired_state(request: HttpRequest) -> HttpResponse:
 
 
 def _mount() -> None:
-    from fleet.device_security_api import router as security_router
+    from fleet.api.device_security_api import router as security_router
 
     device_api.add_router("", router)
     device_api.add_router("", security_router)

@@ -20,7 +20,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from fleet.models import TelemetryBatch
-from fleet.rollups import (
+from fleet.telemetry.rollups import (
     add_device_day,
     add_hourly,
     contributions,
@@ -28,7 +28,7 @@ from fleet.rollups import (
     rollup_hour,
     shard_of,
 )
-from fleet.telemetry import TelemetryError
+from fleet.telemetry.validation import TelemetryError
 
 log = logging.getLogger(__name__)
 FOLD_CHUNK = 500

@@ -79,7 +79,8 @@ def parse_batch(raw: bytes) -> dict[str, Any]:
     if bundle is not None and (not isinstance(bundle, str) or len(bundle) > 64):
         raise TelemetryError("bundle must be a short string")
     _check_value(body, "batch", 0, [MAX_ITEMS])
-    period = body.get("period") if isinstance(body.get("period"), dict) else {}
+    raw_period = body.get("period")
+    period = raw_period if isinstance(raw_period, dict) else {}
     start = _time(period.get("start", body.get("period_start")), "period.start")
     end = _time(period.get("end", body.get("period_end")), "period.end")
     if start and end and end < start:

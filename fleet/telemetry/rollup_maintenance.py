@@ -17,8 +17,15 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from fleet.models import BundleGroupHour, DeviceDay, TelemetryBatch
-from fleet.rollups import CLOCK_SKEW, MAX_BACKDATE, apply, contributions, group_ids_for, rollup_hour
-from fleet.telemetry import TelemetryError
+from fleet.telemetry.rollups import (
+    CLOCK_SKEW,
+    MAX_BACKDATE,
+    apply,
+    contributions,
+    group_ids_for,
+    rollup_hour,
+)
+from fleet.telemetry.validation import TelemetryError
 
 DELETE_BATCH = 5000
 MAX_DELETE_BATCHES = 50  # per model and run: at most 250,000 rows per table per hour
@@ -77,7 +84,7 @@ def rebuild(start: datetime, end: datetime, *, now: datetime | None = None) -> R
             f"(TINYFLEET_TELEMETRY_RAW_RETENTION_DAYS); rebuild from {earliest:%Y-%m-%d} on"
         )
     result = RebuildResult(first, last)
-    from fleet.rollup_fold import take_fold_lock
+    from fleet.telemetry.rollup_fold import take_fold_lock
 
     with transaction.atomic():
         take_fold_lock(wait=True)  # no fold interleaves with the rows being replaced

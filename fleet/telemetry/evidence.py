@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from tinyfleet_agent._internal.telemetry import LATENCY_EDGES_MS, percentile_from_buckets
+from tinyfleet_agent.protocol import LATENCY_EDGES_MS, percentile_from_buckets
 
 from fleet.models import DeviceDay, DeviceEvent
 from fleet.models.rollups import RollupCounters

@@ -13,13 +13,13 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.models import Role, audit
-from fleet import rollout_plan
-from fleet.fallback import FallbackUrlError, refresh_devices, set_group_fallback
+from accounts.permissions import require_role, signed_in_user
+from fleet.devices.fallback import FallbackUrlError, refresh_devices, set_group_fallback
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import SelectorError, check_labels, parse_selector
 from fleet.presenters import device_json, enroll_command, group_json
+from fleet.rollouts import rollout_plan
 from fleet.security import director
-from tinyfleet.api import require_role
 
 router = Router(tags=["fleet"])
 
@@ -109,7 +109,7 @@ def create_group(request: HttpRequest, body: GroupIn) -> Status[Any]:
                 name=name,
                 selector=body.selector.strip(),
                 description=body.description,
-                created_by=request.user,
+                created_by=signed_in_user(request),
             )
     except IntegrityError:
         return Status(409, {"error": f"a group named {name!r} already exists"})
@@ -240,7 +240,7 @@ def metrics(
     """Without parameters: the fleet overview. With `bundle`: hourly series (fleet-wide or
     `group`'s), the per-group breakdown and confidence drift (PSI) over the last `hours`.
     With `device`: that device's daily numbers per bundle over the last `hours`."""
-    from fleet import monitoring
+    from fleet.telemetry import monitoring
 
     if not 1 <= hours <= 24 * 30:
         raise HttpError(400, "hours must be between 1 and 720")

@@ -1,0 +1,1 @@
+"""Devices: enrollment, desired state (and its fast path), wake-ups, fallback settings."""

@@ -1,0 +1,1 @@
+"""Rollouts: variants per device, the wave plan, the engine and its gates."""

@@ -1,0 +1,1 @@
+"""In-field telemetry: batch validation, rollups, drift, evidence and dashboards."""
