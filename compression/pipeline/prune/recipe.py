@@ -232,7 +232,7 @@ def _export(student: Any, teacher: Any, src: Path, out_dir: Path, opset: int) ->
             self.inner = inner
 
         def forward(self, *args: torch.Tensor) -> torch.Tensor:
-            return self.inner(**dict(zip(names, args, strict=True)))[0]  # type: ignore[no-any-return]
+            return self.inner(**dict(zip(names, args, strict=True)))[0]
 
     sample = tuple(
         torch.ones((1, 16), dtype=torch.int64)
