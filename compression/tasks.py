@@ -3,15 +3,18 @@ record the outcome. Tasks take primary keys; progress lives in the database."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 from celery import current_app, shared_task
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from compression.archives import materialized
@@ -24,6 +27,12 @@ from compression.storage import local_copy, store_file
 log = logging.getLogger(__name__)
 
 
+def job_tmp_prefix(job_id: int) -> str:
+    """Scratch folders of a job are named after it, so that the reaper can remove those a
+    killed worker left behind (a TemporaryDirectory is only removed by its own process)."""
+    return f"job-{job_id}-"
+
+
 @shared_task(acks_late=True)
 def inspect_version(job_id: int) -> None:
     job = Job.claim(job_id)
@@ -33,7 +42,7 @@ def inspect_version(job_id: int) -> None:
     ModelVersion.objects.filter(pk=version.pk).update(status=VersionStatus.INSPECTING)
     try:
         job.report(0.1, "fetching", f"inspecting {version.original_filename}")
-        with materialized(version) as path:
+        with heartbeats(job), materialized(version, job_tmp_prefix(job.pk)) as path:
             job.report(0.4, "inspecting")
             inspection = inspect_model(path, version.format)
     except JobCancelledError:
@@ -65,23 +74,69 @@ def _mark_version(version: ModelVersion, status: str, error: str) -> None:
     ModelVersion.objects.filter(pk=version.pk).update(status=status, error=error)
 
 
+@contextlib.contextmanager
+def heartbeats(job: Job) -> Iterator[None]:
+    """Keep the job's heartbeat fresh while this process works on it, also through long
+    silent steps (an export, a benchmark). A killed worker takes this thread with it, so
+    a stale heartbeat still means a dead worker."""
+    stop = threading.Event()
+    interval = max(1.0, settings.JOB_HEARTBEAT_TIMEOUT / 4)
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval):
+                Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+        finally:
+            connection.close()  # this thread's own database connection
+
+    thread = threading.Thread(target=beat, name=f"job-{job.pk}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 @shared_task
 def reap_stale_jobs() -> int:
-    """Fail running jobs whose worker stopped sending heartbeats (killed, OOM, lost)."""
+    """Re-queue running jobs whose worker died (killed, out of memory, lost), or fail them
+    after Job.MAX_ATTEMPTS tries; remove the scratch folders the dead attempt left.
+
+    Brokers do not all redeliver a message whose worker was killed (the filesystem
+    transport of the embedded default loses it; Redis only redelivers after its
+    visibility timeout), so the heartbeat decides, the same way on every broker.
+    """
     cutoff = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
     reaped = 0
     for job in Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
-        reason = (
-            f"worker stopped responding: no heartbeat for {settings.JOB_HEARTBEAT_TIMEOUT} s "
-            "(killed, out of memory or lost)"
-        )
+        _remove_scratch(job.pk)
+        silent = f"no heartbeat for {settings.JOB_HEARTBEAT_TIMEOUT} s"
+        if job.attempts < Job.MAX_ATTEMPTS:
+            # Claimed again by the next delivery (attempts + 1), run from the start.
+            updated = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+                status=JobStatus.QUEUED,
+                log=job.log + f"{timezone.now():%H:%M:%S} worker lost ({silent}); re-queued\n",
+            )
+            if updated:
+                _TASKS[job.kind].delay(job.pk)
+                reaped += 1
+            continue
+        reason = f"worker stopped responding: {silent} (killed, out of memory or lost)"
         with transaction.atomic():
             job.append_log(reason)
-            if job.finish(JobStatus.FAILED, error=reason):
+            if job.finish(JobStatus.FAILED, error=f"{reason}; gave up after {job.attempts} tries"):
                 reaped += 1
                 if job.kind == "inspect":
                     _mark_version(job.version, VersionStatus.FAILED, reason)
     return reaped
+
+
+def _remove_scratch(job_id: int) -> None:
+    for folder in Path(settings.TMP_DIR).glob(f"{job_tmp_prefix(job_id)}*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _recipe_input_name(recipe: str) -> str:
@@ -107,7 +162,8 @@ def run_compression(job_id: int) -> None:
 
 def _run_compression(job: Job) -> None:
     try:
-        _compress(job)
+        with heartbeats(job):
+            _compress(job)
     except JobCancelledError:
         return
     except (ConverterCrashError, InvalidModelError, ValueError, OSError) as exc:
@@ -146,7 +202,10 @@ def _compress(job: Job) -> None:
         # The recipe owns 5-70% of the bar; evaluation and storing the rest.
         job.report(0.05 + 0.65 * fraction, stage, message)
 
-    with tempfile.TemporaryDirectory(dir=settings.TMP_DIR) as tmp, materialized(parent) as src:
+    with (
+        tempfile.TemporaryDirectory(dir=settings.TMP_DIR, prefix=job_tmp_prefix(job.pk)) as tmp,
+        materialized(parent, job_tmp_prefix(job.pk)) as src,
+    ):
         work = Path(tmp)
         out_dir = work / "out"
         out_dir.mkdir()
@@ -297,3 +356,7 @@ def _bench(model_file: Path, job: Job) -> dict[str, object]:
             job.append_log(f"benchmark at sequences {sequences} failed; trying shorter ones")
     assert error is not None
     raise error
+
+
+# What the reaper re-queues, per job kind.
+_TASKS = {"inspect": inspect_version, "compress": run_compression}

@@ -16,7 +16,8 @@ from core.htmx import is_htmx
 from fleet.devices.fallback import FallbackUrlError, set_group_fallback
 from fleet.models import Bundle, Device, DeviceEvent, EnrollmentToken, Group, Rollout
 from fleet.models.devices import SelectorError, parse_selector
-from fleet.presenters import device_json, enroll_command
+from fleet.models.rollouts import DEFAULT_SOAK_SECONDS
+from fleet.presenters import device_json, enroll_command, server_url
 from fleet.rollouts import engine as rollouts
 from fleet.rollouts import rollout_plan
 from fleet.security import director
@@ -111,7 +112,7 @@ def _group_post(request: HttpRequest) -> str | None:
         group = get_object_or_404(Group, pk=request.POST.get("group"))
         token, raw = EnrollmentToken.issue(group, user=request.user, ttl=timedelta(hours=24))
         audit(request.user, "enrollment-token.create", token, group=group.name)
-        return enroll_command(raw)
+        return enroll_command(raw, server_url(request))
     name, selector = request.POST.get("name", "").strip(), request.POST.get("selector", "").strip()
     try:
         parse_selector(selector)
@@ -189,7 +190,7 @@ def rollout_create(request: HttpRequest) -> HttpResponse:
         return redirect("rollouts")
     try:
         waves = [int(w) for w in request.POST.get("waves", "10,50,100").split(",") if w.strip()]
-        soak = int(request.POST.get("soak_seconds", "600"))
+        soak = int(request.POST.get("soak_seconds", str(DEFAULT_SOAK_SECONDS)))
         gates = {"on_failure": request.POST.get("on_failure", "rollback")}
         rollout = rollouts.create(
             user=request.user,
@@ -220,6 +221,7 @@ def rollout_detail(request: HttpRequest, rollout_id: int) -> HttpResponse:
         "events": rollout.events.all()[:50],
         "wave_devices": [device for device, _ in wave],
         "gates": rollout.last_evaluation.get("gates", []),
+        "waiting_for": rollouts.waiting_for(rollout),
         "variants": rollout_plan.variant_progress(
             bundles, wave, rollout.started_at or rollout.created_at
         ),

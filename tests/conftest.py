@@ -1,8 +1,9 @@
 """Shared fixtures: users with roles, API clients, and a real Celery worker process.
 
-Services: the suite uses whatever DATABASE_URL / CELERY_BROKER_URL point at (CI: the
-machine's PostgreSQL and Redis). With TINYFLEET_REQUIRE_SERVICES=1 a missing service
-fails the run instead of silently falling back to the embedded defaults.
+Services: the suite uses whatever DATABASE_URL / CELERY_BROKER_URL / TINYFLEET_TEST_MQTT_URL
+point at (CI: the machine's PostgreSQL, Redis and Mosquitto); unset, it runs on the
+embedded defaults and tests that need a real server start a private one (tests/services.py).
+With TINYFLEET_REQUIRE_SERVICES=1 a missing service fails the run instead.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def pytest_configure(config: pytest.Config) -> None:
         problems.append(f"PostgreSQL not reachable via DATABASE_URL={db!r}")
     if not broker.startswith("redis") or not _reachable(broker, 6379):
         problems.append(f"Redis not reachable via CELERY_BROKER_URL={broker!r}")
+    mqtt = os.environ.get("TINYFLEET_TEST_MQTT_URL", "")
+    if not mqtt.startswith("mqtt") or not _reachable(mqtt, 1883):
+        problems.append(f"Mosquitto not reachable via TINYFLEET_TEST_MQTT_URL={mqtt!r}")
     if problems:
         raise pytest.UsageError("required services missing: " + "; ".join(problems))
 

@@ -45,6 +45,11 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
+# The URL devices reach this server by (enroll commands, the agent download). Unset: the
+# URL the operator's browser used. Set it behind a proxy or when devices use another name.
+PUBLIC_URL = env_str("TINYFLEET_PUBLIC_URL")
+# Where `make install` builds the agent wheel the server hands out (fleet/agent_dist.py).
+AGENT_WHEEL_DIR = env_path("TINYFLEET_AGENT_WHEEL_DIR", BASE_DIR / "build" / "agent-wheel")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -132,11 +137,19 @@ WHITENOISE_USE_FINDERS = True
 S3_BUCKET = env_str("TINYFLEET_S3_BUCKET")
 ARTIFACT_DIR = DATA_DIR / "artifacts"
 if S3_BUCKET:
+    # TINYFLEET_S3_ENDPOINT_URL: where the server and workers reach the store (e.g.
+    # http://minio:9000 on the compose network). TINYFLEET_S3_PUBLIC_ENDPOINT_URL: where
+    # devices and browsers reach it; presigned download URLs are signed for that host
+    # (default: the internal endpoint, or AWS when neither is set).
     _artifact_storage = {
-        "BACKEND": "storages.backends.s3.S3Storage",
+        "BACKEND": "compression.s3_storage.PublicEndpointS3Storage",
         "OPTIONS": {
             "bucket_name": S3_BUCKET,
             "endpoint_url": env_str("TINYFLEET_S3_ENDPOINT_URL") or None,
+            "public_endpoint_url": env_str("TINYFLEET_S3_PUBLIC_ENDPOINT_URL") or None,
+            "addressing_style": env_str("TINYFLEET_S3_ADDRESSING_STYLE") or None,
+            # SigV4 everywhere (botocore would presign SigV2 for a custom endpoint).
+            "signature_version": env_str("TINYFLEET_S3_SIGNATURE_VERSION", "s3v4"),
             "region_name": env_str("TINYFLEET_S3_REGION") or None,
             "access_key": env_str("AWS_ACCESS_KEY_ID") or None,
             "secret_key": env_str("AWS_SECRET_ACCESS_KEY") or None,

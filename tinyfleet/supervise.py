@@ -18,13 +18,14 @@ def _manage(*args: str) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=True)
 
 
-def _commands(port: str, data_dir: str) -> dict[str, list[str]]:
+def process_commands(host: str, port: str, data_dir: str) -> dict[str, list[str]]:
+    """The three processes of a deployment (the production-like e2e test runs these)."""
     return {
         "web": [
             str(BIN / "gunicorn"),
             "tinyfleet.wsgi:application",
             "--bind",
-            f"0.0.0.0:{port}",
+            f"{host}:{port}",
             "--worker-class",
             "gthread",
             "--workers",
@@ -78,6 +79,8 @@ def _env(name: str) -> dict[str, str]:
 
 def main() -> int:
     port = os.environ.get("PORT", "8000")
+    # Loopback unless told otherwise: BIND_HOST=0.0.0.0 exposes the server to the network.
+    host = os.environ.get("BIND_HOST", "127.0.0.1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tinyfleet.settings")
     from django.conf import settings
 
@@ -86,10 +89,10 @@ def main() -> int:
     _manage("ensure_admin")
     procs = {
         name: subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, env=_env(name))
-        for name, cmd in _commands(port, data_dir).items()
+        for name, cmd in process_commands(host, port, data_dir).items()
     }
     print(
-        f"\ntinyfleet is running at http://127.0.0.1:{port}/  (data in {data_dir}; Ctrl-C stops)\n",
+        f"\ntinyfleet is running at http://{host}:{port}/  (data in {data_dir}; Ctrl-C stops)\n",
         flush=True,
     )
     stopping = False

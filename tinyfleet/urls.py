@@ -6,6 +6,7 @@ from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 from accounts import views as account_views
 from compression import chain_views
 from compression import views as registry_views
+from fleet import agent_dist
 from fleet import pages as fleet_pages
 from fleet import views as fleet_views
 from fleet.api.device_api import device_api
@@ -15,6 +16,7 @@ from tinyfleet.views import healthz, home
 urlpatterns = [
     path("", home, name="home"),
     path("healthz", healthz, name="healthz"),
+    path("agent/<str:filename>", agent_dist.agent_wheel, name="agent-wheel"),
     path("api/v1/", api.urls),
     path(DEVICE_API_PREFIX.removeprefix("/") + "/", device_api.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),

@@ -113,10 +113,7 @@ class FleetLink:
             threads=config.threads,
             poll_interval=float(device.get("poll_interval") or config.poll_interval_s),
             on_health=lambda **values: api.set_health(**values),
-            # Feeds the golden-agreement gate of rollouts.
-            on_selftest=lambda bundle, ok, agreement: api.telemetry.record_golden(
-                bundle, ok, agreement
-            ),
+            on_selftest=self._on_selftest,
             on_state=self._apply_state,
         )
         self.wakeups = _wakeup_listener(config, device["device_id"], self.updater.wake, api)
@@ -127,6 +124,12 @@ class FleetLink:
         self._thread = threading.Thread(
             target=self.updater.run, args=(self.stop,), name="updater", daemon=True
         )
+
+    def _on_selftest(self, bundle: str, ok: bool, agreement: float) -> None:
+        """Feeds the golden-agreement gate of rollouts. Sent with the next tick rather
+        than after a whole telemetry interval: a rollout's wave waits for this evidence."""
+        self.api.telemetry.record_golden(bundle, ok, agreement)
+        self._last_telemetry = float("-inf")
 
     def _apply_state(self, body: dict[str, Any]) -> None:
         """Settings that ride on each fresh state answer: fallback and MQTT wake-ups."""

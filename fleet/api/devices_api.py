@@ -17,7 +17,7 @@ from accounts.permissions import require_role, signed_in_user
 from fleet.devices.fallback import FallbackUrlError, refresh_devices, set_group_fallback
 from fleet.models import Device, EnrollmentToken, Group
 from fleet.models.devices import SelectorError, check_labels, parse_selector
-from fleet.presenters import device_json, enroll_command, group_json
+from fleet.presenters import device_json, enroll_command, group_json, server_url
 from fleet.rollouts import rollout_plan
 from fleet.security import director
 
@@ -162,7 +162,7 @@ def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn) -> St
             "token": raw,
             "max_uses": token.max_uses,
             "expires_at": token.expires_at,
-            "command": enroll_command(raw),
+            "command": enroll_command(raw, server_url(request)),
         },
     )
 

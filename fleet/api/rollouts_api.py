@@ -14,6 +14,7 @@ from ninja.errors import HttpError
 from accounts.models import Role
 from accounts.permissions import require_role
 from fleet.models import Bundle, Group, Rollout
+from fleet.models.rollouts import DEFAULT_SOAK_SECONDS
 from fleet.rollouts import engine as rollouts
 from fleet.rollouts import rollout_plan
 
@@ -28,7 +29,7 @@ class RolloutIn(Schema):
     group: int
     waves: list[int] = [10, 50, 100]
     gates: dict[str, Any] = {}
-    soak_seconds: int = 600
+    soak_seconds: int = DEFAULT_SOAK_SECONDS
     start: bool = True
 
 
@@ -44,6 +45,8 @@ class RolloutOut(Schema):
     soak_seconds: int
     reason: str
     last_evaluation: dict[str, Any]
+    # While running: the evidence (and soak) the current wave still waits for.
+    waiting_for: list[str]
     devices_in_wave: int
     # Per variant, in order of preference: runtime, devices of the current wave it
     # serves, installed and failed among them.
@@ -105,6 +108,7 @@ def rollout_json(rollout: Rollout) -> dict[str, Any]:
         "soak_seconds": rollout.soak_seconds,
         "reason": rollout.reason,
         "last_evaluation": rollout.last_evaluation,
+        "waiting_for": rollouts.waiting_for(rollout),
         **_variant_fields(rollout),
         "created_at": rollout.created_at,
         "started_at": rollout.started_at,

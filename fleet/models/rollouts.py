@@ -26,16 +26,24 @@ ACTIVE_ROLLOUT_STATUSES = (RolloutStatus.RUNNING.value, RolloutStatus.PAUSED.val
 
 DEFAULT_GATES: dict[str, Any] = {
     "max_install_failure_rate": 0.2,  # failed / (failed + installed)
-    "min_golden_agreement": 0.95,  # on-device golden self-test agreement
+    "min_golden_agreement": 0.95,  # on-device golden self-test agreement (None: off)
     "max_p95_latency_ratio": 1.5,  # vs the previous bundle on the same devices
     "max_accuracy_drop_points": 2.0,  # feedback accuracy vs the previous bundle
     "min_feedback_samples": 50,  # per side, before the accuracy test may fail
-    "max_error_rate": 0.05,  # inference errors / requests
+    "max_error_rate": 0.05,  # inference errors / requests (None: off)
+    # Requests the wave must serve before the error rate may pass; 0 accepts a wave with
+    # no traffic yet on its devices' telemetry and self-tests alone.
+    "min_requests": 0,
+    "min_latency_samples": 20,  # per side, before the latency comparison may pass
     "min_devices_reporting": 1,  # of the wave, before gates can pass
     "max_confidence_psi": None,  # off; e.g. 0.25: confidence drift vs compression time
     "min_confidence_samples": 200,  # in-field confidences before the PSI gate may fail
     "on_failure": "rollback",  # or "pause"
+    # A wave whose gates still lack evidence this long after it started pauses (with the
+    # missing evidence as its reason) instead of waiting forever or passing.
+    "evidence_timeout_seconds": 1800,
 }
+DEFAULT_SOAK_SECONDS = 300
 
 
 class Rollout(models.Model):

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from accounts.models import audit
 from fleet.models import Bundle, Device, Group, Rollout, RolloutEvent, RolloutStatus, RolloutVariant
-from fleet.models.rollouts import ACTIVE_ROLLOUT_STATUSES, DEFAULT_GATES
+from fleet.models.rollouts import ACTIVE_ROLLOUT_STATUSES, DEFAULT_GATES, DEFAULT_SOAK_SECONDS
 from fleet.rollouts import rollout_plan
 from fleet.rollouts.variants import VariantError
 from fleet.security import director
@@ -46,6 +46,13 @@ def check_plan(waves: Any, gates: Any, soak_seconds: Any) -> tuple[list[int], di
     psi = gates.get("max_confidence_psi")
     if psi is not None and (isinstance(psi, bool) or not isinstance(psi, (int, float)) or psi <= 0):
         raise RolloutError("max_confidence_psi must be a positive number (e.g. 0.25) or null")
+    for name in ("min_requests", "min_latency_samples", "min_feedback_samples"):
+        value = gates.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RolloutError(f"{name} must be a whole number >= 0")
+    timeout = gates.get("evidence_timeout_seconds", 60)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 60 <= timeout <= 7 * 86400:
+        raise RolloutError("evidence_timeout_seconds must be between 60 and 604800")
     if not isinstance(soak_seconds, int) or not 0 <= soak_seconds <= 30 * 86400:
         raise RolloutError("soak_seconds must be between 0 and 2592000")
     return waves, gates
@@ -73,7 +80,7 @@ def create(
     group: Group,
     waves: list[int],
     gates: dict[str, Any],
-    soak_seconds: int = 600,
+    soak_seconds: int = DEFAULT_SOAK_SECONDS,
     start: bool = True,
     variants: list[Bundle] | None = None,
 ) -> Rollout:
@@ -242,10 +249,44 @@ def promote(rollout: Rollout, user: Any, reason: str = "promoted by hand") -> Ro
     return rollout
 
 
+def record_evaluation(rollout: Rollout, evaluation: dict[str, Any]) -> None:
+    """Keep the gates' latest verdict (numbers, decision, what the wave waits for)."""
+    evaluation = {**evaluation, "at": timezone.now().isoformat()}
+    Rollout.objects.filter(pk=rollout.pk).update(last_evaluation=evaluation)
+    rollout.last_evaluation = evaluation
+
+
+def waiting_for(rollout: Rollout) -> list[str]:
+    """What a running rollout's current wave still waits for (its last evaluation)."""
+    if rollout.status != RolloutStatus.RUNNING:
+        return []
+    evaluation = rollout.last_evaluation or {}
+    if evaluation.get("wave") != rollout.current_wave:
+        return ["the first gate evaluation of this wave"]
+    return [str(item) for item in evaluation.get("waiting_for", [])]
+
+
+def pause_running(rollout: Rollout, reason: str, numbers: dict[str, Any] | None = None) -> None:
+    """The engine pauses a running rollout it holds locked (gates failed or evidence
+    never came); an operator resumes it."""
+    rollout.status, rollout.reason = RolloutStatus.PAUSED, reason
+    rollout.save(update_fields=["status", "reason"])
+    record(rollout, None, "pause", reason, numbers)
+
+
+def roll_back_running(rollout: Rollout, reason: str, numbers: dict[str, Any] | None = None) -> None:
+    """The engine rolls back a running rollout it holds locked (a gate failed)."""
+    restore_previous(rollout)
+    rollout.status, rollout.reason = RolloutStatus.ROLLED_BACK, reason
+    rollout.finished_at = timezone.now()
+    rollout.save(update_fields=["status", "reason", "finished_at"])
+    record(rollout, None, "rollback", reason, numbers)
+
+
 def advance(
     rollout: Rollout, actor: Any, reason: str, numbers: dict[str, Any] | None = None
 ) -> None:
-    """Start the next wave, or succeed after the last one (the caller holds the lock)."""
+    """Move a locked rollout to its next wave, or finish it after the last."""
     if rollout.current_wave + 1 >= len(rollout.waves):
         rollout.status, rollout.finished_at = RolloutStatus.SUCCEEDED, timezone.now()
         rollout.save(update_fields=["status", "finished_at"])

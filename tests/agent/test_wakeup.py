@@ -1,4 +1,5 @@
-"""The agent's MQTT wake-ups against the real Mosquitto at 127.0.0.1:1883 (no Django).
+"""The agent's MQTT wake-ups against a real Mosquitto (no Django): the configured one
+(TINYFLEET_TEST_MQTT_URL, as in CI), else a private one started for the run.
 
 A wake-up is a hint: whatever arrives on the device's topic at most makes the update
 loop poll sooner; polling goes on regardless, and nothing here can crash the agent.
@@ -28,14 +29,16 @@ from tinyfleet_agent._internal.wakeup import (
 )
 from tinyfleet_agent.config import ConfigError, load_config
 
+from tests.services import mqtt_address, mqtt_url
+
 ROOT = Path(__file__).resolve().parents[2]
-BROKER = "mqtt://127.0.0.1:1883"
+BROKER = mqtt_url()  # the configured broker (CI) or a private one
 
 
 def _publish(topic: str, payload: bytes, qos: int = 1) -> None:
     """Publish as anyone on the broker could (this is how a forger would do it)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"f-{uuid.uuid4().hex}")
-    client.connect("127.0.0.1", 1883)
+    client.connect(*mqtt_address())
     client.loop_start()
     client.publish(topic, payload, qos=qos).wait_for_publish(10)
     client.disconnect()
@@ -75,7 +78,7 @@ def listener(device_id: str) -> Iterator[tuple[WakeupListener, Woken]]:
 
     listener = WakeupListener(device_id, woken, on_status=on_status)
     listener.follow({"url": BROKER, "topic": f"tinyfleet/devices/{device_id}"})
-    assert subscribed.wait(10), "is Mosquitto running at 127.0.0.1:1883?"
+    assert subscribed.wait(10), f"is Mosquitto running at {BROKER}?"
     yield listener, woken
     listener.stop()
 
@@ -125,7 +128,7 @@ def test_it_gets_wakeups_sent_while_it_was_briefly_away(device_id: str) -> None:
         cleaner = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"tinyfleet-{device_id}", clean_session=True
         )
-        cleaner.connect("127.0.0.1", 1883)
+        cleaner.connect(*mqtt_address())
         cleaner.disconnect()
 
 

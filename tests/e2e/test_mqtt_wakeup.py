@@ -1,7 +1,8 @@
 """End to end: MQTT wake-ups make a real agent act at once despite a 300 s poll interval.
 
-A live server, a real Celery worker (the compression job), the real Mosquitto at
-127.0.0.1:1883 and a real `tinyfleet-agent run` process with `mqtt = "on"`. With polls
+A live server, a real Celery worker (the compression job), a real Mosquitto (the
+configured one, else a private one) and a real `tinyfleet-agent run` process with
+`mqtt = "on"`. With polls
 5 minutes apart (jittered to at least 240 s), only the wake-up can explain the agent
 installing the rollout's bundle, or learning it was revoked, within seconds.
 """
@@ -24,10 +25,11 @@ from fleet.models import Device
 from tests.compression.helpers import upload
 from tests.conftest import Worker, wait_for
 from tests.e2e.agent_helpers import Agent, _derive, _publish, _text_model_zip
+from tests.services import mqtt_address, mqtt_url
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-BROKER = "mqtt://127.0.0.1:1883"
+BROKER = mqtt_url()  # the configured broker (CI) or a private one
 POLL_INTERVAL = 300
 
 
@@ -41,7 +43,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 
 def _forge(topic: str, payload: bytes) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"f-{uuid.uuid4().hex}")
-    client.connect("127.0.0.1", 1883)
+    client.connect(*mqtt_address())
     client.loop_start()
     client.publish(topic, payload, qos=1).wait_for_publish(10)
     client.disconnect()

@@ -44,7 +44,8 @@ def test_the_groups_page_gives_a_copyable_enroll_command(client: Client, alice: 
     client.post("/groups/", {"name": "plant-3", "selector": "site=plant-3"})
     group = Group.objects.get(name="plant-3")
     page = client.post("/groups/", {"action": "token", "group": group.pk})
-    assert b"tinyfleet-agent enroll --server" in page.content and b"tfe_" in page.content
+    assert b"enroll --server http://testserver --token tfe_" in page.content
+    assert b"tinyfleet-agent[onnx,text] @ http://testserver/agent/tinyfleet_agent-" in page.content
     bad = client.post("/groups/", {"name": "bad", "selector": "no equals"})
     assert b"key=value" in bad.content and not Group.objects.filter(name="bad").exists()
 
@@ -106,3 +107,15 @@ def test_prometheus_endpoint_needs_a_token(client: Client, alice_api: Any) -> No
     text = alice_api.get("/metrics").content.decode()
     assert 'tinyfleet_devices{status="online"} 0' in text
     assert "# TYPE tinyfleet_jobs gauge" in text
+
+
+def test_the_enroll_command_uses_the_public_url_when_set(
+    client: Client, alice: Any, settings: Any
+) -> None:
+    settings.PUBLIC_URL = "https://fleet.example.com/"
+    client.force_login(alice)
+    group = Group.objects.create(name="plant-4", selector="site=plant-4")
+    page = client.post("/groups/", {"action": "token", "group": group.pk}).content.decode()
+    assert "@ https://fleet.example.com/agent/tinyfleet_agent-" in page
+    assert "enroll --server https://fleet.example.com --token tfe_" in page
+    assert "testserver" not in page.split('id="enroll-command">', 1)[1].split("</pre>", 1)[0]

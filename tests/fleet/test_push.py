@@ -1,4 +1,4 @@
-"""MQTT wake-ups from the server, against the real Mosquitto at 127.0.0.1:1883.
+"""MQTT wake-ups from the server, against a real Mosquitto (the configured one, else a private one).
 
 Transactional tests: wake-ups are sent only after a real commit. A paho subscriber in the
 test sees exactly what a device subscribed to its topic would see.
@@ -35,10 +35,11 @@ from tests.fleet.publish_helpers import (
     onnx_files,
     publish_now,
 )
+from tests.services import mqtt_address, mqtt_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BROKER = "mqtt://127.0.0.1:1883"
+BROKER = mqtt_url()  # the configured broker (CI) or a private one
 
 
 @dataclass
@@ -69,9 +70,9 @@ def subscriber() -> Iterator[Subscriber]:
     client.on_message = on_message
     client.on_connect = lambda c, u, f, rc, p: c.subscribe("tinyfleet/devices/#", qos=1)
     client.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
-    client.connect("127.0.0.1", 1883)
+    client.connect(*mqtt_address())
     client.loop_start()
-    assert subscribed.wait(10), "is Mosquitto running at 127.0.0.1:1883?"
+    assert subscribed.wait(10), f"is Mosquitto running at {BROKER}?"
     yield watcher
     client.disconnect()
     client.loop_stop()

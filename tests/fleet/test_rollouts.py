@@ -225,14 +225,14 @@ def test_one_crashing_rollout_does_not_stall_the_others(
     second = rollouts.create(
         user=alice, bundle=bundle, group=Group.objects.create(name="b"), waves=[100], gates={}
     )
-    real = gates.evaluate
+    real = gates.gather
 
-    def flaky(rollout: Rollout) -> Any:
+    def flaky(rollout: Rollout, now: Any = None) -> Any:
         if rollout.pk == first.pk:
             raise RuntimeError("corrupt telemetry")
         return real(rollout)
 
-    monkeypatch.setattr(gates, "evaluate", flaky)
+    monkeypatch.setattr(gates, "gather", flaky)
     outcome = gates.step_all()
     assert outcome[first.pk] == "error" and outcome[second.pk] in ("wait", "pass")
 

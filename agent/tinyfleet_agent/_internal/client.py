@@ -73,7 +73,7 @@ class DeviceClient:
         if data is not None:
             request.add_header("Content-Type", "application/json")
         if self.credential:
-            request.add_header("Authorization", f"Bearer {self.credential}")
+            _add_credential(request, self.credential)
         for key, value in (headers or {}).items():
             request.add_header(key, value)
         try:
@@ -142,7 +142,8 @@ class DeviceClient:
     def _fetch_range(self, bundle_id: str, part: Path, start: int, length: int) -> None:
         url = f"{self.server}{API}/bundles/{bundle_id}/payload"
         request = urllib.request.Request(url)  # noqa: S310 - http(s) only
-        request.add_header("Authorization", f"Bearer {self.credential}")
+        if self.credential:
+            _add_credential(request, self.credential)
         if start:
             request.add_header("Range", f"bytes={start}-")
         try:
@@ -169,6 +170,17 @@ class DeviceClient:
         if written < length:
             # The connection ended early: keep the partial file, the next try resumes.
             raise ServerError(f"download interrupted at {written} of {length} bytes")
+
+
+def _add_credential(request: urllib.request.Request, credential: str) -> None:
+    """Attach the device credential to this request only.
+
+    urllib copies headers set with `add_header` onto a redirect, wherever it points; an
+    unredirected header stays behind. The payload route redirects to presigned object
+    storage URLs: the credential must not travel there (another origin), and S3 refuses
+    a request carrying both a query signature and an Authorization header.
+    """
+    request.add_unredirected_header("Authorization", f"Bearer {credential}")
 
 
 def _read_block(response: Any, written: int) -> bytes:
