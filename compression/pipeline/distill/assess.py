@@ -67,9 +67,11 @@ def assess_student(
     golden_path: str,
     dataset: str | None = None,
     dataset_kind: str | None = None,
-    threads: int = 2,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Same result shape as ``compression.pipeline.assess.assess``.
+    """Same result shape as ``compression.pipeline.assess.assess``. One thread by default:
+    batch-1 forwards are many small operations, and a second thread on a busy machine makes
+    each of them wait for its time slice.
 
     Raises:
         ValueError: a tensor dataset (students are text models) or an unreadable one.
