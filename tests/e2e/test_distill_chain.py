@@ -96,7 +96,7 @@ def test_it_runs_a_distill_to_int8_chain_and_an_agent_serves_the_student(
         wait_for(lambda: agent.serving() == bundle, timeout=120)
         answer = agent.post("/v1/predict", {"inputs": ["the tiny model runs fast on chips"]})
         assert answer["bundle"] == bundle
-        assert len(answer["outputs"]) == 1 and len(answer["outputs"][0]) == 32
+        assert len(answer["outputs"]) == 1 and len(answer["outputs"][0]["embedding"]) == 32
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- agent log ---\n{agent.log()}") from exc
     finally:
