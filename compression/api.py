@@ -288,7 +288,10 @@ class RecipeList(Schema):
 @router.get("/recipes", response=RecipeList, summary="Compression recipes and where they apply")
 def list_recipes(request: HttpRequest) -> dict[str, Any]:
     items = [
-        {**dataclasses.asdict(info), "input_formats": sorted(info.input_formats)}
+        {
+            **{k: v for k, v in dataclasses.asdict(info).items() if k != "precheck"},
+            "input_formats": sorted(info.input_formats),
+        }
         for info in CATALOGUE.values()
     ]
     return {"items": items, "count": len(items)}

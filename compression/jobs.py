@@ -21,7 +21,13 @@ from compression.models import (
     VersionStatus,
 )
 from compression.pipeline.textdata import DatasetError, load_jsonl, load_npz
-from compression.recipes import RecipeError, check_model_size, check_params, check_recipe
+from compression.recipes import (
+    RecipeError,
+    check_applicable,
+    check_model_size,
+    check_params,
+    check_recipe,
+)
 from compression.sensor_datasets import SENSOR_SUFFIXES, sensor_dataset_facts
 from compression.services import RegistryError
 from compression.storage import safe_filename, store_file
@@ -66,6 +72,7 @@ def create_job(
         info = check_recipe(recipe, version.format)
         clean_params = check_params(recipe, params or {})
         check_model_size(clean_params, version.inspection or {})
+        check_applicable(info, clean_params, version.inspection or {})
     except RecipeError as exc:
         raise RegistryError(str(exc)) from exc
     _refuse_requantizing(version, recipe)
@@ -73,6 +80,8 @@ def create_job(
     calibration = _dataset(calibration_dataset, "calibration")
     if info.needs_calibration and calibration is None:
         raise RegistryError(f"recipe {recipe!r} needs a calibration_dataset")
+    if info.trains:
+        _check_training_data(calibration, evaluation)
     with transaction.atomic():
         # Lock the version row so two identical requests cannot both pass the check.
         ModelVersion.objects.select_for_update().get(pk=version.pk)
@@ -131,6 +140,20 @@ def _refuse_requantizing(version: ModelVersion, recipe: str) -> None:
         f"v{version.number} is already quantized ({found}); quantizing it again only adds "
         f"error: {advice}."
     )
+
+
+def _check_training_data(train: Dataset | None, evaluation: Dataset | None) -> None:
+    """Training recipes learn from text: refuse tensor data and sets too small to learn from."""
+    from compression.pipeline.distill.params import MIN_TRAIN_TEXTS
+
+    for role, ds in (("training (calibration)", train), ("evaluation", evaluation)):
+        if ds is not None and ds.kind != DatasetKind.TEXT:
+            raise RegistryError(f"the {role} dataset must be JSONL text, not {ds.kind}")
+    if train is not None and train.rows < MIN_TRAIN_TEXTS:
+        raise RegistryError(
+            f"the training (calibration) dataset has {train.rows} texts; "
+            f"training needs at least {MIN_TRAIN_TEXTS}"
+        )
 
 
 def _enqueue(job_id: int) -> None:

@@ -246,6 +246,11 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Set when the job is one step of a chain (compression.chains).
+    chain = models.ForeignKey(
+        "Chain", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    chain_step = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -319,3 +324,32 @@ class Job(models.Model):
 
 class JobCancelledError(Exception):
     """The job was cancelled (or finished elsewhere) while it ran."""
+
+
+class Chain(models.Model):
+    """A saved pipeline of recipes started once on a source version: each step is a job
+    whose result version feeds the next step. Its status is read from its jobs."""
+
+    name = models.CharField(max_length=100, blank=True)
+    source = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="chains")
+    # [{"recipe": str, "params": {...}, "from": int}] - "from" is the step whose result is
+    # this step's input (-1: the source; default: the previous step).
+    steps = models.JSONField(default=list)
+    calibration_dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    eval_dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # Why the chain stopped when no job could be started for a step.
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"chain {self.pk} ({' -> '.join(s['recipe'] for s in self.steps)})"

@@ -4,11 +4,22 @@ produces, and validation of its parameters before a job is queued."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from compression.models import Format
+from compression.pipeline.distill.params import DistillParams, check_against_teacher
 from compression.pipeline.runner import RECIPES, resolve
+
+
+def _check_distill(params: dict[str, Any], inspection: dict[str, Any]) -> None:
+    check_against_teacher(DistillParams(**params), inspection)
+
+
+def _check_prunable(params: dict[str, Any], inspection: dict[str, Any]) -> None:
+    # Pruning needs the same BERT-style encoder layout as distillation (any depth).
+    check_against_teacher(DistillParams(layers=1), {**inspection, "num_layers": None})
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,12 @@ class RecipeInfo:
     form_params: str = "{}"
     # Subprocess function measuring fidelity + golden set (compression.pipeline.runner).
     assessor: str = "assess"
+    # Trains on text: calibration_dataset is its training text (optional: built-in corpus),
+    # eval_dataset its held-out set, and it keeps a checkpoint between deliveries.
+    trains: bool = False
+    # Checks the parameters against the parent's inspection before queueing (raises
+    # ValueError with the reason).
+    precheck: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
 
 
 CATALOGUE: dict[str, RecipeInfo] = {
@@ -104,6 +121,42 @@ CATALOGUE: dict[str, RecipeInfo] = {
             "windows; full int8 .tflite, model_data.cc/.h with the measured arena, ONNX.",
             form_params='{"epochs": 150, "batch_size": 8}',
         ),
+        RecipeInfo(
+            "distill",
+            "Distill into a smaller student",
+            frozenset({Format.HF_DIR}),
+            Format.HF_DIR,
+            description="Trains a student with fewer layers (optionally narrower) to match "
+            "this encoder on CPU. Training text: the calibration dataset, else the built-in "
+            "corpus; held-out: the evaluation dataset, else a reserved split.",
+            form_params='{"layers": 3, "max_train_texts": 20000}',
+            assessor="assess-student",
+            trains=True,
+            precheck=_check_distill,
+        ),
+        RecipeInfo(
+            "prune-heads",
+            "Prune attention heads (to ONNX)",
+            frozenset({Format.HF_DIR}),
+            Format.ONNX,
+            description="Removes the least important heads (measured by ablation), "
+            "fine-tunes briefly towards the unpruned model, exports the smaller model to ONNX.",
+            form_params='{"fraction": 0.25}',
+            trains=True,
+            precheck=_check_prunable,
+        ),
+        RecipeInfo(
+            "prune-ffn",
+            "Prune FFN neurons",
+            frozenset({Format.HF_DIR}),
+            Format.HF_DIR,
+            description="Removes the least active feed-forward neurons (same count per "
+            "layer) and fine-tunes briefly; stays a Hugging Face folder.",
+            form_params='{"fraction": 0.25}',
+            assessor="assess-student",
+            trains=True,
+            precheck=_check_prunable,
+        ),
     )
     if info.name in RECIPES
 }
@@ -147,6 +200,20 @@ def check_params(recipe: str, params: dict[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"invalid parameters for {recipe}: {exc}") from exc
     return _jsonable(dataclasses.asdict(built))
+
+
+def check_applicable(info: RecipeInfo, params: dict[str, Any], inspection: dict[str, Any]) -> None:
+    """Recipe-specific checks against the parent (a teacher that is not an encoder).
+
+    Raises:
+        RecipeError: the recipe cannot work on this model with these parameters.
+    """
+    if info.precheck is None:
+        return
+    try:
+        info.precheck(params, inspection)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from exc
 
 
 def check_model_size(params: dict[str, Any], inspection: dict[str, Any]) -> None:

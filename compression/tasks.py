@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from celery import shared_task
+from celery import current_app, shared_task
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -201,8 +201,15 @@ def _recipe_input_name(recipe: str) -> str:
 @shared_task(acks_late=True)
 def run_compression(job_id: int) -> None:
     job = Job.claim(job_id)
-    if job is None:
-        return
+    if job is not None:
+        _run_compression(job)
+    # Also on a re-delivery of a finished job: a crash between its end and this call
+    # must not strand its chain. By name: the worker side does not import chains.
+    if Job.objects.filter(pk=job_id, chain__isnull=False).exists():
+        current_app.send_task("compression.chain_tasks.advance_chain", args=[job_id])
+
+
+def _run_compression(job: Job) -> None:
     try:
         with heartbeats(job):
             if job.recipe == "sensor-transformer":
@@ -212,6 +219,7 @@ def run_compression(job_id: int) -> None:
     except JobCancelledError:
         return
     except (ConverterCrashError, InvalidModelError, ValueError, OSError) as exc:
+        _drop_checkpoint_unless_interrupted(job, exc)
         tail = getattr(exc, "stderr_tail", "")
         if tail:
             job.append_log(tail[-3000:])
@@ -222,6 +230,15 @@ def run_compression(job_id: int) -> None:
         log.exception("compression job %s crashed", job.pk)
         job.append_log(f"failed: {type(exc).__name__}: {exc}")
         job.finish(JobStatus.FAILED, error=failure_sentence(exc))
+
+
+def _drop_checkpoint_unless_interrupted(job: Job, exc: BaseException) -> None:
+    from compression.checkpoints import discard, keeps_checkpoint
+    from compression.recipes import CATALOGUE
+
+    info = CATALOGUE.get(job.recipe)
+    if info is not None and info.trains and not keeps_checkpoint(exc):
+        discard(job)
 
 
 def _compress(job: Job) -> None:
@@ -257,11 +274,20 @@ def _compress(job: Job) -> None:
             kwargs["output"] = primary
         if job.calibration_dataset is not None:
             kwargs["calibration_path"] = _dataset_path(job.calibration_dataset, work)
-        if job.recipe == "onnx-int8-auto" and job.eval_dataset is not None:
+        if (job.recipe == "onnx-int8-auto" or info.trains) and job.eval_dataset is not None:
             kwargs["eval_path"] = _dataset_path(job.eval_dataset, work)
+        if info.trains:
+            from compression.checkpoints import checkpoint_dir
+
+            kwargs["checkpoint_dir"] = str(checkpoint_dir(job))
         result = run_in_subprocess(
             job.recipe, kwargs, timeout=settings.CELERY_TASK_SOFT_TIME_LIMIT, progress=progress
         )
+        if info.trains:
+            # Training finished: its output is in out_dir, the checkpoint has served.
+            from compression.checkpoints import discard
+
+            discard(job)
         for line in result.get("log", [])[-50:]:
             job.append_log(str(line))
         carry_tokenizer(src, out_dir)

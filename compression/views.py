@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role, has_role
 from accounts.permissions import role_required
+from compression.chain_views import presets_for
 from compression.compare import comparison_row, mark_pareto, recommend
 from compression.jobs import cancel_job, create_job
 from compression.models import (
@@ -87,6 +88,7 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
         "blockers": version.deletion_blockers(),
         "finished": version.status in (VersionStatus.READY, VersionStatus.FAILED),
         "sensor_rows": sensor_rows(version.metrics),
+        "chain_presets": presets_for(version),
     }
     if is_htmx(request):
         response = render(request, "compression/_version_status.html", context)
@@ -186,13 +188,21 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(
         Job.objects.select_related("version__model", "result_version", "created_by"), pk=job_id
     )
-    context = {"job": job, "log_tail": job.log[-6000:]}
+    context = {"job": job, "log_tail": job.log[-6000:], "training": _training_line(job)}
     if is_htmx(request):
         response = render(request, "compression/_job_progress.html", context)
         if job.is_finished:
             response.status_code = HTMX_STOP_POLLING
         return response
     return render(request, "compression/job_detail.html", context)
+
+
+def _training_line(job: Job) -> str:
+    """The newest 'step n/N, loss, held-out fidelity, ETA' line of a training job."""
+    if job.stage != "training":
+        return ""
+    lines = [line for line in job.log.splitlines() if " step " in f" {line[9:]}"]
+    return lines[-1][9:] if lines else ""
 
 
 @role_required(Role.OPERATOR)

@@ -14,6 +14,7 @@ from ninja.security.session import SessionAuth
 from accounts.api import router as accounts_router
 from accounts.models import ApiToken
 from compression.api import router as compression_router
+from compression.chains_api import router as chains_router
 from compression.sensor_api import router as sensor_router
 from core.api_errors import error_response
 from fleet.api.bundles_api import router as bundles_router
@@ -92,6 +93,7 @@ def on_invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
 
 api.add_router("", compression_router)
 api.add_router("", sensor_router)
+api.add_router("", chains_router)
 api.add_router("", fleet_router)
 api.add_router("", rollouts_router)
 api.add_router("", bundles_router)

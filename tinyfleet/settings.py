@@ -250,7 +250,12 @@ CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Task modules beside the code they run (autodiscovery finds only `<app>.tasks`).
-CELERY_IMPORTS = ("fleet.rollout_tasks", "fleet.security.tasks", "fleet.alerts.tasks")
+CELERY_IMPORTS = (
+    "fleet.rollout_tasks",
+    "fleet.security.tasks",
+    "fleet.alerts.tasks",
+    "compression.chain_tasks",
+)
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "compression.tasks.reap_stale_jobs", "schedule": 60.0},
     "evaluate-rollouts": {"task": "fleet.rollout_tasks.evaluate_rollouts", "schedule": 30.0},

@@ -4,7 +4,7 @@ from django.urls import path
 from tinyfleet_agent.protocol import DEVICE_API_PREFIX
 
 from accounts import views as account_views
-from compression import sensor_views
+from compression import chain_views, sensor_views
 from compression import views as registry_views
 from fleet import agent_dist
 from fleet import pages as fleet_pages
@@ -43,6 +43,10 @@ urlpatterns = [
     path("jobs/", registry_views.job_list, name="jobs"),
     path("datasets/", registry_views.dataset_list, name="datasets"),
     path("datasets/<int:dataset_id>/", registry_views.dataset_detail, name="dataset-detail"),
+    path("versions/<int:version_id>/chain/", chain_views.chain_start, name="chain-start"),
+    path("chains/", chain_views.chain_list, name="chains"),
+    path("chains/<int:chain_id>/", chain_views.chain_detail, name="chain-detail"),
+    path("chains/<int:chain_id>/cancel/", chain_views.chain_cancel, name="chain-cancel"),
     path("jobs/<int:job_id>/", registry_views.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/cancel/", registry_views.job_cancel, name="job-cancel"),
     path("versions/<int:version_id>/publish/", fleet_views.version_publish, name="version-publish"),

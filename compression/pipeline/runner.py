@@ -76,6 +76,9 @@ RECIPES: dict[str, str] = {
     "tflm": "compression.pipeline.tflm.recipe:convert_tflm:TflmParams",
     "as-is": "compression.pipeline.as_is:keep_as_is:AsIsParams",
     "sensor-transformer": "compression.pipeline.sensor.recipe:train_sensor:SensorParams",
+    "distill": "compression.pipeline.distill.recipe:distill:DistillParams",
+    "prune-heads": "compression.pipeline.prune.recipe:prune_heads_recipe:PruneHeadsParams",
+    "prune-ffn": "compression.pipeline.prune.recipe:prune_ffn_recipe:PruneFfnParams",
 }
 
 # Functions callable through the subprocess runner that are not recipes.
@@ -86,6 +89,7 @@ _EXTRA_FUNCS: dict[str, str] = {
     "assess-tflm": "compression.pipeline.tflm.assess:assess_tflm",
     "compare-latency": "compression.pipeline.assess:compare_latency_json",
     "probe-outputs": "compression.pipeline.outputs:probe_roles",
+    "assess-student": "compression.pipeline.distill.assess:assess_student",
 }
 
 

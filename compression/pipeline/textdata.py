@@ -197,22 +197,27 @@ def load_jsonl(path: str | Path) -> list[TextExample]:
     """Read ``{"text": ..., "label"?: ...}`` lines.
 
     Raises:
-        DatasetError: unreadable JSON, a missing/empty ``text``, labels on only
+        DatasetError: invalid UTF-8 or JSON, a missing/empty ``text``, labels on only
             some lines, or no examples at all.
     """
+    data = Path(path).read_bytes()
+    try:
+        text_all = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A clear 4xx for the operator, never a traceback: name the line.
+        raise DatasetError(f"{path}:{raw_line(data, exc.start)}: not valid UTF-8 text") from None
     examples: list[TextExample] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            text = obj.get("text") if isinstance(obj, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise DatasetError(f'{path}:{lineno}: expected {{"text": "...", "label"?: ...}}')
-            examples.append(TextExample(text=text, label=obj.get("label")))
+    for lineno, line in enumerate(text_all.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+        text = obj.get("text") if isinstance(obj, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise DatasetError(f'{path}:{lineno}: expected {{"text": "...", "label"?: ...}}')
+        examples.append(TextExample(text=text, label=obj.get("label")))
     if not examples:
         raise DatasetError(f"{path}: dataset is empty")
     labelled = sum(e.label is not None for e in examples)
@@ -221,6 +226,11 @@ def load_jsonl(path: str | Path) -> list[TextExample]:
             f"{path}: {labelled} of {len(examples)} lines have a label; need all or none"
         )
     return examples
+
+
+def raw_line(data: bytes, offset: int) -> int:
+    """1-based line number of a byte offset."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def load_npz(path: str | Path, input_names: list[str] | None = None) -> dict[str, np.ndarray]:
