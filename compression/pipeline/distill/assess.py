@@ -68,8 +68,12 @@ def assess_student(
     dataset: str | None = None,
     dataset_kind: str | None = None,
     threads: int = 1,
+    output: str | None = None,
+    child_output: str | None = None,
 ) -> dict[str, Any]:
-    """Same result shape as ``compression.pipeline.assess.assess``. One thread by default:
+    """Same result shape as ``compression.pipeline.assess.assess``. Teacher and student are
+    Hugging Face folders measured on their pooled embedding (or logits), so `output` and
+    `child_output` (ONNX output names) need no choosing. One thread by default:
     batch-1 forwards are many small operations, and a second thread on a busy machine makes
     each of them wait for its time slice.
 
