@@ -217,7 +217,7 @@ def assess(
     ref = [run_parent(f) for f in feeds]
     cand = [run_child(f) for f in feeds]
     fidelity = _fidelity(task, ref, cand, feeds, labels)
-    fidelity["output"] = output
+    fidelity["output"] = child_output or output  # the child's output: what the comparison checks
     fidelity.update(sanity(ref, cand, _same_weights(parent, child)))
     golden = min(GOLDEN_SIZE, len(feeds))
     tolerance = _tolerance(task, ref[:golden], cand[:golden], feeds[:golden])

@@ -120,7 +120,7 @@ def test_it_uploads_and_previews_a_dataset_in_the_browser(alice: Any, tmp_path: 
     assert "<td>bus</td><td>2</td>" in page
     listing = client.get("/datasets/").content.decode()
     assert "commute" in listing and "<td>3</td>" in listing
-    bad = client.post("/datasets/", {"file": SimpleUploadedFile("x.csv", b"a,b")}, follow=True)
+    bad = client.post("/datasets/", {"file": SimpleUploadedFile("x.txt", b"a,b")}, follow=True)
     assert "datasets are .jsonl" in bad.content.decode()
 
 
