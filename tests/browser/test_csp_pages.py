@@ -20,7 +20,22 @@ document.addEventListener('securitypolicyviolation',
   e => window.__csp.push(e.violatedDirective + ' ' + (e.blockedURI || 'inline')));
 """
 
-PAGES = ["/fleet/", "/models/", "/groups/", "/devices/", "/rollouts/", "/bundles/", "/tokens/"]
+PAGES = [
+    "/fleet/",
+    "/fleet/alerts/",
+    "/models/",
+    "/models/upload/",
+    "/sensors/",
+    "/jobs/",
+    "/datasets/",
+    "/chains/",
+    "/groups/",
+    "/devices/",
+    "/rollouts/",
+    "/bundles/",
+    "/security/",
+    "/tokens/",
+]
 
 
 def test_it_serves_every_page_without_a_csp_violation(
