@@ -23,7 +23,7 @@ from compression.models import (
     VersionStatus,
 )
 from compression.recipes import CATALOGUE, RecipeError, check_params, check_recipe
-from compression.services import RegistryError
+from compression.services import MissingObjectError, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def start_chain(
             continue
         found = Dataset.objects.filter(pk=ident).first()
         if found is None:
-            raise RegistryError(f"{role} dataset {ident} does not exist")
+            raise MissingObjectError(f"{role} dataset {ident} does not exist")
         if found.kind != DatasetKind.TEXT and any(CATALOGUE[s["recipe"]].trains for s in clean):
             raise RegistryError(f"the {role} dataset must be JSONL text for training steps")
         datasets[role] = found

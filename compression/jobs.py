@@ -29,7 +29,7 @@ from compression.recipes import (
     check_recipe,
 )
 from compression.sensor_datasets import SENSOR_SUFFIXES, sensor_dataset_facts
-from compression.services import RegistryError
+from compression.services import MissingObjectError, RegistryError
 from compression.storage import safe_filename, store_file
 from compression.tasks import run_compression
 
@@ -45,7 +45,7 @@ def _dataset(dataset_id: int | None, role: str) -> Dataset | None:
         return None
     found = Dataset.objects.filter(pk=dataset_id).first()
     if found is None:
-        raise RegistryError(f"{role} dataset {dataset_id} does not exist")
+        raise MissingObjectError(f"{role} dataset {dataset_id} does not exist")
     return found
 
 

@@ -31,7 +31,7 @@ from compression.models import (
     Task,
     VersionStatus,
 )
-from compression.services import NAME_PATTERN, RegistryError
+from compression.services import NAME_PATTERN, MissingObjectError, RegistryError
 from compression.storage import content_key, store_file
 
 __all__ = [
@@ -51,7 +51,7 @@ def _sensor_dataset(dataset_id: int | None, role: str, required: bool) -> Datase
         return None
     found = Dataset.objects.filter(pk=dataset_id).first()
     if found is None:
-        raise RegistryError(f"{role} dataset {dataset_id} does not exist")
+        raise MissingObjectError(f"{role} dataset {dataset_id} does not exist")
     if found.kind != DatasetKind.SENSOR:
         raise RegistryError(f"{role} dataset {dataset_id} is {found.kind}, not sensor data")
     return found

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
+from pydantic import StringConstraints
 
 from accounts.models import Role
 from accounts.permissions import require_role
 from compression.schemas import ConflictOut, ErrorOut, JobOut, VersionOut
 from compression.sensor import start_training
-from compression.services import RegistryError
+from compression.services import NAME_PATTERN, RegistryError
 
 router = Router(tags=["sensor"])
 
 
+# The registry's naming rule, in the schema so clients (and fuzzers) see it.
+ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN.pattern)]
+
+
 class SensorTrainIn(Schema):
-    name: str
+    name: ModelName
     dataset: int
     eval_dataset: int | None = None
     params: dict[str, Any] = {}
@@ -36,6 +41,7 @@ class SensorTrainOut(Schema):
         400: ErrorOut,
         401: ErrorOut,
         403: ErrorOut,
+        404: ErrorOut,
         409: ConflictOut,
     },
     summary="Train a tiny sensor Transformer from a sensor dataset (int8, TFLite Micro)",

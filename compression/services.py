@@ -33,6 +33,12 @@ class RegistryError(Exception):
     status = 400
 
 
+class MissingObjectError(RegistryError):
+    """A request names an object (e.g. a dataset) that does not exist."""
+
+    status = 404
+
+
 class DuplicateVersionError(RegistryError):
     status = 409
 

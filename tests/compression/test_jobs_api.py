@@ -72,6 +72,17 @@ def test_static_int8_needs_a_calibration_set(alice_api: Any, ready_onnx: dict[st
     assert "calibration" in response.json()["error"]
 
 
+def test_a_dataset_that_does_not_exist_is_not_found(
+    alice_api: Any, ready_onnx: dict[str, Any]
+) -> None:
+    response = _start(
+        alice_api, version=ready_onnx["id"], recipe="onnx-int8-auto", eval_dataset=987654
+    )
+    assert response.status_code == 404
+    assert "evaluation dataset 987654 does not exist" in response.json()["error"]
+    assert not Job.objects.filter(kind="compress").exists()
+
+
 def test_a_viewer_cannot_start_jobs(bob_api: Any, ready_onnx: dict[str, Any]) -> None:
     assert _start(bob_api, version=ready_onnx["id"], recipe="onnx-int8-dynamic").status_code == 403
 

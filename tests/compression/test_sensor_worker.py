@@ -124,7 +124,10 @@ def test_it_refuses_training_requests_it_cannot_run_and_creates_nothing(
     assert no_labels.status_code == 400 and "no labels" in no_labels.json()["error"]
     assert train(dataset=text_id).status_code == 400
     assert "not sensor data" in train(dataset=text_id).json()["error"]
-    assert train(dataset=9999).status_code == 400
+    bad_name = train(dataset=plain.json()["id"], name="\u0017|9")
+    assert bad_name.status_code == 400 and "name" in bad_name.json()["error"]
+    missing = train(dataset=9999)
+    assert missing.status_code == 404 and "does not exist" in missing.json()["error"]
     bad = train(dataset=plain.json()["id"], params={"task": "anomaly", "layers": 9})
     assert bad.status_code == 400 and "layers" in bad.json()["error"]
     viewer = bob_api.post("/api/v1/sensor-models", {"name": "m", "dataset": plain.json()["id"]})

@@ -40,7 +40,7 @@ class Agent:
         }
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        done = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -52,9 +52,14 @@ class Agent:
             env=self.env,
             capture_output=True,
             text=True,
-            check=check,
+            check=False,
             timeout=120,
         )
+        # The agent's own words on failure, not just an exit status.
+        assert not check or done.returncode == 0, (
+            f"agent {' '.join(args[:1])} exited {done.returncode}: {done.stdout}{done.stderr}"
+        )
+        return done
 
     def start(self) -> None:
         log = (self.state_dir.parent / f"{self.name}.log").open("ab")

@@ -172,12 +172,14 @@ def _until(stack: Stack, check: Any, timeout: float, what: str, agents: list[Age
 
 
 def _monitor_rows(session: requests.Session, url: str) -> list[tuple[int, int]]:
-    """(devices, requests) per hour row of the monitor page's table."""
+    """(devices, requests) per row (one per chart bucket) of the monitor page's table."""
     page = session.get(url, timeout=30).text
     table = page.split('data-testid="monitor-table"', 1)[-1].split("</table>", 1)[0]
     return [
         (int(devices), int(count))
-        for devices, count in re.findall(r"<tr><td>[^<]*</td><td>(\d+)</td><td>(\d+)</td>", table)
+        for devices, count in re.findall(
+            r"<tr><td>(?:<time[^>]*>)?[^<]*(?:</time>)?</td><td>(\d+)</td><td>(\d+)</td>", table
+        )
     ]
 
 
@@ -257,7 +259,9 @@ def test_the_whole_journey_on_a_production_like_stack(
         assert any(o["Key"].startswith("bundles/") for o in stored), stored
 
         group = stack.api("POST", "/groups", json={"name": "lab", "selector": "site=lab"}).json()
-        token = stack.api("POST", "/enrollment-tokens", json={"group": group["id"]}).json()
+        token = stack.api(
+            "POST", "/enrollment-tokens", json={"group": group["id"], "max_uses": len(agents)}
+        ).json()
         for agent in agents:
             agent.cli(
                 "enroll", "--server", stack.url, "--token", token["token"], "--label", "site=lab"

@@ -169,7 +169,9 @@ def test_two_nodes_and_two_workers_behave_like_one(
 
     # The group and token are made on node A; one agent enrolls on each node.
     group = node_a.api(token, "POST", "/api/v1/groups", {"name": "lab", "selector": "site=lab"})
-    enroll = node_a.api(token, "POST", "/api/v1/enrollment-tokens", {"group": group["id"]})
+    enroll = node_a.api(
+        token, "POST", "/api/v1/enrollment-tokens", {"group": group["id"], "max_uses": len(agents)}
+    )
     for agent, node in zip(agents, (node_a, node_b), strict=True):
         agent.cli("enroll", "--server", node.url, "--token", enroll["token"], "--label", "site=lab")
         agent.start()
