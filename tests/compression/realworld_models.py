@@ -148,3 +148,20 @@ def zip_folder(folder: Path, target: Path) -> Path:
         for file in sorted(folder.iterdir()):
             zf.write(file, file.name)
     return target
+
+
+def build_contrib_ops_onnx(path: Path, *, hidden: int = 32, heads: int = 2) -> Path:
+    """The tiny BERT after onnxruntime's transformer optimizer, as users often ship
+    exports: com.microsoft SkipLayerNormalization and BiasGelu fused into the graph."""
+    import tempfile
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = build_tiny_bert_onnx(Path(tmp) / "plain.onnx", hidden=hidden, heads=heads)
+        fused = optimize_model(
+            str(plain), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fused.save_model_to_file(str(path))
+    return path

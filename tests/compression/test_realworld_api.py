@@ -17,6 +17,7 @@ from compression.models import Job, ModelVersion
 from tests.compression.helpers import upload
 from tests.compression.realworld_models import (
     POOLED,
+    build_contrib_ops_onnx,
     build_four_output_onnx,
     write_tokenizer,
     zip_folder,
@@ -74,6 +75,44 @@ def test_it_measures_the_pooled_output_and_lets_the_operator_choose_another(
     assert child.primary_output == "last_hidden_state"
     assert child.metrics["fidelity"]["output"] == "last_hidden_state"
     assert child.metrics["fidelity"]["measured"] is True
+
+
+def test_a_graph_with_onnxruntime_contrib_ops_is_inspected_and_quantized(
+    celery_worker: Worker, alice_api: Any, tmp_path: Path
+) -> None:
+    """An export fused by onnxruntime's transformer optimizer (com.microsoft ops) is
+    inspected with its parameters and contrib ops, and onnx-int8-auto measures it and
+    keeps the fused ops (onnxruntime on the device runs them)."""
+    folder = tmp_path / "fused"
+    build_contrib_ops_onnx(folder / "model.onnx")
+    write_tokenizer(folder)
+    version = _ready(alice_api, zip_folder(folder, tmp_path / "fused.zip"), name="fused")
+    inspection = version.inspection
+    assert inspection["opset_imports"]["com.microsoft"] == 1
+    assert inspection["ops"]["SkipLayerNormalization"] >= 4 and inspection["ops"]["BiasGelu"] == 2
+    assert inspection["parameters"] > 30_000
+    # Tiny, so no recipe is recommended (int8 would save under 0.1 MB); the operator
+    # may still choose the accuracy-aware int8 recipe, which must cope with the graph.
+    assert inspection["recommendation"]["recipe"] is None
+
+    small = {"eval_samples": 40, "heldout_samples": 20, "calibration_samples": 16}
+    job = alice_api.post(
+        "/api/v1/jobs",
+        {
+            "version": version.pk,
+            "recipe": "onnx-int8-auto",
+            "params": {**small, "latency_rounds": 2},
+        },
+    )
+    assert job.status_code == 201, job.content
+    done = wait_for(lambda: (j := Job.objects.get(pk=job.json()["id"])).is_finished and j, 300)
+    assert done.status == "succeeded", (done.error, done.log)
+    child = ModelVersion.objects.get(pk=done.result_version_id)
+    fidelity = child.metrics["fidelity"]
+    assert fidelity["measured"] is True and fidelity["cosine_mean"] > 0.99, fidelity
+    ops = child.inspection["ops"]
+    assert ops.get("SkipLayerNormalization") and ops.get("BiasGelu"), ops
+    assert ops.get("MatMulInteger") or ops.get("DynamicQuantizeMatMul"), ops
 
 
 def test_it_warns_about_a_missing_tokenizer_and_attaches_one(
