@@ -137,6 +137,34 @@ def main() -> None:
     print(report)
 
 
+def _assign_bench_bundle() -> None:
+    """A bundle row `b-ab` (never published: the requests measured only check the
+    assignment) assigned, as a previous bundle, to every device."""
+    from django.utils import timezone
+
+    from compression.models import ModelVersion, RegisteredModel
+    from fleet.models import Assignment, Bundle, Device
+
+    model = RegisteredModel.objects.create(name="ab", task="text-embedding")
+    version = ModelVersion.objects.create(
+        model=model,
+        number=1,
+        format="onnx",
+        storage_key="unused",
+        original_filename="model.onnx",
+        size_bytes=1,
+        sha256="0" * 64,
+    )
+    bundle = Bundle.objects.create(
+        id="b-ab", version=version, model="ab", release=1, target_name="b-ab"
+    )
+    ended = timezone.now()
+    Assignment.objects.bulk_create(
+        Assignment(device=d, bundle=bundle, wrapped_key=b"", ended_at=ended)
+        for d in Device.objects.all()
+    )
+
+
 def run(args: argparse.Namespace) -> str:
     import django
 
@@ -166,6 +194,7 @@ def run(args: argparse.Namespace) -> str:
         )
         for i, c in enumerate(creds)
     )
+    _assign_bench_bundle()  # devices report only on bundles they were assigned
     etags = []
     for c in creds:
         assert call(application, "GET", "/api/device/v1/state", c).startswith("200")

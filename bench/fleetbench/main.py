@@ -78,6 +78,12 @@ def main() -> int:
         "DJANGO_SETTINGS_MODULE": "tinyfleet.settings",
         "LOG_LEVEL": "WARNING",
         "TINYFLEET_TELEMETRY_FOLD": args.telemetry_fold,
+        # Limits so high they never refuse: the limiter's cost is measured, its 429s
+        # (40 enrollments a minute from one address, load phases far above a device's
+        # real rate) are not what this bench is about.
+        "TINYFLEET_ENROLL_RATE_LIMIT": "1000000/m",
+        "TINYFLEET_DEVICE_RATE_LIMIT": "1000000/m",
+        "TINYFLEET_API_RATE_LIMIT": "1000000/m",
     }
     server = Server(data_dir=work / "data", log=work / "gunicorn.log", extra_env=env)
     sampler = RssSampler(server)
@@ -151,6 +157,14 @@ def main() -> int:
             "device_id"
         ]
 
+        # Devices report only on bundles they were assigned: before the convergence
+        # phase assigns it for real, the bench bundle is each device's (ended) previous one.
+        from fleet.models import Assignment, Device
+
+        Assignment.objects.bulk_create(
+            Assignment(device=d, bundle=bundle, wrapped_key=b"", ended_at=since)
+            for d in Device.objects.all()
+        )
         template = telemetry_template(bundle.pk)
         ctx["telemetry_bytes"] = len(template.replace("@BATCH@", str(uuid.uuid4())))
         common = dict(procs=args.procs, conns=args.conns, warmup=args.warmup, seconds=args.seconds)
