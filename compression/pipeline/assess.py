@@ -219,6 +219,20 @@ def assess(
     fidelity = _fidelity(task, ref, cand, feeds, labels)
     fidelity["output"] = child_output or output  # the child's output: what the comparison checks
     fidelity.update(sanity(ref, cand, _same_weights(parent, child)))
+    return golden_result(task, ref, cand, feeds, fidelity, source, golden_path)
+
+
+def golden_result(
+    task: str,
+    ref: list[np.ndarray],
+    cand: list[np.ndarray],
+    feeds: list[dict[str, np.ndarray]],
+    fidelity: dict[str, Any],
+    source: str,
+    golden_path: str,
+) -> dict[str, Any]:
+    """Write the golden set (the parent's outputs on the first examples, with the
+    tolerance the child showed) and return the assessment every assessor reports."""
     golden = min(GOLDEN_SIZE, len(feeds))
     tolerance = _tolerance(task, ref[:golden], cand[:golden], feeds[:golden])
     digest = write_golden(Path(golden_path), feeds[:golden], ref[:golden], task, tolerance)

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from compression.pipeline.assess import GOLDEN_SIZE, MAX_SEQ, _tolerance, write_golden
+from compression.pipeline.assess import MAX_SEQ, golden_result
 from compression.pipeline.evaluate import (
     classifier_fidelity,
-    confidence_histogram,
     embedding_fidelity,
     mean_pool,
     nearest_neighbours,
@@ -109,18 +108,7 @@ def assess_student(
             ref.append((hidden @ proj.T if proj is not None else hidden).numpy())
             cand.append(s_out.last_hidden_state.numpy())
     fidelity = _fidelity(task, ref, cand, feeds, labels, teacher, proj)
-    golden = min(GOLDEN_SIZE, len(feeds))
-    tolerance = _tolerance(task, ref[:golden], cand[:golden], feeds[:golden])
-    digest = write_golden(Path(golden_path), feeds[:golden], ref[:golden], task, tolerance)
-    result: dict[str, Any] = {
-        "fidelity": fidelity,
-        "golden": {"sha256": digest, "count": golden, "tolerance": tolerance},
-        "inputs": source,
-        "examples": len(feeds),
-    }
-    if task == "text-classification":
-        result["reference_confidence"] = confidence_histogram(np.concatenate(cand))
-    return result
+    return golden_result(task, ref, cand, feeds, fidelity, source, golden_path)
 
 
 def _pooled(outputs: list[np.ndarray], feeds: list[dict[str, np.ndarray]]) -> np.ndarray:

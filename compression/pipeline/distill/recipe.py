@@ -71,7 +71,7 @@ def torch_latency_ratio(teacher: Any, student: Any, rounds: int = 15) -> dict[st
     }
 
 
-def _parameters(model: Any) -> int:
+def count_parameters(model: Any) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
@@ -121,9 +121,9 @@ def distill(
     student, kept, projection = build_student(teacher, params)
     log = [
         f"teacher: {teacher.config.get('model_type')} {len(teacher.layers)} layers, "
-        f"{_parameters(teacher.model):,} parameters; task {teacher.task}",
+        f"{count_parameters(teacher.model):,} parameters; task {teacher.task}",
         f"student: layers {kept} of the teacher, hidden "
-        f"{student.config.hidden_size}, {_parameters(student):,} parameters",
+        f"{student.config.hidden_size}, {count_parameters(student):,} parameters",
         f"data: {len(data.train)} training texts ({data.source}), {len(data.held_out)} held out",
     ]
     for line in log:
@@ -164,8 +164,8 @@ def distill(
     progress(0.95, "timing", "student vs teacher latency (PyTorch, batch 1, seq 64)")
     latency = torch_latency_ratio(teacher.model, student)
     metrics: dict[str, Any] = {
-        "teacher_parameters": _parameters(teacher.model),
-        "student_parameters": _parameters(student),
+        "teacher_parameters": count_parameters(teacher.model),
+        "student_parameters": count_parameters(student),
         "layers_kept": kept,
         "hidden_size": int(student.config.hidden_size),
         "training": {

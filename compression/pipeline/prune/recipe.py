@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from compression.pipeline.distill.params import DistillError, DistillParams
+from compression.pipeline.distill.recipe import count_parameters
 from compression.pipeline.prune.params import PruneFfnParams, PruneHeadsParams, recovery_params
 from compression.pipeline.runner import ProgressFn, RecipeResult, no_progress
 
@@ -96,10 +97,6 @@ def _recover(
     }
 
 
-def _parameters(model: Any) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
 def prune_heads_recipe(
     model_dir: str,
     output_dir: str,
@@ -143,8 +140,8 @@ def prune_heads_recipe(
         "heads_total": total,
         "plan": {str(k): v for k, v in plan.items()},
         "importance": [[round(s, 6) for s in row] for row in importance],
-        "parameters_before": _parameters(teacher.model),
-        "parameters_after": _parameters(student),
+        "parameters_before": count_parameters(teacher.model),
+        "parameters_after": count_parameters(student),
         "recovery": recovery,
         "heldout_fidelity": recovery["after_recovery"],
         "torch_latency": torch_latency_ratio(teacher.model, student),
@@ -202,9 +199,9 @@ def prune_ffn_recipe(
         metrics={
             "ffn_width_before": before,
             "ffn_width_after": kept,
-            "parameters_before": _parameters(teacher.model),
-            "parameters_after": _parameters(student),
-            "student_parameters": _parameters(student),
+            "parameters_before": count_parameters(teacher.model),
+            "parameters_after": count_parameters(student),
+            "student_parameters": count_parameters(student),
             "recovery": recovery,
             "heldout_fidelity": recovery["after_recovery"],
             "torch_latency": torch_latency_ratio(teacher.model, student),
