@@ -41,7 +41,7 @@ def main() -> int:
         "--fold-workers", type=int, default=2, help="folding processes to compare with one"
     )
     parser.add_argument(
-        "--fold-backlog", type=int, default=3000, help="pending batches per fold run"
+        "--fold-backlog", type=int, default=12000, help="pending batches per fold run"
     )
     parser.add_argument(
         "--telemetry-fold",
