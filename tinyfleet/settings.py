@@ -232,6 +232,12 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(BROKER_DIR / "processed"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
+        # kombu polls the folder once a second by default and, with one worker process
+        # and a prefetch of one, takes one message per poll: a backlog of small tasks
+        # (rollout nudges from telemetry) queued behind a long job then delays the next
+        # real one by as many seconds as there are messages (24 s for a publish, seen
+        # in `make demo`). Listing a local folder ten times a second costs nothing.
+        "polling_interval": 0.1,
     }
 else:
     # Derived from the job time limit: Redis must not redeliver a job that is still running.

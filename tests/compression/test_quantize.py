@@ -228,6 +228,59 @@ def test_it_makes_int8_weight_pairs_safe_from_int16_saturation() -> None:
     assert np.abs(q * scale - w).max() <= scale.max()  # still a faithful quantization
 
 
+def _gemm_head_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """A pooler and a classifier as torch.nn.Linear exports them: Gemm, transB=1, the
+    weights stored [out, in]; the pooler square (shape alone cannot tell orientation)."""
+    from onnx import TensorProto, helper
+
+    pooler = rng.normal(0, 0.3, (16, 16)).astype(np.float32)
+    classifier = rng.normal(0, 0.3, (4, 16)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["x", "pooler.weight", "pooler.bias"], ["p"], transB=1),
+        helper.make_node("Tanh", ["p"], ["t"]),
+        helper.make_node(
+            "Gemm", ["t", "classifier.weight", "classifier.bias"], ["logits"], transB=1
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(pooler, "pooler.weight"),
+            numpy_helper.from_array(np.zeros(16, np.float32), "pooler.bias"),
+            numpy_helper.from_array(classifier, "classifier.weight"),
+            numpy_helper.from_array(np.zeros(4, np.float32), "classifier.bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what onnxruntime reads, whatever onnx writes by default
+    return model
+
+
+def test_saturation_safe_requantization_keeps_gemm_weights_oriented(tmp_path: Path) -> None:
+    # A sequence-classification export ends in two Gemm(transB=1) nodes; quantize_dynamic
+    # turns them into MatMulInteger with the weights transposed. Re-quantizing from the
+    # float [out, in] initializer crashed on the classifier (size 64 into shape (4,)) and,
+    # worse, silently used the square pooler the wrong way round.
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(3)
+    model = _gemm_head_model(rng)
+    path = tmp_path / "q.onnx"
+    quantize_dynamic(model, str(path), per_channel=True, weight_type=QuantType.QInt8)
+    quantized = onnx.load(str(path))
+    assert {n.op_type for n in quantized.graph.node} >= {"MatMulInteger"}
+    auto_int8_graph.saturation_safe_requantize(quantized, model)
+    x = rng.normal(0, 1, (32, 16)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference, candidate = want.run(None, {"x": x})[0], got.run(None, {"x": x})[0]
+    assert np.abs(candidate - reference).max() < 0.1 * np.abs(reference).max()
+    assert (candidate.argmax(1) == reference.argmax(1)).mean() >= 0.9
+
+
 def test_it_picks_an_auto_int8_candidate_that_meets_the_target(
     tiny: Path, calib_npz: Path, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -42,6 +43,9 @@ def test_it_runs_a_living_fleet_of_three_on_the_embedded_default(tmp_path: Path)
         assert step in out, out
     assert out.count("enrolled device") == 3
     assert "dashboard" in out and "password" in out and "/monitor/?range=1h" in out
+    # Every line carries the time since the start, and the total is printed at the end.
+    assert re.search(r"^\[demo \d+:\d\d\] starting the server stack", out, re.M), out
+    assert re.search(r"ready in +\d+:\d\d", out), out
 
     # The embedded default was used, and what the charts read is really there.
     db = sqlite3.connect(data / "tinyfleet.sqlite3")
@@ -64,3 +68,22 @@ def _running(pid_file: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def test_demo_mode_asks_onnx_int8_auto_for_candidates_it_has() -> None:
+    # The demo's short search names candidates; a renamed one would fail the job.
+    import argparse
+
+    from compression.pipeline.auto_int8 import DEFAULT_CANDIDATES, AutoInt8Params
+    from tinyfleet.demo import DEMO_SEARCH, Demo
+
+    def params(recipe: str, full: bool) -> dict[str, object]:
+        args = argparse.Namespace(recipe=recipe, full_search=full, data_dir=Path("unused"), port=1)
+        return Demo(args).compress_params()
+
+    short = params("onnx-int8-auto", False)
+    assert short == DEMO_SEARCH
+    assert set(short["candidates"]) <= {c.name for c in DEFAULT_CANDIDATES}  # type: ignore[arg-type]
+    AutoInt8Params(**{**short, "candidates": tuple(short["candidates"])})  # type: ignore[arg-type]
+    assert params("onnx-int8-auto", True) == {}
+    assert params("onnx-int8-dynamic", False) == {}

@@ -229,6 +229,7 @@ def saturation_safe_requantize(quantized: onnx.ModelProto, float_model: onnx.Mod
     max same-sign pair sum/128).  Returns the number of columns whose scale grew.
     """
     src = {i.name: numpy_helper.to_array(i) for i in float_model.graph.initializer}
+    transposed = _gemm_transposed_weights(float_model)
     inits = {i.name: i for i in quantized.graph.initializer}
     changed = 0
     for node in quantized.graph.node:
@@ -239,13 +240,29 @@ def saturation_safe_requantize(quantized: onnx.ModelProto, float_model: onnx.Mod
         if base not in src or scale_name not in inits or zp_name not in inits:
             continue
         zp = numpy_helper.to_array(inits[zp_name])
-        if zp.dtype != np.int8 or np.any(zp != 0) or src[base].ndim != 2:
+        weight = src[base].T if base in transposed else src[base]
+        stored_shape = tuple(inits[node.input[1]].dims)
+        if zp.dtype != np.int8 or np.any(zp != 0) or weight.shape != stored_shape:
             continue
-        q, scale, grown = _pair_safe(src[base].astype(np.float64))
+        q, scale, grown = _pair_safe(weight.astype(np.float64))
         changed += grown
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(q, node.input[1]))
         inits[scale_name].CopyFrom(numpy_helper.from_array(scale.reshape(zp.shape), scale_name))
     return changed
+
+
+def _gemm_transposed_weights(model: onnx.ModelProto) -> set[str]:
+    """Weights of Gemm nodes with transB=1 (a classifier head or pooler exported from
+    torch.nn.Linear): quantize_dynamic stores them as MatMulInteger weights transposed,
+    [in, out], while the float initializer is [out, in]. A square one (the pooler) has
+    the same shape both ways, so the shape alone cannot tell."""
+    names = set()
+    for node in model.graph.node:
+        if node.op_type == "Gemm" and len(node.input) > 1:
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            if trans_b:
+                names.add(node.input[1])
+    return names
 
 
 def _pair_safe(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
