@@ -50,11 +50,14 @@ def log(message: str) -> None:
 
 
 def train_student(
-    teacher: Path, layers: int, texts: int, minutes: float, work: Path
+    teacher: Path, layers: int, args: argparse.Namespace, work: Path
 ) -> tuple[Path, dict[str, Any]]:
+    minutes: float = args.minutes
     params = DistillParams(
         layers=layers,
-        max_train_texts=texts,
+        max_train_texts=args.train_texts,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
         batch_size=32,
         eval_every=25,
         held_out=256,
@@ -118,13 +121,14 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], meta: dict[str, Any
         "process, thread CPU time (the machine was shared with other jobs; CPU time is the",
         "fair clock), median of 15 rounds x 5 runs.",
         "",
-        "| model | layers | train texts | train min | cosine mean | cosine min | NN agreement "
-        "| latency ms | vs teacher fp32 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | layers | train texts | epochs | train min | cosine mean | cosine min "
+        "| NN agreement | latency ms | vs teacher fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['layers']} | {r.get('texts', '-')} | {r.get('minutes', '-')} "
+            f"| {r['name']} | {r['layers']} | {r.get('texts', '-')} | {r.get('epochs', '-')} "
+            f"| {r.get('minutes', '-')} "
             f"| {r['cosine']:.4f} | {r['cosine_min']:.4f} | {100 * r['nn']:.1f}% "
             f"| {r['latency_ms']:.2f} | {r['ratio']:.3f}x |"
         )
@@ -164,6 +168,8 @@ def main() -> int:
     parser.add_argument("--layers", type=int, nargs="+", default=[3])
     parser.add_argument("--train-texts", type=int, default=4800)
     parser.add_argument("--minutes", type=float, default=26.0, help="training time cap each")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the training texts")
+    parser.add_argument("--learning-rate", type=float, default=DistillParams.learning_rate)
     parser.add_argument("--held-out", type=int, default=500)
     parser.add_argument("--prune-heads", type=float, default=0.0, help="fraction; 0: none")
     parser.add_argument("--prune-minutes", type=float, default=4.0)
@@ -193,13 +199,14 @@ def main() -> int:
         info: dict[str, Any] = {"training": {}}
         for layers in args.layers:
             log(f"training the {layers}-layer student")
-            student, metrics = train_student(teacher, layers, args.train_texts, args.minutes, work)
+            student, metrics = train_student(teacher, layers, args, work)
             fp32 = to_onnx(student, work / f"s{layers}-onnx")
             int8, scheme = to_int8(fp32, tokenizer, work / f"s{layers}-int8")
             metrics["int8"] = scheme
             info["training"][layers] = metrics
             extra = {
-                "texts": min(metrics["training"]["steps"] * 32, len(corpus.train)),
+                "texts": len(corpus.train),
+                "epochs": round(metrics["training"]["steps"] * 32 / max(len(corpus.train), 1), 2),
                 "minutes": round(metrics["training"]["seconds"] / 60, 1),
             }
             models += [
