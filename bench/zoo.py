@@ -173,7 +173,7 @@ def minilm(cache: Path, work: Path, heldout: int) -> dict[str, Any]:
 
 # What the run of 2026-12-04 showed; kept in the report so regenerating it keeps the why.
 NOTES = """\
-## Reading it (run of 2026-12-04, 15:50 UTC, an Intel Xeon with AVX-512 VNNI, quiet but for an emulated arm64 test run on one core)
+## Reading it (run of 2026-12-04, 15:44 UTC, an Intel Xeon with AVX-512 VNNI, quiet but for an emulated arm64 test run on one core)
 
 - **MiniLM-L6, onnx-int8-auto** keeps cosine 0.9989 against fp32 PyTorch on real text it
   never saw, at 0.257x size and 0.38x the fp32 latency. The recipe's own held-out real
