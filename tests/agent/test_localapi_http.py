@@ -8,6 +8,7 @@ import io
 import json
 import pickle
 import socket
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,14 @@ def _connect(api: LocalApi) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=5)
 
 
+# Bytes read past the end of a response: with pipelined requests, one recv can hold the
+# next response too (seen under qemu, where the client reads slower than the server writes).
+_unread: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def _read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
     """One response with a Content-Length body, read off a raw socket."""
-    data = b""
+    data = _unread.pop(sock, b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
@@ -57,6 +63,7 @@ def _read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
     length = int(headers.get("content-length", "0"))
     while len(rest) < length:
         rest += sock.recv(65536)
+    _unread[sock] = rest[length:]
     return lines[0], headers, rest[:length]
 
 

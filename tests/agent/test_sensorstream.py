@@ -5,6 +5,7 @@ Predictor on LiteRT (the model is trained once per session by the recipe's subpr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,21 +71,33 @@ def test_it_refuses_a_sensor_json_with_impossible_sizes(tmp_path: Path) -> None:
         SensorConfig.load(tmp_path)
 
 
+def train_sensor_model(work: Path) -> tuple[Path, Path]:
+    """Train the small int8 sensor model into work/out; returns (model dir, test data).
+    A server job (torch): `make check-arm64` runs it on the host, and the emulated board
+    only serves the result (TINYFLEET_TEST_SENSOR_MODEL names that folder)."""
+    train, test = synthetic_ts_pair(work / "data")
+    if not (work / "out").is_dir():
+        run_in_subprocess(
+            "sensor-transformer",
+            {
+                "spec_path": str(train),
+                "output_dir": str(work / "out"),
+                "params": {"epochs": 30, "d_model": 16, "ff": 32},
+                "train_path": str(train),
+            },
+            timeout=600,
+        )
+    return work / "out", test
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    prebuilt = os.environ.get("TINYFLEET_TEST_SENSOR_MODEL")
+    if prebuilt:
+        yield Path(prebuilt) / "out", Path(prebuilt) / "data" / "synthetic_TEST.ts"
+        return
     work = tmp_path_factory.mktemp("sensor-model")
-    train, test = synthetic_ts_pair(work / "data")
-    run_in_subprocess(
-        "sensor-transformer",
-        {
-            "spec_path": str(train),
-            "output_dir": str(work / "out"),
-            "params": {"epochs": 30, "d_model": 16, "ff": 32},
-            "train_path": str(train),
-        },
-        timeout=600,
-    )
-    yield work / "out", test
+    yield train_sensor_model(work)
     shutil.rmtree(work, ignore_errors=True)
 
 

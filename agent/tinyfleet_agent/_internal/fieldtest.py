@@ -102,13 +102,16 @@ def reporter(store: SlotStore, api: Any, *, rollback: bool) -> OnResult:
         now = datetime.now(UTC)
         api.telemetry.record_golden(bundle, result.passed, result.agreement)
         summary = {**result.to_dict(), "bundle": bundle, "at": now.isoformat(timespec="seconds")}
+        if not result.passed:
+            # The event is queued (durably) before the failure shows in status and health,
+            # so whoever sees the failure there also finds it on its way to the server.
+            log.error("periodic-selftest-failed", extra={"bundle": bundle, "reason": result.reason})
+            events = events_outbox(store.state_dir)
+            queue_event(events, "selftest-failed", bundle, result.reason, now, periodic=True)
         write_status(store.state_dir, last_periodic_selftest=summary)
         api.set_health(last_periodic_selftest=summary)
         if result.passed:
             return
-        log.error("periodic-selftest-failed", extra={"bundle": bundle, "reason": result.reason})
-        events = events_outbox(store.state_dir)
-        queue_event(events, "selftest-failed", bundle, result.reason, now, periodic=True)
         active = store.active()
         # The served model may lag the slot switch: a second failure of the bundle just
         # rolled away from must not roll the device back again (to the rejected bundle).
