@@ -53,6 +53,11 @@ class EmbeddingFidelity:
     cosine_min: float
     nn_agreement: float
     count: int
+    # Beside the strict figure: NN agreement over the texts whose reference nearest
+    # neighbour leads the runner-up by more than NEAR_TIE cosine, and how many texts were
+    # such near-ties. A near-tie can flip on any rounding; a clear neighbour should not.
+    nn_agreement_clear: float | None = None
+    near_ties: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,12 +111,30 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.clip(norm, 1e-12, None)
 
 
-def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
-    """Index of each row's most cosine-similar *other* row."""
+# Cosine gap between a text's first and second neighbour under which the neighbour is
+# a near-tie (int8 MiniLM moves similarities by about this much; bench/reports/zoo.md).
+NEAR_TIE = 0.002
+
+
+def _similarities(embeddings: np.ndarray) -> np.ndarray:
     e = l2_normalize(embeddings.astype(np.float64))
     sim = e @ e.T
     np.fill_diagonal(sim, -np.inf)
-    return np.asarray(sim.argmax(axis=1))
+    return np.asarray(sim)
+
+
+def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
+    """Index of each row's most cosine-similar *other* row."""
+    return np.asarray(_similarities(embeddings).argmax(axis=1))
+
+
+def clear_neighbours(embeddings: np.ndarray, gap: float = NEAR_TIE) -> np.ndarray:
+    """Whether each row's nearest neighbour leads the runner-up by more than `gap`."""
+    sim = _similarities(embeddings)
+    if sim.shape[0] < 3:
+        return np.ones(sim.shape[0], dtype=bool)
+    top2 = -np.partition(-sim, 1, axis=1)[:, :2]
+    return np.asarray(top2[:, 0] - top2[:, 1] > gap)
 
 
 def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> EmbeddingFidelity:
@@ -127,11 +150,14 @@ def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> Embeddin
         l2_normalize(reference.astype(np.float64)) * l2_normalize(candidate.astype(np.float64))
     ).sum(1)
     agree = nearest_neighbours(reference) == nearest_neighbours(candidate)
+    clear = clear_neighbours(reference)
     return EmbeddingFidelity(
         cosine_mean=float(cos.mean()),
         cosine_min=float(cos.min()),
         nn_agreement=float(agree.mean()),
         count=int(reference.shape[0]),
+        nn_agreement_clear=float(agree[clear].mean()) if clear.any() else None,
+        near_ties=int((~clear).sum()),
     )
 
 

@@ -70,6 +70,26 @@ def test_it_counts_nearest_neighbour_disagreements() -> None:
     assert 0 < f.nn_agreement < 1.0
 
 
+def test_it_tells_near_tie_flips_from_clear_ones() -> None:
+    # Row 0's two nearest neighbours (1 and 2) are almost equally close: a near-tie. Rows
+    # 3 and 4 are each other's clear neighbour.
+    ref = l2_normalize(
+        np.array(
+            [[1.0, 0.0, 0.0], [1.0, 0.3, 0.0], [1.0, -0.3001, 0.0], [0, 0, 1.0], [0, 0.1, 1.0]]
+        )
+    )
+    assert int(nearest_neighbours(ref)[0]) == 1
+    tie_flip = ref.copy()
+    tie_flip[0] = l2_normalize(np.array([1.0, -0.001, 0.0]))  # now just nearer to row 2
+    f = embedding_fidelity(ref, tie_flip)
+    assert f.nn_agreement == pytest.approx(4 / 5) and f.near_ties == 1
+    assert f.nn_agreement_clear == pytest.approx(1.0)  # the only flip was a near-tie
+    clear_flip = ref.copy()
+    clear_flip[3] = l2_normalize(np.array([1.0, 0.29, 0.0]))  # row 3 leaves row 4
+    g = embedding_fidelity(ref, clear_flip)
+    assert g.nn_agreement_clear is not None and g.nn_agreement_clear < 1.0
+
+
 def test_it_rejects_embeddings_it_cannot_compare() -> None:
     with pytest.raises(ShapeMismatchError):
         embedding_fidelity(_embeddings(10), _embeddings(9))
