@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -216,12 +216,21 @@ def redis_url() -> str:
     return configured if configured.startswith("redis") else _shared("redis", start_redis)
 
 
-def rerun_on_private_postgres(nodeid: str, root: Path) -> subprocess.CompletedProcess[str]:
-    """Run one test again in a pytest subprocess whose database is a private PostgreSQL
-    (for tests of PostgreSQL-only behaviour when the suite runs on SQLite)."""
-    server = start_postgres()
-    data_dir = tempfile.mkdtemp(prefix="tinyfleet-pg-data-")
-    env = {**os.environ, "DATABASE_URL": server.url, "TINYFLEET_DATA_DIR": data_dir}
+def rerun_with_private_services(
+    nodeid: str, root: Path, needs: Collection[str] = ("postgres",)
+) -> subprocess.CompletedProcess[str]:
+    """Run one test again in a pytest subprocess on a private PostgreSQL (always: its test
+    database must not meet this process's), and Redis when `needs` names it (the
+    configured one, else a private one), for tests of behaviour the embedded defaults do
+    not have (tests/conftest.py, marker `services`)."""
+    data_dir = tempfile.mkdtemp(prefix="tinyfleet-rerun-data-")
+    env = {
+        **os.environ,
+        "DATABASE_URL": _shared("postgres", start_postgres),
+        "TINYFLEET_DATA_DIR": data_dir,
+    }
+    if "redis" in needs:
+        env["CELERY_BROKER_URL"] = redis_url()
     env.pop("TINYFLEET_REQUIRE_SERVICES", None)
     try:
         return subprocess.run(
@@ -230,9 +239,8 @@ def rerun_on_private_postgres(nodeid: str, root: Path) -> subprocess.CompletedPr
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=900,
             check=False,
         )
     finally:
-        server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

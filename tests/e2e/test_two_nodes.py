@@ -33,10 +33,13 @@ from fleet.models import Device, DeviceDay, Rollout
 from tests.compression.helpers import upload
 from tests.conftest import ROOT, database_url_for_worker, start_worker, stop_worker, wait_for
 from tests.e2e.agent_helpers import Agent, _derive, _free_port, _publish, _text_model_zip
+from tests.services import mqtt_url
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-BROKER = "mqtt://127.0.0.1:1883"
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+    pytest.mark.services("postgres", "redis"),  # nodes share state through them
+]
 
 
 class Node:
@@ -110,9 +113,7 @@ def shared_env(
     master = secrets.token_hex(32)
     settings.MASTER_KEY = master
     settings.DEVICE_POLL_INTERVAL = 1
-    broker = os.environ.get("CELERY_BROKER_URL", "")
-    if not broker.startswith("redis"):
-        pytest.fail("two nodes share state through Redis: set CELERY_BROKER_URL=redis://...")
+    broker = os.environ["CELERY_BROKER_URL"]  # Redis: the `services` marker sees to it
     return {
         **s3_settings,
         "DATABASE_URL": database_url_for_worker(),
@@ -120,7 +121,7 @@ def shared_env(
         "TINYFLEET_MASTER_KEY": master,
         "TINYFLEET_DEVICE_POLL_INTERVAL": "1",
         "TINYFLEET_TELEMETRY_FOLD": "deferred",
-        "TINYFLEET_MQTT_URL": BROKER,
+        "TINYFLEET_MQTT_URL": mqtt_url(),  # CI: the machine's Mosquitto, else a private one
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'agent'}",
         "LOG_LEVEL": "WARNING",
     }

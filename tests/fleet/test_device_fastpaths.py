@@ -24,7 +24,8 @@ from tests.fleet.publish_helpers import TestDevice, make_device
 from tests.fleet.rollup_helpers import _batch, _hour, _section
 from tests.fleet.telemetry_helpers import grant
 
-pytestmark = pytest.mark.django_db
+# The fast paths use PostgreSQL prepared statements (SQLite goes to the views).
+pytestmark = [pytest.mark.django_db, pytest.mark.services("postgres")]
 
 STATE = "/api/device/v1/state"
 TELEMETRY = "/api/device/v1/telemetry"
@@ -33,8 +34,6 @@ TELEMETRY = "/api/device/v1/telemetry"
 @pytest.fixture
 def deferred(settings: Any) -> None:
     settings.TELEMETRY_FOLD = "deferred"
-    if connection.vendor != "postgresql":
-        pytest.fail("the telemetry fast path needs PostgreSQL")
 
 
 class Inner:

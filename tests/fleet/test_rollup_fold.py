@@ -17,7 +17,7 @@ from fleet.models import BundleGroupHour, DeviceDay, Group, TelemetryBatch
 from fleet.tasks import fold_telemetry
 from fleet.telemetry.rollup_fold import fold_pending, pending_count
 from fleet.telemetry.rollup_maintenance import enforce_retention, rebuild
-from tests.conftest import ROOT, Worker, wait_for
+from tests.conftest import Worker, wait_for
 from tests.fleet.rollup_helpers import (
     _assert_row,
     _batch,
@@ -28,7 +28,6 @@ from tests.fleet.rollup_helpers import (
     _section,
     make_device,
 )
-from tests.services import rerun_on_private_postgres
 
 pytestmark = pytest.mark.django_db
 
@@ -82,16 +81,8 @@ def test_it_folds_in_chunks_and_one_fold_at_a_time(deferred: None, monkeypatch: 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_second_fold_waits_its_turn_instead_of_double_counting(
-    deferred: None, request: pytest.FixtureRequest
-) -> None:
-    if connection.vendor != "postgresql":
-        # The fold's lock is a PostgreSQL advisory lock: on the embedded SQLite default,
-        # run this test again on a private PostgreSQL rather than skip or fail it.
-        rerun = rerun_on_private_postgres(request.node.nodeid, ROOT)
-        assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-2000:]
-        assert "1 passed" in rerun.stdout, rerun.stdout[-2000:]
-        return
+@pytest.mark.services("postgres")  # the fold's lock is a PostgreSQL advisory lock
+def test_a_second_fold_waits_its_turn_instead_of_double_counting(deferred: None) -> None:
     devices = [make_device(f"pi-{i}") for i in range(2)]
     sections, _ = _report(devices, 8, seed=5)
     results: list[dict[str, int]] = []
@@ -163,14 +154,13 @@ def test_rows_shared_by_devices_in_different_groups_get_every_addition(
     assert site.devices == 2
 
 
+@pytest.mark.services("postgres")  # partitioned folds
 def test_it_partitions_pending_batches_like_the_hourly_shards(deferred: None) -> None:
     # The SQL partition of a batch must be the shard its device's hourly rows live in,
     # or two partitions would write the same rows.
     import fleet.telemetry.rollup_fold as rollup_fold
     from fleet.telemetry.rollups import shard_of
 
-    if connection.vendor != "postgresql":
-        pytest.fail("this test needs PostgreSQL (partitioned folds)")
     devices = [make_device(f"pi-{i}") for i in range(24)]
     _report(devices, 24, seed=10)
     count = rollup_fold.partition_count()
@@ -184,12 +174,11 @@ def test_it_partitions_pending_batches_like_the_hourly_shards(deferred: None) ->
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.services("postgres")  # advisory locks
 def test_folds_of_different_partitions_do_not_wait_for_each_other(deferred: None) -> None:
     import fleet.telemetry.rollup_fold as rollup_fold
     from fleet.telemetry.rollups import shard_of
 
-    if connection.vendor != "postgresql":
-        pytest.fail("this test needs PostgreSQL (advisory locks)")
     devices = [make_device(f"pi-{i}") for i in range(16)]
     sections, _ = _report(devices, 32, seed=11)
     held = shard_of(devices[0].device)
@@ -226,11 +215,10 @@ def test_folds_of_different_partitions_do_not_wait_for_each_other(deferred: None
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.services("postgres")  # advisory locks
 def test_many_concurrent_folders_count_every_batch_once(deferred: None) -> None:
     import fleet.telemetry.rollup_fold as rollup_fold
 
-    if connection.vendor != "postgresql":
-        pytest.fail("this test needs PostgreSQL (advisory locks)")
     rollup_fold.FOLD_CHUNK, chunk = 3, rollup_fold.FOLD_CHUNK  # many small transactions
     try:
         Group.objects.create(name="site-a", selector="site=a")
