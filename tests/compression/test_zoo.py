@@ -126,6 +126,25 @@ def _parent_answer(version: ModelVersion, work: Path, feeds: dict[str, np.ndarra
         return session.run(None, feeds)[output_index(names, version.primary_output)]
 
 
+def _serve_on_agent(served: ModelVersion, api: Any, server: str, agent: Agent) -> str:
+    """Publish `served`, enroll `agent` into a group, roll the bundle out to it and wait
+    until the agent serves it (installed, self-tested); returns the bundle id."""
+    bundle = _publish(served)
+    group = api.post("/api/v1/groups", {"name": "zoo", "selector": "site=zoo"}).json()
+    token = api.post("/api/v1/enrollment-tokens", {"group": group["id"]}).json()["token"]
+    agent.cli("enroll", "--server", server, "--token", token, "--label", "site=zoo")
+    agent.start()
+    rollout = api.post(
+        "/api/v1/rollouts",
+        {"bundle": bundle, "group": group["id"], "waves": [100], "soak_seconds": 0},
+    )
+    assert rollout.status_code == 201, rollout.content
+    done = _settle(rollout.json()["id"], lambda r: r.status != "running", [agent], timeout=300)
+    assert done.status == "succeeded", (done.reason, agent.log())
+    wait_for(lambda: agent.serving() == bundle, timeout=60)
+    return bundle
+
+
 @pytest.mark.parametrize("key", sorted(EXPECTED))
 def test_it_takes_a_real_model_from_upload_to_a_served_prediction(
     key: str,
@@ -156,19 +175,7 @@ def test_it_takes_a_real_model_from_upload_to_a_served_prediction(
     if recipe is not None:
         fidelity = served.metrics["fidelity"]
         assert fidelity["measured"] is True and fidelity["output"] == served.primary_output
-    bundle = _publish(served)
-    group = alice_api.post("/api/v1/groups", {"name": "zoo", "selector": "site=zoo"}).json()
-    token = alice_api.post("/api/v1/enrollment-tokens", {"group": group["id"]}).json()["token"]
-    agent.cli("enroll", "--server", live_server.url, "--token", token, "--label", "site=zoo")
-    agent.start()
-    rollout = alice_api.post(
-        "/api/v1/rollouts",
-        {"bundle": bundle, "group": group["id"], "waves": [100], "soak_seconds": 0},
-    )
-    assert rollout.status_code == 201, rollout.content
-    done = _settle(rollout.json()["id"], lambda r: r.status != "running", [agent], timeout=300)
-    assert done.status == "succeeded", (done.reason, agent.log())
-    wait_for(lambda: agent.serving() == bundle, timeout=60)
+    _serve_on_agent(served, alice_api, live_server.url, agent)
     _check_prediction(version, served, agent, tmp_path)
 
 
@@ -210,19 +217,7 @@ def test_the_hugging_face_minilm_goes_from_upload_through_export_and_int8_to_a_s
     assert fidelity["measured"] is True and fidelity["output"] == served.primary_output
     assert job.metrics["fidelity_heldout"]["cosine_mean"] >= 0.998, job.metrics
     assert served.size_bytes <= 0.27 * onnx_version.size_bytes
-    bundle = _publish(served)
-    group = alice_api.post("/api/v1/groups", {"name": "zoo", "selector": "site=zoo"}).json()
-    token = alice_api.post("/api/v1/enrollment-tokens", {"group": group["id"]}).json()["token"]
-    agent.cli("enroll", "--server", live_server.url, "--token", token, "--label", "site=zoo")
-    agent.start()
-    rollout = alice_api.post(
-        "/api/v1/rollouts",
-        {"bundle": bundle, "group": group["id"], "waves": [100], "soak_seconds": 0},
-    )
-    assert rollout.status_code == 201, rollout.content
-    done = _settle(rollout.json()["id"], lambda r: r.status != "running", [agent], timeout=300)
-    assert done.status == "succeeded", (done.reason, agent.log())
-    wait_for(lambda: agent.serving() == bundle, timeout=60)
+    _serve_on_agent(served, alice_api, live_server.url, agent)
     # The device's embedding against the real parent: fp32 PyTorch on the uploaded folder.
     texts = [SENTENCE, "Replace the worn bearing before the pump overheats."]
     answer = agent.post("/v1/predict", {"inputs": texts})
