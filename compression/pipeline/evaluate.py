@@ -128,9 +128,9 @@ def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
     return np.asarray(_similarities(embeddings).argmax(axis=1))
 
 
-def clear_neighbours(embeddings: np.ndarray, gap: float = NEAR_TIE) -> np.ndarray:
-    """Whether each row's nearest neighbour leads the runner-up by more than `gap`."""
-    sim = _similarities(embeddings)
+def clear_neighbours(sim: np.ndarray, gap: float = NEAR_TIE) -> np.ndarray:
+    """Whether each row's nearest neighbour (in a `_similarities` matrix) leads the
+    runner-up by more than `gap`."""
     if sim.shape[0] < 3:
         return np.ones(sim.shape[0], dtype=bool)
     top2 = -np.partition(-sim, 1, axis=1)[:, :2]
@@ -149,8 +149,9 @@ def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> Embeddin
     cos = (
         l2_normalize(reference.astype(np.float64)) * l2_normalize(candidate.astype(np.float64))
     ).sum(1)
-    agree = nearest_neighbours(reference) == nearest_neighbours(candidate)
-    clear = clear_neighbours(reference)
+    reference_sim = _similarities(reference)  # once for both neighbour figures
+    agree = reference_sim.argmax(axis=1) == nearest_neighbours(candidate)
+    clear = clear_neighbours(reference_sim)
     return EmbeddingFidelity(
         cosine_mean=float(cos.mean()),
         cosine_min=float(cos.min()),
