@@ -58,6 +58,8 @@ def train_student(
         max_train_texts=args.train_texts,
         epochs=args.epochs,
         learning_rate=args.learning_rate,
+        layer_weight=args.layer_weight,
+        relation_weight=args.relation_weight,
         batch_size=32,
         eval_every=25,
         held_out=256,
@@ -121,6 +123,8 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], meta: dict[str, Any
         "process, thread CPU time (the machine was shared with other jobs; CPU time is the",
         "fair clock), median of 15 rounds x 5 runs.",
         "",
+        f"Extra losses: {meta['losses']}.",
+        "",
         "| model | layers | train texts | epochs | train min | cosine mean | cosine min "
         "| NN agreement | latency ms | vs teacher fp32 |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -132,6 +136,7 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], meta: dict[str, Any
             f"| {r['cosine']:.4f} | {r['cosine_min']:.4f} | {100 * r['nn']:.1f}% "
             f"| {r['latency_ms']:.2f} | {r['ratio']:.3f}x |"
         )
+    lines += curve(rows)
     lines += ["", "## Targets (3-layer student, int8)", ""]
     for line in info.get("verdicts", []):
         lines.append(f"- {line}")
@@ -163,6 +168,32 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], meta: dict[str, Any
     return "\n".join(lines) + "\n"
 
 
+def curve(rows: list[dict[str, Any]]) -> list[str]:
+    """The fidelity-against-latency curve: every model by latency, the ones no other model
+    beats on both (faster and at least as faithful) marked as the curve."""
+    lines = [
+        "",
+        "## Fidelity against latency (the curve)",
+        "",
+        "Every model above ordered by latency; **curve** marks those no other model beats on",
+        "both speed and cosine to the teacher (the trade-off a user picks from).",
+        "",
+        "| vs teacher fp32 | cosine mean | NN agreement | model | |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: r["ratio"]):
+        beaten = any(
+            o is not r and o["ratio"] <= r["ratio"] and o["cosine"] >= r["cosine"]
+            and (o["ratio"] < r["ratio"] or o["cosine"] > r["cosine"])
+            for o in rows
+        )  # fmt: skip
+        lines.append(
+            f"| {r['ratio']:.3f}x | {r['cosine']:.4f} | {100 * r['nn']:.1f}% | {r['name']} "
+            f"| {'' if beaten else '**curve**'} |"
+        )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[3])
@@ -171,6 +202,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1, help="passes over the training texts")
     parser.add_argument("--learning-rate", type=float, default=DistillParams.learning_rate)
     parser.add_argument("--held-out", type=int, default=500)
+    parser.add_argument("--layer-weight", type=float, default=DistillParams.layer_weight)
+    parser.add_argument("--relation-weight", type=float, default=DistillParams.relation_weight)
     parser.add_argument("--prune-heads", type=float, default=0.0, help="fraction; 0: none")
     parser.add_argument("--prune-minutes", type=float, default=4.0)
     parser.add_argument("--work-dir", type=Path, default=None)
@@ -256,6 +289,8 @@ def main() -> int:
             "command": "python bench/distill.py " + " ".join(sys.argv[1:]),
             "corpus": f"{len(corpus.train)} training sentences, digest {corpus.digest[:12]}",
             "held_out": len(held),
+            "losses": f"layer_weight {args.layer_weight}, relation_weight {args.relation_weight}"
+            + f", learning rate {args.learning_rate}",
             "machine": machine(),
             "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         }

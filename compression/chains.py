@@ -12,6 +12,7 @@ from typing import Any
 from django.db import transaction
 
 from accounts.models import audit
+from compression.compare import origin_figures
 from compression.jobs import cancel_job, create_job
 from compression.models import (
     Chain,
@@ -264,4 +265,7 @@ def step_numbers(step: StepView) -> dict[str, Any]:
         "parameters": metrics.get("student_parameters"),
         "training_heldout_cosine": held.get("cosine_mean"),
     }
+    origin = origin_figures(version)
+    numbers["origin_fidelity"] = origin["origin_fidelity"]
+    numbers["origin_nn"] = origin["origin_nn"]
     return {k: v for k, v in numbers.items() if v is not None}

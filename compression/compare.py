@@ -9,6 +9,8 @@ from compression.models import ModelVersion
 # The bar a recommended variant must clear (DESIGN: honest numbers, fidelity first).
 MIN_COSINE = 0.998
 MAX_ACCURACY_DROP_POINTS = 1.0
+# Prediction agreement that bounds the accuracy drop by MAX_ACCURACY_DROP_POINTS.
+MIN_AGREEMENT = 1 - MAX_ACCURACY_DROP_POINTS / 100
 
 
 def _fidelity_score(fidelity: dict[str, Any]) -> float | None:
@@ -73,6 +75,42 @@ def comparison_row(version: ModelVersion) -> dict[str, Any]:
         "latency_ratio": metrics.get("latency_ratio"),
         "rss_mb": bench.get("peak_rss_mb"),
         "parent": version.parent_id,
+        **origin_figures(version),
+    }
+
+
+def origin_figures(version: ModelVersion) -> dict[str, Any]:
+    """Fidelity to the original upload (the lineage's root): the reference itself scores
+    1, a direct child its own figure, a chain's later step the figure measured against the
+    root (``fidelity_to_origin``). None where it was not measured."""
+    if version.parent_id is None:
+        return _origin(1.0, 1.0, None, direct=True, metric="cosine")
+    direct = version.parent is not None and version.parent.parent_id is None
+    if direct:
+        reason = unmeasured_reason(version)
+        record = {} if reason else (version.metrics or {}).get("fidelity") or {}
+    else:
+        record = (version.metrics or {}).get("fidelity_to_origin") or {}
+        reason = None if record.get("measured") else "not measured against the original"
+        reason = str(record.get("reason") or reason) if reason else None
+    if reason is not None:
+        return _origin(None, None, reason, direct=direct, metric=None)
+    metric = "cosine" if "cosine_mean" in record else "agreement"
+    return _origin(
+        _fidelity_score(record), record.get("nn_agreement"), None, direct=direct, metric=metric
+    )
+
+
+def _origin(
+    score: float | None, nn: Any, reason: str | None, *, direct: bool, metric: str | None
+) -> dict[str, Any]:
+    return {
+        "origin_fidelity": score,
+        "origin_nn": nn,
+        "origin_reason": reason,
+        # True for the original and its direct children: their own figure is the one.
+        "origin_direct": direct,
+        "origin_metric": metric,
     }
 
 
@@ -84,10 +122,19 @@ def _headline_sequence(bench: dict[str, Any]) -> str | None:
 
 
 def meets_target(row: dict[str, Any]) -> bool:
+    """The variant is close enough to the original upload, not merely to its parent: an
+    export of a distilled student matches the student perfectly and the teacher maybe
+    not at all."""
     if row["parent"] is None:
         return False  # the original is the reference, not a candidate
     if row.get("unmeasured"):
         return False  # a figure that cannot be trusted never earns the star
+    if not row.get("origin_direct"):
+        # A chain's later step: only its figure against the original counts. For a
+        # classifier, >= 99% agreement bounds the accuracy drop by 1 point.
+        score = row.get("origin_fidelity")
+        bar = MIN_COSINE if row.get("origin_metric") == "cosine" else MIN_AGREEMENT
+        return score is not None and score >= bar
     drop = row.get("accuracy_drop_points")
     if drop is not None:
         return float(drop) <= MAX_ACCURACY_DROP_POINTS
@@ -105,8 +152,10 @@ def recommend(rows: list[dict[str, Any]]) -> int | None:
 
 
 def _point(row: dict[str, Any]) -> tuple[float, float, float] | None:
-    """(size, latency, fidelity) when all three are known; the reference scores 1."""
-    fidelity = 1.0 if row["parent"] is None else row.get("fidelity")
+    """(size, latency, fidelity to the original) when all three are known; the reference
+    scores 1. The original is the common yardstick: fidelity to a parent is not comparable
+    across the steps of a chain."""
+    fidelity = row.get("origin_fidelity")
     if row.get("latency_ms") is None or fidelity is None or row.get("unmeasured"):
         return None
     return float(row["size_bytes"]), float(row["latency_ms"]), float(fidelity)

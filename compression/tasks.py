@@ -316,10 +316,12 @@ def _compress(job: Job) -> None:
             timeout=3600,
         )
         job.append_log(f"fidelity: {assessment['fidelity']}")
-        job.report(0.8, "benchmarking", "latency, throughput and memory in a fresh process")
         if job.recipe == "as-is":
+            job.report(0.8, "benchmarking", "latency, throughput and memory in a fresh process")
             _record_as_is(job, golden, assessment, Path(result["output_path"]))
             return
+        to_origin = _fidelity_to_origin(job, out_dir, eval_path, child_primary)
+        job.report(0.8, "benchmarking", "latency, throughput and memory in a fresh process")
         speed = _benchmark(parent, src, Path(result["output_path"]), job)
         job.report(0.9, "storing")
         artifact = package(out_dir, work)
@@ -329,6 +331,7 @@ def _compress(job: Job) -> None:
             **result.get("metrics", {}),
             **speed,
             "fidelity": assessment["fidelity"],
+            **({"fidelity_to_origin": to_origin} if to_origin else {}),
             "evaluated_on": assessment["inputs"],
             "examples": assessment["examples"],
             **(
@@ -349,6 +352,41 @@ def _compress(job: Job) -> None:
             golden_sha256=assessment["golden"]["sha256"],
             inspection=inspection,
         )
+
+
+def _fidelity_to_origin(
+    job: Job, child: Path, eval_path: str | None, child_primary: str | None
+) -> dict[str, Any] | None:
+    """The child measured against the root of its lineage, when that is not its parent
+    (a chain's later steps). None for a direct child: its fidelity already is that."""
+    from compression.pipeline.runner import ConverterCrashError, run_in_subprocess
+
+    parent = job.version
+    if parent.parent_id is None:
+        return None
+    origin = parent.lineage()[0]
+    job.report(0.76, "evaluating", f"measuring fidelity to the original, {origin}")
+    try:
+        with materialized(origin, job_tmp_prefix(job.pk)) as origin_path:
+            record: dict[str, Any] = run_in_subprocess(
+                "fidelity-to-origin",
+                {
+                    "origin": str(origin_path),
+                    "child": str(child),
+                    "task": parent.model.task,
+                    "dataset": eval_path,
+                    "dataset_kind": job.eval_dataset.kind if job.eval_dataset else None,
+                    "output": (origin.pipeline or {}).get("output"),
+                    "child_output": child_primary,
+                },
+                timeout=3600,
+            )
+    except (ConverterCrashError, OSError, ValueError) as exc:
+        # The step itself succeeded; only this extra figure is missing, and says why.
+        record = {"measured": False, "reason": failure_sentence(exc)}
+    record["origin_version"] = origin.number
+    job.append_log(f"fidelity to the original v{origin.number}: {record}")
+    return record
 
 
 def _record_as_is(job: Job, golden: Path, assessment: dict[str, Any], model_file: Path) -> None:

@@ -333,7 +333,11 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
 def model_compare(request: HttpRequest, model_id: int) -> HttpResponse:
     """All ready variants side by side, with the recommended one marked."""
     model = get_object_or_404(RegisteredModel, pk=model_id)
-    versions = list(model.versions.filter(status=VersionStatus.READY).order_by("number"))
+    versions = list(
+        model.versions.filter(status=VersionStatus.READY)
+        .select_related("parent")
+        .order_by("number")
+    )
     rows = [comparison_row(v) for v in versions]
     mark_pareto(rows)
     recommended = recommend(rows)

@@ -47,7 +47,7 @@ def find_tokenizer(*paths: str | Path | None) -> Path | None:
     return None
 
 
-def _onnx_file(path: Path) -> Path:
+def model_file(path: Path) -> Path:
     """The model file of a path: the file itself, or the .onnx (else .tflite) in a folder."""
     if path.is_file():
         return path
@@ -64,7 +64,7 @@ def _synthetic_feeds(session: Any, rows: int, seed: int = 7) -> list[dict[str, n
     return [probe_feeds(specs, rng=rng) for _ in range(rows)]
 
 
-def _text_feeds(
+def text_feeds(
     tokenizer: Path, texts: list[str], max_length: int = MAX_SEQ
 ) -> list[dict[str, np.ndarray]]:
     encoded = encode(tokenizer, texts, max_length=max_length)
@@ -72,7 +72,9 @@ def _text_feeds(
     return [dataclasses.asdict(row) for row in rows]
 
 
-def _runner(session: Any, output: str | None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def output_runner(
+    session: Any, output: str | None
+) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     """Run `session` (fitting feeds to its graph) and return its `output` (primary)."""
     index = output_index([o.name for o in session.get_outputs()], output)
 
@@ -83,7 +85,7 @@ def _runner(session: Any, output: str | None) -> Callable[[dict[str, np.ndarray]
     return run
 
 
-def _embedding(output: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
+def pooled_embedding(output: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
     if output.ndim == 3:
         mask = feed.get("attention_mask", np.ones(output.shape[:2], dtype=np.int64))
         output = mean_pool(output, mask)
@@ -112,9 +114,9 @@ def _inputs(
             examples = load_jsonl(dataset)
             texts, labels = [e.text for e in examples], [e.label for e in examples]
             has_labels = all(label is not None for label in labels)
-            feeds = _text_feeds(tokenizer, texts, max_length)
+            feeds = text_feeds(tokenizer, texts, max_length)
             return feeds, labels if has_labels else None, "dataset"
-        return _text_feeds(tokenizer, default_sentences(), max_length), None, "built-in sentences"
+        return text_feeds(tokenizer, default_sentences(), max_length), None, "built-in sentences"
     return _synthetic_feeds(session, GOLDEN_SIZE * 4), None, "synthetic tensors"
 
 
@@ -130,8 +132,8 @@ def _fidelity(
         same = [bool(np.array_equal(r, c)) for r, c in zip(ref, cand, strict=True)]
         return {"agreement": float(np.mean(same)), "count": len(same), "metric": "exact"}
     if task == "text-embedding":
-        r = np.concatenate([_embedding(o, f) for o, f in zip(ref, feeds, strict=True)])
-        c = np.concatenate([_embedding(o, f) for o, f in zip(cand, feeds, strict=True)])
+        r = np.concatenate([pooled_embedding(o, f) for o, f in zip(ref, feeds, strict=True)])
+        c = np.concatenate([pooled_embedding(o, f) for o, f in zip(cand, feeds, strict=True)])
         return dataclasses.asdict(embedding_fidelity(r, c))
     if task == "text-classification":
         r = np.concatenate([o.reshape(o.shape[0], -1) for o in ref])
@@ -148,7 +150,7 @@ def _tolerance(
     """A per-example bound the candidate met here, with headroom for other CPUs/runtimes."""
     if task == "text-embedding" and all(np.asarray(r).dtype.kind == "f" for r in ref):
         cos = [
-            float((_embedding(r, f) * _embedding(c, f)).sum())
+            float((pooled_embedding(r, f) * pooled_embedding(c, f)).sum())
             for r, c, f in zip(ref, cand, feeds, strict=True)
         ]
         return {"min_cosine": round(max(0.0, min(cos) - 0.01), 4)}
@@ -199,13 +201,13 @@ def assess(
     Raises:
         ValueError: no model found, or inputs that do not fit the model.
     """
-    child_session = open_session(_onnx_file(Path(child)), threads)
-    run_child = _runner(child_session, child_output or output)
-    if _is_hf_dir(Path(parent)):
-        spec_session, run_parent = child_session, _torch_runner(Path(parent), task)
+    child_session = open_session(model_file(Path(child)), threads)
+    run_child = output_runner(child_session, child_output or output)
+    if is_hf_dir(Path(parent)):
+        spec_session, run_parent = child_session, torch_runner(Path(parent), task)
     else:
-        spec_session = open_session(_onnx_file(Path(parent)), threads)
-        run_parent = _runner(spec_session, output)
+        spec_session = open_session(model_file(Path(parent)), threads)
+        run_parent = output_runner(spec_session, output)
     tokenizer = find_tokenizer(child, parent)
     fixed = [getattr(s, "fixed_sequence", None) for s in (child_session, spec_session)]
     max_length = min([f for f in fixed if f] or [MAX_SEQ])
@@ -249,7 +251,18 @@ def golden_result(
     return result
 
 
-__all__ = ["assess", "find_tokenizer", "sanity", "write_golden"]
+__all__ = [
+    "assess",
+    "find_tokenizer",
+    "is_hf_dir",
+    "model_file",
+    "output_runner",
+    "pooled_embedding",
+    "sanity",
+    "text_feeds",
+    "torch_runner",
+    "write_golden",
+]
 
 
 def sanity(ref: list[np.ndarray], cand: list[np.ndarray], same_weights: bool) -> dict[str, Any]:
@@ -282,7 +295,7 @@ def sanity(ref: list[np.ndarray], cand: list[np.ndarray], same_weights: bool) ->
 def _same_weights(parent: str, child: str) -> bool:
     """True when parent and child hold the same model bytes (a pure re-packaging)."""
     try:
-        a, b = Path(_onnx_file(Path(parent))), Path(_onnx_file(Path(child)))
+        a, b = Path(model_file(Path(parent))), Path(model_file(Path(child)))
     except ValueError:
         return False
     if a.suffix != b.suffix or a.stat().st_size != b.stat().st_size:
@@ -290,12 +303,12 @@ def _same_weights(parent: str, child: str) -> bool:
     return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
 
 
-def _is_hf_dir(path: Path) -> bool:
+def is_hf_dir(path: Path) -> bool:
     models = [*path.glob("*.onnx"), *path.glob("*.tflite")] if path.is_dir() else []
     return path.is_dir() and (path / "config.json").is_file() and not models
 
 
-def _torch_runner(model_dir: Path, task: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def torch_runner(model_dir: Path, task: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     """The original PyTorch model as the reference (export-onnx's parent)."""
     import os
 
@@ -323,7 +336,7 @@ def _torch_runner(model_dir: Path, task: str) -> Callable[[dict[str, np.ndarray]
 
 def onnx_model_file(path: str | Path) -> str:
     """The .onnx file of a model path (the file itself or the one in its folder)."""
-    return str(_onnx_file(Path(path)))
+    return str(model_file(Path(path)))
 
 
 def compare_latency_json(parent: str, child: str, threads: int = 1) -> dict[str, float]:

@@ -90,6 +90,7 @@ _EXTRA_FUNCS: dict[str, str] = {
     "compare-latency": "compression.pipeline.assess:compare_latency_json",
     "probe-outputs": "compression.pipeline.outputs:probe_roles",
     "assess-student": "compression.pipeline.distill.assess:assess_student",
+    "fidelity-to-origin": "compression.pipeline.origin:fidelity_to_origin",
 }
 
 

@@ -41,3 +41,45 @@
     },
   });
 })();
+
+// Latency (x) against fidelity to the original (y), one point per variant measured on
+// both; the line joins the variants no other beats on both (the trade-off curve).
+(function () {
+  "use strict";
+  const canvas = document.getElementById("origin-chart");
+  if (!canvas) { return; }
+  const rows = JSON.parse(document.getElementById("compare-data").textContent);
+  const points = rows.filter(function (r) {
+    return r.latency_ms !== null && r.latency_ms !== undefined &&
+           r.origin_fidelity !== null && r.origin_fidelity !== undefined;
+  }).map(function (r) {
+    return {x: r.latency_ms, y: r.origin_fidelity, nn: r.origin_nn,
+            label: "v" + r.number + " " + r.recipe};
+  });
+  const curve = points.filter(function (p) {
+    return !points.some(function (q) {
+      return q !== p && q.x <= p.x && q.y >= p.y && (q.x < p.x || q.y > p.y);
+    });
+  }).sort(function (a, b) { return a.x - b.x; });
+  canvas.dataset.points = String(points.length);
+  canvas.dataset.curve = String(curve.length);
+  new Chart(canvas, {
+    type: "scatter",
+    data: {datasets: [
+      {label: "trade-off curve", data: curve, showLine: true, borderColor: "#1f6feb",
+       backgroundColor: "#1f6feb", pointRadius: 6},
+      {label: "variants", data: points, backgroundColor: "#65707d", borderColor: "#65707d",
+       pointRadius: 4},
+    ]},
+    options: {
+      animation: false,
+      plugins: {legend: {display: true, position: "bottom"}, tooltip: {callbacks: {label: function (ctx) {
+        const p = ctx.raw;
+        const nn = (p.nn === null || p.nn === undefined) ? "" : ", NN agreement " + p.nn.toFixed(3);
+        return p.label + ": " + p.x.toFixed(2) + " ms, fidelity to the original " + p.y.toFixed(4) + nn;
+      }}}},
+      scales: {x: {title: {display: true, text: "latency p50 (ms)"}, beginAtZero: true},
+               y: {title: {display: true, text: "fidelity to the original (cosine or agreement)"}}},
+    },
+  });
+})();

@@ -61,6 +61,8 @@ def _row_numbers(row_text: str, numbers: dict[str, Any]) -> None:
         assert f"{floatformat(numbers['latency_ratio'], 3)}x" in row_text, row_text
     if "parameters" in numbers:
         assert f"{numbers['parameters']} params" in row_text, row_text
+    if "origin_fidelity" in numbers:
+        assert floatformat(numbers["origin_fidelity"], 4) in row_text, row_text
 
 
 def test_an_operator_runs_a_distill_chain_and_an_agent_serves_the_student(
@@ -134,9 +136,28 @@ def test_an_operator_runs_a_distill_chain_and_an_agent_serves_the_student(
     student = ModelVersion.objects.get(pk=numbers[2]["version"])
     assert [v.pk for v in student.lineage()] == [teacher.pk] + [n["version"] for n in numbers]
 
+    # Every step was also measured against the teacher itself ("vs original").
+    assert all("origin_fidelity" in n for n in numbers), numbers
+
+    # The comparison page puts the measured steps on one fidelity-to-the-original curve.
+    page.goto(f"{base}/models/{teacher.model_id}/compare/")
+    chart = page.locator("#origin-chart")
+    chart.wait_for()
+    page.wait_for_function("document.getElementById('origin-chart').dataset.points !== undefined")
+    # Plotted: the variants with a measured latency (the ONNX export and the int8 model).
+    assert chart.get_attribute("data-points") == "2"
+    assert int(chart.get_attribute("data-curve") or 0) >= 1
+    cells = page.get_by_test_id("origin-fidelity").all_inner_texts()
+    assert cells[0] == "original" and floatformat(numbers[2]["origin_fidelity"], 4) in cells[-1]
+    screenshot(page, "distill-chain-compare-curve")
+    page.goto(f"{base}/chains/{chain.pk}/")
+
     # The int8 student's page, reached from the chain page, publishes it.
     rows.nth(2).get_by_role("link", name=f"v{student.number}").click()
     page.wait_for_url(f"{base}/versions/{student.pk}/")
+    origin = page.get_by_test_id("fidelity-origin").inner_text()
+    assert f"Against the original (v{teacher.number})" in origin
+    assert floatformat(numbers[2]["origin_fidelity"], 4) in origin
     lineage = page.locator("dl.facts").first.inner_text()
     assert "(distill) → " in lineage and "(onnx-int8-auto)" in lineage
     page.get_by_role("button", name="Publish as bundle").click()

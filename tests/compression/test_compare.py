@@ -131,3 +131,44 @@ def test_it_refuses_a_dataset_upload_from_a_viewer(bob: Any) -> None:
     client.force_login(bob)
     answer = client.post("/datasets/", {"file": SimpleUploadedFile("x.jsonl", b'{"text": "a"}')})
     assert answer.status_code == 403
+
+
+def test_fidelity_to_the_original_follows_the_chain_and_never_invents_a_figure(
+    family: dict[str, ModelVersion], alice: Any
+) -> None:
+    """A chain's later step shows the figure measured against the root, not its parent's;
+    a step measured on nothing shows "not measured" and is left off the curve."""
+    good = family["good"]
+    model = good.model
+    fp = {"cosine_mean": 0.97, "nn_agreement": 0.9, "measured": True, "origin_version": 1}
+    int8 = _version(
+        model, 7, good, size_bytes=6_000_000,
+        metrics={**_metrics(0.999, 3.0), "fidelity_to_origin": fp},
+    )  # fmt: skip
+    lost = _version(
+        model, 8, good, size_bytes=6_000_000,
+        metrics={**_metrics(0.999, 2.0), "fidelity_to_origin": {"measured": False, "reason": "x"}},
+    )  # fmt: skip
+    listed = [comparison_row(v) for v in ModelVersion.objects.all()]
+    rows = {r["id"]: r for r in listed}
+    # 0.999 against its parent, 0.97 against the original: the fast int8 is no candidate.
+    assert recommend(listed) == good.pk
+    close = {"cosine_mean": 0.9991, "measured": True, "origin_version": 1}
+    faithful = _version(
+        model, 9, good, size_bytes=6_000_000,
+        metrics={**_metrics(0.9995, 2.5), "fidelity_to_origin": close},
+    )  # fmt: skip
+    assert recommend([*listed, comparison_row(faithful)]) == faithful.pk
+    assert rows[family["parent"].pk]["origin_fidelity"] == 1.0
+    assert rows[good.pk]["origin_fidelity"] == pytest.approx(0.9985)  # its parent is the root
+    assert rows[int8.pk]["origin_fidelity"] == 0.97  # not its 0.999 against `good`
+    assert rows[int8.pk]["origin_nn"] == 0.9
+    assert rows[lost.pk]["origin_fidelity"] is None and rows[lost.pk]["origin_reason"] == "x"
+    assert rows[family["fake"].pk]["origin_fidelity"] is None  # the sanity check still holds
+    client = Client()
+    client.force_login(alice)
+    page = client.get(f"/models/{model.pk}/compare/").content.decode()
+    assert 'id="origin-chart"' in page
+    cells = page.split('data-testid="origin-fidelity">')[1:]
+    assert any(c.startswith("0.9700") for c in cells)
+    assert sum("not measured" in c.split("</td>")[0] for c in cells) >= 2

@@ -105,6 +105,10 @@ def test_int8_auto_on_minilm_reports_what_pytorch_confirms(
     )
     assert metrics["target_met"] is meets
     assert bounds["nn_agreement_lb"] <= held["nn_agreement"]
+    confident = bounds["nn_agreement_lb"] >= params.nn_agreement_min and (
+        bounds["cosine_mean_lb"] >= params.cosine_mean_min
+    )
+    assert metrics["target_met_at_lower_bound"] is (meets and confident)
 
     # The held-out texts are the ones reported (same digest), measured independently.
     texts = plan_texts(params, None, None).heldout

@@ -80,6 +80,14 @@ def test_it_runs_a_distill_to_int8_chain_and_an_agent_serves_the_student(
     assert steps[0]["numbers"]["format"] == "hf-dir" and steps[0]["numbers"]["parameters"] > 0
     assert steps[2]["numbers"]["format"] == "onnx"
     assert steps[2]["numbers"]["latency_ms"] > 0 and "latency_ratio" in steps[2]["numbers"]
+    # Each step also measured against the teacher itself: the export adds no loss, so it
+    # lands on the student's own figure; the int8 step has its own, measured, not derived.
+    origin = [s["numbers"].get("origin_fidelity") for s in steps]
+    assert origin[0] == steps[0]["numbers"]["cosine_mean"]
+    assert origin[1] == pytest.approx(origin[0], abs=2e-3)
+    assert origin[2] is not None and 0.0 < origin[2] <= 1.0
+    recorded = ModelVersion.objects.get(pk=steps[2]["result_version"]).metrics
+    assert recorded["fidelity_to_origin"]["origin_version"] == 1
     student = ModelVersion.objects.get(pk=steps[2]["result_version"])
     assert [v.recipe or "upload" for v in student.lineage()] == [
         "upload", "distill", "export-onnx", "onnx-int8-auto",

@@ -44,6 +44,14 @@ class DistillParams:
     cosine_weight: float = 1.0
     pooled_mse_weight: float = 1.0
     token_weight: float = 0.5
+    # Relation loss: KL between the teacher's and the student's softmax over in-batch
+    # cosine similarities (temperature relation_temperature). It trains the ranking of
+    # neighbours, which is what nearest-neighbour agreement measures.
+    relation_weight: float = 0.0
+    relation_temperature: float = 0.05
+    # Layer loss: MSE between each student layer's output and the output of the teacher
+    # layer it was initialised from (same width students only).
+    layer_weight: float = 0.0
     temperature: float = 2.0
     label_weight: float = 0.5
     # Held-out fidelity is measured every eval_every steps on held_out texts; training
@@ -98,9 +106,17 @@ class DistillParams:
             raise ValueError("warmup_ratio must be in [0, 1)")
         if self.max_length < 8:
             raise ValueError("max_length must be at least 8 tokens")
-        weights = (self.cosine_weight, self.pooled_mse_weight, self.token_weight)
+        weights = (
+            self.cosine_weight,
+            self.pooled_mse_weight,
+            self.token_weight,
+            self.relation_weight,
+            self.layer_weight,
+        )
         if min(weights) < 0 or max(weights) == 0:
             raise ValueError("loss weights must be >= 0 and not all zero")
+        if not 0 < self.relation_temperature <= 10:
+            raise ValueError("relation_temperature must be in (0, 10]")
         if self.temperature <= 0 or not 0 <= self.label_weight <= 1:
             raise ValueError("temperature must be > 0 and label_weight in [0, 1]")
 

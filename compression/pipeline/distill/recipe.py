@@ -140,6 +140,7 @@ def distill(
         tokens=tokens,
         checkpoint_dir=folder,
         progress=lambda f, stage, msg: progress(0.05 + 0.85 * f, stage, msg),
+        layer_map=kept,
     )
     if folder is not None:
         with checkpoint_lock(folder):

@@ -2,7 +2,11 @@
 
 Losses (student against the frozen teacher on the same batch):
 * embedding models: ``cosine_weight·(1 - cos)`` and ``pooled_mse_weight·MSE`` on mean-pooled
-  embeddings, plus ``token_weight·MSE`` on token states (padding masked out);
+  embeddings, plus ``token_weight·MSE`` on token states (padding masked out), plus
+  ``relation_weight·KL`` between the teacher's and the student's softmax over in-batch
+  similarities (the neighbour ranking);
+* any task, when ``layer_weight`` > 0 and the student's layers were taken from the
+  teacher: MSE between each student layer's output and its source teacher layer's;
 * classifiers: ``KL(teacher‖student)`` on logits softened by ``temperature`` (scaled by
   T²), mixed with cross-entropy on the labels when the data has them.
 
@@ -124,8 +128,11 @@ class Trainer:
         checkpoint_dir: Path | None,
         progress: ProgressFn,
         trainable: Callable[[Any], list[torch.nn.Parameter]] | None = None,
+        layer_map: list[int] | None = None,
     ) -> None:
         self.teacher, self.student, self.task = teacher, student, task
+        # Teacher layer each student layer was initialised from (the layer loss's pairs).
+        self.layer_map = layer_map if params.layer_weight else None
         self.proj, self.data, self.p, self.tokens = projection, data, params, tokens
         self.checkpoint_dir, self.progress = checkpoint_dir, progress
         self.per_epoch = math.ceil(len(data.train) / params.batch_size)
@@ -156,21 +163,52 @@ class Trainer:
 
     # --- targets and losses -----------------------------------------------------------
 
-    def _teacher(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _teacher(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         with torch.no_grad():
-            out = self.teacher(**batch)
+            out = self.teacher(**batch, output_hidden_states=self.layer_map is not None)
+        target: dict[str, Any] = {}
+        if self.layer_map is not None:
+            # hidden_states[0] is the embedding output; layer k's output is [k + 1].
+            target["layers"] = [self._project(out.hidden_states[k + 1]) for k in self.layer_map]
         if self.task == "classifier":
-            return {"logits": out.logits}
-        hidden = out.last_hidden_state
-        if self.proj is not None:
-            hidden = hidden @ self.proj.T
-        return {"hidden": hidden, "pooled": mean_pool(hidden, batch["attention_mask"])}
+            return {**target, "logits": out.logits}
+        hidden = self._project(out.last_hidden_state)
+        return {**target, "hidden": hidden, "pooled": mean_pool(hidden, batch["attention_mask"])}
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden if self.proj is None else hidden @ self.proj.T
+
+    def _layer_loss(self, out: Any, target: dict[str, Any], mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(target["layers"][0].dtype)
+        losses = [
+            ((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1])
+            for s, t in zip(out.hidden_states[1:], target["layers"], strict=True)
+        ]
+        return torch.stack(losses).mean()
+
+    def _relation_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        n = student.shape[0]
+        if n < 3:
+            return student.new_zeros(())
+        t = self.p.relation_temperature
+        off = ~torch.eye(n, dtype=torch.bool)
+        s_sim = F.normalize(student, dim=-1) @ F.normalize(student, dim=-1).T
+        t_sim = F.normalize(teacher, dim=-1) @ F.normalize(teacher, dim=-1).T
+        # Each row: a distribution over the other texts of the batch (self excluded).
+        s_log = F.log_softmax(s_sim[off].view(n, n - 1) / t, -1)
+        t_prob = F.softmax(t_sim[off].view(n, n - 1) / t, -1)
+        return F.kl_div(s_log, t_prob, reduction="batchmean")
 
     def _loss(
         self, batch: dict[str, torch.Tensor], target: dict[str, torch.Tensor], labels: Any
     ) -> torch.Tensor:
-        out = self.student(**batch)
+        out = self.student(**batch, output_hidden_states=self.layer_map is not None)
         p = self.p
+        extra = (
+            p.layer_weight * self._layer_loss(out, target, batch["attention_mask"])
+            if self.layer_map is not None
+            else 0.0
+        )
         if self.task == "classifier":
             t = p.temperature
             soft = F.kl_div(
@@ -179,9 +217,9 @@ class Trainer:
                 reduction="batchmean",
             ) * (t * t)
             if labels is None:
-                return soft
+                return soft + extra
             hard = F.cross_entropy(out.logits, labels)
-            return (1 - p.label_weight) * soft + p.label_weight * hard
+            return (1 - p.label_weight) * soft + p.label_weight * hard + extra
         mask = batch["attention_mask"]
         hidden = out.last_hidden_state
         pooled = mean_pool(hidden, mask)
@@ -191,7 +229,9 @@ class Trainer:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             diff = ((hidden - target["hidden"]) ** 2 * m).sum() / (m.sum() * hidden.shape[-1])
             loss = loss + p.token_weight * diff
-        return loss
+        if p.relation_weight:
+            loss = loss + p.relation_weight * self._relation_loss(pooled, target["pooled"])
+        return loss + extra
 
     # --- held-out fidelity ------------------------------------------------------------
 
