@@ -459,3 +459,25 @@ def test_it_selects_the_fastest_then_smallest_then_most_faithful_candidate() -> 
     ]
     assert auto_int8_search._select(rows)["name"] == "fast-small-better"
     assert auto_int8_search._select([r for r in rows if not r["passed"]]) is None
+
+
+def test_a_candidate_leaves_the_nodes_it_names_in_float(
+    tiny: Path, calib_npz: Path, tmp_path: Path
+) -> None:
+    """keep_fp32_nodes (bench/int8_ceiling.py): exactly those MatMuls stay float."""
+    from dataclasses import replace
+
+    from compression.pipeline.auto_int8.graph import build_candidate
+
+    model = onnx.load(str(tiny))
+    arrays = np.load(calib_npz)
+    feeds = [{k: arrays[k][i : i + 1] for k in arrays.files} for i in range(6)]
+    absmax, sensitivity = activation_absmax(model, feeds)
+    base = next(c for c in auto_int8.DEFAULT_CANDIDATES if c.name == "dynamic-per-channel")
+    keep = sorted(sensitivity)[:3]
+    plain, kept = tmp_path / "plain.onnx", tmp_path / "kept.onnx"
+    build_candidate(base, model, absmax, sensitivity, plain)
+    build_candidate(replace(base, keep_fp32_nodes=tuple(keep)), model, absmax, sensitivity, kept)
+    float_names = {n.name for n in onnx.load(str(kept)).graph.node if n.op_type == "MatMul"}
+    assert set(keep) <= float_names
+    assert _ops(kept)["MatMulInteger"] == _ops(plain)["MatMulInteger"] - 3

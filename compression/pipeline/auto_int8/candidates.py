@@ -31,6 +31,8 @@ class Candidate:
     saturation_safe: bool = True
     keep_fp32_kinds: tuple[str, ...] = ()
     nbits8_top: int = 0  # most sensitive MatMuls as MatMulNBits 8-bit
+    # Nodes left unquantized by name (bench/int8_ceiling.py: how much float would buy).
+    keep_fp32_nodes: tuple[str, ...] = ()
 
 
 _ALL = {k: 0.8 for k in KINDS}

@@ -296,6 +296,7 @@ def build_candidate(
     exclude: list[str] = []
     if cand.smooth_alpha or cand.outliers:
         float_model, exclude = smooth_and_split(model, absmax, cand.smooth_alpha, cand.outliers)
+    exclude += list(cand.keep_fp32_nodes)
     groups = _weight_matmuls(model)
     for nodes in groups.values():
         if _kind(model, nodes) in cand.keep_fp32_kinds:
