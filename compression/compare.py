@@ -91,8 +91,9 @@ def origin_figures(version: ModelVersion) -> dict[str, Any]:
         record = {} if reason else (version.metrics or {}).get("fidelity") or {}
     else:
         record = (version.metrics or {}).get("fidelity_to_origin") or {}
-        reason = None if record.get("measured") else "not measured against the original"
-        reason = str(record.get("reason") or reason) if reason else None
+        reason = None
+        if not record.get("measured"):
+            reason = str(record.get("reason") or "not measured against the original")
     if reason is not None:
         return _origin(None, None, reason, direct=direct, metric=None)
     metric = "cosine" if "cosine_mean" in record else "agreement"

@@ -47,7 +47,7 @@ def find_tokenizer(*paths: str | Path | None) -> Path | None:
     return None
 
 
-def model_file(path: Path) -> Path:
+def _onnx_file(path: Path) -> Path:
     """The model file of a path: the file itself, or the .onnx (else .tflite) in a folder."""
     if path.is_file():
         return path
@@ -72,9 +72,7 @@ def text_feeds(
     return [dataclasses.asdict(row) for row in rows]
 
 
-def output_runner(
-    session: Any, output: str | None
-) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def _runner(session: Any, output: str | None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     """Run `session` (fitting feeds to its graph) and return its `output` (primary)."""
     index = output_index([o.name for o in session.get_outputs()], output)
 
@@ -120,7 +118,30 @@ def _inputs(
     return _synthetic_feeds(session, GOLDEN_SIZE * 4), None, "synthetic tensors"
 
 
-def _fidelity(
+def model_runner(
+    path: Path, task: str, output: str | None, threads: int
+) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], Any]:
+    """A runner for a Hugging Face folder (PyTorch) or an ONNX/TFLite model returning its
+    `output`, and its session (None for PyTorch) for the shapes it accepts."""
+    if _is_hf_dir(path):
+        return _torch_runner(path, task), None
+    session = open_session(_onnx_file(path), threads)
+    return _runner(session, output), session
+
+
+def feed_length(child_session: Any, other_session: Any, probe: bool) -> int:
+    """The token length both models accept: a fixed-shape model's own (the shorter one),
+    else what the child accepts up to MAX_SEQ when ``probe`` (text models), else MAX_SEQ."""
+    sessions = [s for s in (child_session, other_session) if s is not None]
+    fixed = [f for f in (getattr(s, "fixed_sequence", None) for s in sessions) if f]
+    if fixed:
+        return min(*fixed, MAX_SEQ)
+    if probe and child_session is not None:
+        return min(accepted_length(child_session, MAX_SEQ), MAX_SEQ)
+    return MAX_SEQ
+
+
+def fidelity_record(
     task: str,
     ref: list[np.ndarray],
     cand: list[np.ndarray],
@@ -201,24 +222,18 @@ def assess(
     Raises:
         ValueError: no model found, or inputs that do not fit the model.
     """
-    child_session = open_session(model_file(Path(child)), threads)
-    run_child = output_runner(child_session, child_output or output)
-    if is_hf_dir(Path(parent)):
-        spec_session, run_parent = child_session, torch_runner(Path(parent), task)
-    else:
-        spec_session = open_session(model_file(Path(parent)), threads)
-        run_parent = output_runner(spec_session, output)
+    child_session = open_session(_onnx_file(Path(child)), threads)
+    run_child = _runner(child_session, child_output or output)
+    run_parent, parent_session = model_runner(Path(parent), task, output, threads)
+    spec_session = parent_session or child_session
     tokenizer = find_tokenizer(child, parent)
-    fixed = [getattr(s, "fixed_sequence", None) for s in (child_session, spec_session)]
-    max_length = min([f for f in fixed if f] or [MAX_SEQ])
-    if task in TEXT_TASKS and not any(fixed):
-        max_length = accepted_length(child_session, max_length)
+    max_length = feed_length(child_session, parent_session, probe=task in TEXT_TASKS)
     feeds, labels, source = _inputs(
-        spec_session, task, tokenizer, dataset, dataset_kind, min(max_length, MAX_SEQ)
+        spec_session, task, tokenizer, dataset, dataset_kind, max_length
     )
     ref = [run_parent(f) for f in feeds]
     cand = [run_child(f) for f in feeds]
-    fidelity = _fidelity(task, ref, cand, feeds, labels)
+    fidelity = fidelity_record(task, ref, cand, feeds, labels)
     fidelity["output"] = child_output or output  # the child's output: what the comparison checks
     fidelity.update(sanity(ref, cand, _same_weights(parent, child)))
     return golden_result(task, ref, cand, feeds, fidelity, source, golden_path)
@@ -253,14 +268,13 @@ def golden_result(
 
 __all__ = [
     "assess",
+    "feed_length",
+    "fidelity_record",
     "find_tokenizer",
-    "is_hf_dir",
-    "model_file",
-    "output_runner",
+    "model_runner",
     "pooled_embedding",
     "sanity",
     "text_feeds",
-    "torch_runner",
     "write_golden",
 ]
 
@@ -295,7 +309,7 @@ def sanity(ref: list[np.ndarray], cand: list[np.ndarray], same_weights: bool) ->
 def _same_weights(parent: str, child: str) -> bool:
     """True when parent and child hold the same model bytes (a pure re-packaging)."""
     try:
-        a, b = Path(model_file(Path(parent))), Path(model_file(Path(child)))
+        a, b = Path(_onnx_file(Path(parent))), Path(_onnx_file(Path(child)))
     except ValueError:
         return False
     if a.suffix != b.suffix or a.stat().st_size != b.stat().st_size:
@@ -303,12 +317,12 @@ def _same_weights(parent: str, child: str) -> bool:
     return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
 
 
-def is_hf_dir(path: Path) -> bool:
+def _is_hf_dir(path: Path) -> bool:
     models = [*path.glob("*.onnx"), *path.glob("*.tflite")] if path.is_dir() else []
     return path.is_dir() and (path / "config.json").is_file() and not models
 
 
-def torch_runner(model_dir: Path, task: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def _torch_runner(model_dir: Path, task: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     """The original PyTorch model as the reference (export-onnx's parent)."""
     import os
 
@@ -336,7 +350,7 @@ def torch_runner(model_dir: Path, task: str) -> Callable[[dict[str, np.ndarray]]
 
 def onnx_model_file(path: str | Path) -> str:
     """The .onnx file of a model path (the file itself or the one in its folder)."""
-    return str(model_file(Path(path)))
+    return str(_onnx_file(Path(path)))
 
 
 def compare_latency_json(parent: str, child: str, threads: int = 1) -> dict[str, float]:

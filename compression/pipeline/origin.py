@@ -12,47 +12,27 @@ with the reason, never a number that means something else.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compression.pipeline.assess import (
-    MAX_SEQ,
+    feed_length,
+    fidelity_record,
     find_tokenizer,
-    is_hf_dir,
-    model_file,
-    output_runner,
+    model_runner,
     pooled_embedding,
+    sanity,
     text_feeds,
-    torch_runner,
 )
-from compression.pipeline.evaluate import (
-    classifier_fidelity,
-    embedding_fidelity,
-    nearest_neighbours,
-    open_session,
-)
-from compression.pipeline.feeds import accepted_length
+from compression.pipeline.evaluate import nearest_neighbours
 from compression.pipeline.textdata import load_jsonl
 
 __all__ = ["ORIGIN_TEXTS", "fidelity_to_origin"]
 
 ORIGIN_TEXTS = 256
 MEASURED_TASKS = ("text-embedding", "text-classification")
-
-Run = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-def _model(path: Path, task: str, output: str | None, threads: int) -> tuple[Run, Any]:
-    """A runner for a Hugging Face folder (PyTorch) or an ONNX/TFLite file, and its
-    session (None for PyTorch) so fixed sequence lengths can be honoured."""
-    if is_hf_dir(path):
-        return torch_runner(path, task), None
-    session = open_session(model_file(path), threads)
-    return output_runner(session, output), session
 
 
 def _texts(dataset: str | None) -> tuple[list[str], str]:
@@ -89,37 +69,31 @@ def fidelity_to_origin(
     tokenizer = find_tokenizer(child, origin)
     if tokenizer is None:
         return _not_measured("no tokenizer to turn the held-out text into inputs")
-    run_origin, origin_session = _model(Path(origin), task, output, threads)
-    run_child, child_session = _model(Path(child), task, child_output, threads)
-    sessions = [s for s in (child_session, origin_session) if s is not None]
-    fixed = [f for f in (getattr(s, "fixed_sequence", None) for s in sessions) if f]
-    length = min(fixed or [MAX_SEQ])
-    if child_session is not None and not fixed:
-        length = accepted_length(child_session, length)
+    run_origin, origin_session = model_runner(Path(origin), task, output, threads)
+    run_child, child_session = model_runner(Path(child), task, child_output, threads)
     texts, source = _texts(dataset)
-    feeds = text_feeds(tokenizer, texts, min(length, MAX_SEQ))
+    length = feed_length(child_session, origin_session, probe=True)
+    feeds = text_feeds(tokenizer, texts, length)
     ref = [run_origin(f) for f in feeds]
     cand = [run_child(f) for f in feeds]
-    if task == "text-classification":
-        r = np.concatenate([o.reshape(o.shape[0], -1) for o in ref])
-        c = np.concatenate([o.reshape(o.shape[0], -1) for o in cand])
-        if r.shape != c.shape:
-            return _not_measured(f"the outputs differ in shape ({r.shape} vs {c.shape})")
-        record = dataclasses.asdict(classifier_fidelity(r, c))
-    else:
-        r = np.concatenate([pooled_embedding(o, f) for o, f in zip(ref, feeds, strict=True)])
-        c = np.concatenate([pooled_embedding(o, f) for o, f in zip(cand, feeds, strict=True)])
-        if r.shape == c.shape:
-            record = dataclasses.asdict(embedding_fidelity(r, c))
-        else:
-            # A narrower student: no common space for a cosine, but the ranking of
-            # neighbours is comparable, and it is what a user searches by.
-            agree = nearest_neighbours(r) == nearest_neighbours(c)
-            record = {
-                "nn_agreement": float(agree.mean()),
-                "count": int(r.shape[0]),
-                "compared_in": f"neighbour ranks only (width {c.shape[1]} vs {r.shape[1]})",
-            }
-    if not np.all(np.isfinite(c)):
-        return _not_measured("the derived model returns NaN or infinity")
-    return {**record, "measured": True, "inputs": source}
+    checked = sanity(ref, cand, same_weights=False)
+    if not checked["measured"]:
+        return checked
+    if task == "text-embedding" and ref[0].shape[-1] != cand[0].shape[-1]:
+        return {**_neighbour_ranks(ref, cand, feeds), **checked, "inputs": source}
+    return {**fidelity_record(task, ref, cand, feeds, None), **checked, "inputs": source}
+
+
+def _neighbour_ranks(
+    ref: list[np.ndarray], cand: list[np.ndarray], feeds: list[dict[str, np.ndarray]]
+) -> dict[str, Any]:
+    """A narrower student: no common space for a cosine, but the ranking of neighbours is
+    comparable, and it is what a user searches by."""
+    r = np.concatenate([pooled_embedding(o, f) for o, f in zip(ref, feeds, strict=True)])
+    c = np.concatenate([pooled_embedding(o, f) for o, f in zip(cand, feeds, strict=True)])
+    agree = nearest_neighbours(r) == nearest_neighbours(c)
+    return {
+        "nn_agreement": float(agree.mean()),
+        "count": int(r.shape[0]),
+        "compared_in": f"neighbour ranks only (width {c.shape[1]} vs {r.shape[1]})",
+    }
