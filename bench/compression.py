@@ -127,6 +127,21 @@ PACKAGES = (
 )
 
 
+def run_info() -> dict[str, str]:
+    """When a report was made and on what: the date, then ``machine()``, then the load
+    average at the end (a loaded machine makes every ratio less certain)."""
+    from datetime import UTC, datetime
+
+    info = {"date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", **machine()}
+    info["load average at the end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return info
+
+
+def machine_section(info: dict[str, str]) -> list[str]:
+    """A report's closing "Machine" section."""
+    return ["## Machine", "", *[f"- {k}: {v}" for k, v in info.items()], ""]
+
+
 def machine() -> dict[str, str]:
     info = {"python": platform.python_version(), "platform": platform.platform()}
     try:

@@ -34,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
-from bench.compression import machine  # noqa: E402
+from bench._independent import IndependentSet  # noqa: E402
+from bench.compression import machine_section, run_info  # noqa: E402
 
 REPORT = ROOT / "bench" / "reports" / "int8_ceiling.md"
 CHOSEN = "smoothquant-0.7-outliers-down16"
@@ -68,17 +69,8 @@ def run(texts_count: int, work: Path) -> dict[str, Any]:
     from compression.pipeline.auto_int8 import AutoInt8Params, activation_absmax
     from compression.pipeline.auto_int8.evalset import load_sets
     from compression.pipeline.benchmark import compare_latency
-    from compression.pipeline.evaluate import (
-        embedding_fidelity,
-        l2_normalize,
-        mean_pool,
-        open_session,
-        torch_embeddings,
-    )
     from compression.pipeline.export_onnx import export_onnx
     from compression.pipeline.quantize import convert_fp16
-    from compression.pipeline.realtext import real_texts
-    from compression.pipeline.textdata import encode
 
     hf = Path(minilm.get_model_path())
     tokenizer = hf / "tokenizer.json"
@@ -100,37 +92,23 @@ def run(texts_count: int, work: Path) -> dict[str, Any]:
     fp16 = Path(convert_fp16(str(fp32), str(work / "fp16")).output_path)
     variants.append(("fp16 (no int8)", fp16, fp16))
 
-    # The zoo bench's independent texts: beyond everything the recipe reads.
-    offset = params.eval_samples // 2 + params.heldout_samples + params.calibration_samples
-    texts = real_texts(texts_count, offset)
-    reference = torch_embeddings(hf, texts)
-    encoded = encode(tokenizer, texts)
-
-    def embeddings(path: Path) -> np.ndarray:
-        session = open_session(path, 1)
-        rows = [
-            mean_pool(
-                session.run(None, encoded.row(i).all_feeds())[0], encoded.row(i).attention_mask
-            )[0]
-            for i in range(len(texts))
-        ]
-        return l2_normalize(np.stack(rows))
+    independent = IndependentSet.build(hf, texts_count)
 
     latency = compare_latency([fp32, *(v[1] for v in variants)], rounds=9)
     base_size, base_ms = fp32.stat().st_size, latency[str(fp32)]
     rows = []
     for name, path, sized in variants:
-        fid = embedding_fidelity(reference, embeddings(path))
+        fid = independent.fidelity(path)
         rows.append(
             {
                 "name": name,
-                **fid.to_dict(),
+                **fid,
                 "size_ratio": sized.stat().st_size / base_size,
                 "latency_ratio": latency[str(path)] / base_ms,
             }
         )
         print(rows[-1], flush=True)
-    return {"rows": rows, "texts": len(texts), "ranked": ranked[: max(TOP_K)]}
+    return {"rows": rows, "texts": len(independent.texts), "ranked": ranked[: max(TOP_K)]}
 
 
 def render(result: dict[str, Any], info: dict[str, str]) -> str:
@@ -161,10 +139,7 @@ def render(result: dict[str, Any], info: dict[str, str]) -> str:
         "Most sensitive MatMuls, in the recipe's order: "
         + ", ".join(f"`{n}`" for n in result["ranked"]),
         "",
-        "## Machine",
-        "",
-        *[f"- {k}: {v}" for k, v in info.items()],
-        "",
+        *machine_section(info),
     ]
     return "\n".join(lines)
 
@@ -173,12 +148,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=300)
     args = parser.parse_args()
-    from datetime import UTC, datetime
-
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.texts, Path(tmp))
-    info = {"date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", **machine()}
-    info["load average at the end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    info = run_info()
     REPORT.write_text(render(result, info))
     print(f"wrote {REPORT}")
     return 0

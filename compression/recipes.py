@@ -10,6 +10,7 @@ from typing import Any
 
 from compression.models import Format
 from compression.pipeline.distill.params import DistillParams, check_against_teacher
+from compression.pipeline.qat.params import QatParams
 from compression.pipeline.runner import RECIPES, resolve
 
 
@@ -20,6 +21,18 @@ def _check_distill(params: dict[str, Any], inspection: dict[str, Any]) -> None:
 def _check_prunable(params: dict[str, Any], inspection: dict[str, Any]) -> None:
     # Pruning needs the same BERT-style encoder layout as distillation (any depth).
     check_against_teacher(DistillParams(layers=1), {**inspection, "num_layers": None})
+
+
+def _check_qat(params: dict[str, Any], inspection: dict[str, Any]) -> None:
+    from compression.pipeline.qat.recipe import check_candidate
+
+    _check_prunable(params, inspection)
+    if any("SequenceClassification" in str(a) for a in inspection.get("architectures") or []):
+        raise ValueError(
+            "quantization-aware fine-tuning is built for sentence-embedding encoders; "
+            "for a classifier use onnx-int8-auto"
+        )
+    check_candidate(str(params.get("candidate", QatParams.candidate)))
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,19 @@ CATALOGUE: dict[str, RecipeInfo] = {
             assessor="assess-student",
             trains=True,
             precheck=_check_distill,
+        ),
+        RecipeInfo(
+            "onnx-int8-qat",
+            "INT8 with quantization-aware fine-tuning",
+            frozenset({Format.HF_DIR}),
+            Format.ONNX,
+            description="Fine-tunes a copy of this sentence encoder under simulated int8 "
+            "so the int8 model stays closer to the original, then quantizes it and measures "
+            "it against the original. Minutes of CPU training; training text: the "
+            "calibration dataset, else the built-in corpus.",
+            form_params='{"steps": 450}',
+            trains=True,
+            precheck=_check_qat,
         ),
         RecipeInfo(
             "prune-heads",

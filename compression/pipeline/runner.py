@@ -72,6 +72,7 @@ RECIPES: dict[str, str] = {
     "onnx-int8-static": "compression.pipeline.quantize:quantize_int8_static:StaticInt8Params",
     "onnx-fp16": "compression.pipeline.quantize:convert_fp16:Fp16Params",
     "onnx-int8-auto": "compression.pipeline.auto_int8:quantize_int8_auto:AutoInt8Params",
+    "onnx-int8-qat": "compression.pipeline.qat.recipe:quantize_int8_qat:QatParams",
     "tflite": "compression.pipeline.tflite_export:export_tflite:TfliteParams",
     "tflm": "compression.pipeline.tflm.recipe:convert_tflm:TflmParams",
     "as-is": "compression.pipeline.as_is:keep_as_is:AsIsParams",

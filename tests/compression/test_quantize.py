@@ -254,7 +254,7 @@ def _gemm_head_model(rng: np.random.Generator) -> onnx.ModelProto:
             numpy_helper.from_array(np.zeros(4, np.float32), "classifier.bias"),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     model.ir_version = 8  # what onnxruntime reads, whatever onnx writes by default
     return model
 
@@ -481,3 +481,45 @@ def test_a_candidate_leaves_the_nodes_it_names_in_float(
     float_names = {n.name for n in onnx.load(str(kept)).graph.node if n.op_type == "MatMul"}
     assert set(keep) <= float_names
     assert _ops(kept)["MatMulInteger"] == _ops(plain)["MatMulInteger"] - 3
+
+
+def test_embedding_rows_gives_each_table_row_its_own_int8_scale(tmp_path: Path) -> None:
+    """One huge row no longer coarsens every other row: after ``embedding_rows`` each
+    gathered row is within half its own step of the float row."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from compression.pipeline.auto_int8.graph import embedding_rows
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(0, 0.02, (50, 16)).astype(np.float32)
+    table[7] *= 100  # a rare token with a large vector
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["out"], name="lookup")],
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 16])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    float_path, int8_path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(model, str(float_path))
+    quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8)
+    ids = np.arange(50, dtype=np.int64)
+
+    def run(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {"ids": ids})[0])
+
+    per_table = np.abs(run(int8_path) - table).max(axis=1)
+    quantized = onnx.load(str(int8_path))
+    assert embedding_rows(quantized, model) == 1
+    rows_path = tmp_path / "rows.onnx"
+    onnx.save(quantized, str(rows_path))
+    per_row = np.abs(run(rows_path) - table).max(axis=1)
+    step = np.abs(table).max(axis=1) / 127
+    assert (per_row <= step / 2 + 1e-7).all()
+    others = np.arange(50) != 7
+    assert per_row[others].mean() < per_table[others].mean() / 10

@@ -16,6 +16,8 @@ several candidates, measures each against the parent and returns the fastest
 * ``smoothquant-outliers``: additionally, the k largest activation channels
   of the chosen MatMuls bypass int8: they are zeroed in the int8 path and
   computed by a tiny fp32 MatMul on just those channels (LLM.int8()-style).
+* ``...-rows``: additionally, embedding tables get one int8 scale per row instead
+  of one u8 range per table.
 
 Candidates with signed int8 weights are re-quantized saturation-safe: each
 output column's scale is raised until no same-sign pair of adjacent weights

@@ -33,6 +33,8 @@ class Candidate:
     nbits8_top: int = 0  # most sensitive MatMuls as MatMulNBits 8-bit
     # Nodes left unquantized by name (bench/int8_ceiling.py: how much float would buy).
     keep_fp32_nodes: tuple[str, ...] = ()
+    # Embedding tables with one int8 scale per row instead of one per table.
+    embedding_rows: bool = False
 
 
 _ALL = {k: 0.8 for k in KINDS}
@@ -48,6 +50,12 @@ DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
         "smoothquant-0.7-outliers-down16",
         smooth_alpha={k: 0.7 for k in KINDS},
         outliers={"down": 16},
+    ),
+    Candidate(
+        "smoothquant-0.7-outliers-down16-rows",
+        smooth_alpha={k: 0.7 for k in KINDS},
+        outliers={"down": 16},
+        embedding_rows=True,
     ),
     Candidate(
         "smoothquant-0.65-outliers-down8-up4",

@@ -108,8 +108,17 @@ def quantize_int8_auto(
     calibration_path: str | None = None,
     eval_path: str | None = None,
     output: str | None = None,
+    reference_path: str | None = None,
+    calibration_model: str | None = None,
 ) -> RecipeResult:
     """Build int8 candidates, measure them, return the best one meeting the target.
+
+    ``reference_path`` is the model fidelity, size and latency are measured against
+    when it is not ``model_path`` itself: the original of a fine-tuned copy
+    (``onnx-int8-qat``), which must take the same inputs. ``calibration_model`` is the
+    model whose activation statistics set the SmoothQuant scales and outlier channels
+    (default: ``model_path``): a copy fine-tuned for one grid must be quantized on that
+    grid; it must have the same graph tensor names.
 
     Raises:
         QuantizeError: invalid model or unknown candidate names.
@@ -125,24 +134,28 @@ def quantize_int8_auto(
         model_path, model, params, tokenizer_path, calibration_path, eval_path, logs, output
     )
     progress(0.05, "calibrate", f"activation statistics on {len(calib)} samples")
-    absmax, sensitivity = activation_absmax(model, calib)
+    stats_model = onnx.load(str(resolve_onnx(calibration_model))) if calibration_model else model
+    absmax, sensitivity = activation_absmax(stats_model, calib)
+    if calibration_model and not set(activation_absmax(model, calib[:1])[0]) <= set(absmax):
+        raise QuantizeError("the calibration model's graph does not match the model's")
     ranked = sorted(sensitivity, key=lambda k: sensitivity[k], reverse=True)
     logs.append(
         "most sensitive MatMuls: " + ", ".join(f"{k} ({sensitivity[k]:.2e})" for k in ranked[:6])
     )
-    data.reference = model_outputs(model_path, data)
+    reference = str(resolve_onnx(reference_path)) if reference_path else model_path
+    data.reference = model_outputs(reference, data)
     if heldout is not None:
-        heldout.reference = model_outputs(model_path, heldout)
+        heldout.reference = model_outputs(reference, heldout)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parent_size = Path(model_path).stat().st_size
+    parent_size = Path(reference).stat().st_size
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         sets = (data, heldout)
         rows = _measure_all(
             candidates, model, absmax, sensitivity, sets, params, Path(tmp), logs, progress
         )
         progress(0.9, "latency", "interleaved latency vs the parent")
-        _add_latency(model_path, rows, params)
+        _add_latency(reference, rows, params)
         for row in rows:
             row["size_ratio"] = row["size_bytes"] / parent_size
             size_ok = params.size_ratio_max is None or row["size_ratio"] <= params.size_ratio_max
