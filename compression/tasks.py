@@ -429,6 +429,8 @@ _ACTIONABLE = (
     "RecipeError",
     "ShapeMismatchError",
     "GoldenError",
+    "DistillError",
+    "QatError",
 )
 
 

@@ -210,3 +210,14 @@ def test_it_refuses_too_little_training_text(teacher: Path, tmp_path: Path) -> N
         quantize_int8_qat(
             str(teacher), str(tmp_path), QatParams(steps=5), calibration_path=str(few)
         )
+
+
+def test_a_refusal_inside_the_job_reaches_the_operator_as_its_own_sentence() -> None:
+    """The worker shows a QatError's message itself, not "an unexpected error"."""
+    from compression.pipeline.runner import ConverterCrashError
+    from compression.tasks import failure_sentence
+
+    message = "the model has no tokenizer.json; fine-tuning needs its tokenizer"
+    crash = ConverterCrashError(f"onnx-int8-qat failed: QatError: {message}")
+    assert failure_sentence(crash) == message
+    assert failure_sentence(QatError(message)) == message

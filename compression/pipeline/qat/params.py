@@ -21,9 +21,12 @@ class QatParams:
     batch_size: int = 32
     learning_rate: float = 2e-5
     warmup_steps: int = 50
-    # Loss: cosine of pooled embeddings (weighted) plus MSE of the token states.
+    # Loss: cosine of pooled embeddings (weighted), MSE of the token states and of the
+    # in-batch similarities.
     cosine_weight: float = 100.0
     token_weight: float = 1.0
+    # MSE between the in-batch cosine-similarity matrices of the two models.
+    relation_weight: float = 10_000.0
     max_train_texts: int = 20_000
     # Texts are cut to this many tokens while training.
     max_length: int = 128

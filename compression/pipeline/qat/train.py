@@ -76,12 +76,17 @@ def fine_tune(
             mask.value = feed["attention_mask"]
             hidden = student(**feed).last_hidden_state
             valid = feed["attention_mask"][:, :, None].to(hidden.dtype)
-            cosine = (
-                _pooled(hidden, feed["attention_mask"]) * _pooled(target, feed["attention_mask"])
-            ).sum(-1)
-            loss_cos = (1 - cosine).mean()
+            mine = _pooled(hidden, feed["attention_mask"])
+            theirs = _pooled(target, feed["attention_mask"])
+            loss_cos = (1 - (mine * theirs).sum(-1)).mean()
             loss_tok = (((hidden - target) ** 2) * valid).sum() / (valid.sum() * hidden.shape[-1])
-            loss = params.cosine_weight * loss_cos + params.token_weight * loss_tok
+            # In-batch similarities: the ranking nearest-neighbour agreement measures.
+            loss_rel = ((mine @ mine.T - theirs @ theirs.T) ** 2).mean()
+            loss = (
+                params.cosine_weight * loss_cos
+                + params.token_weight * loss_tok
+                + params.relation_weight * loss_rel
+            )
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss.item()} at step {step}")
             optimizer.zero_grad()
