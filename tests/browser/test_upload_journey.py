@@ -26,7 +26,8 @@ def test_an_operator_uploads_a_model_and_sees_it_inspected(
     page.fill("input[name=name]", "browser-bert")
     page.select_option("select[name=task]", "text-embedding")
     page.set_input_files("#file-input", str(build_tiny_bert_onnx(tmp_path / "bert.onnx")))
-    assert "bert.onnx" in page.inner_text("#file-name")
+    # The page's change handler names the file; on a loaded machine it runs a moment later.
+    page.locator("#file-name").filter(has_text="bert.onnx").wait_for(timeout=10_000)
     page.click("#upload-button")
     page.wait_for_url(f"{base}/versions/*/")
     status = page.locator("[data-testid=version-status]")
@@ -53,7 +54,7 @@ def test_dropping_a_file_uploads_it_with_progress(
         data,
     )
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
-    assert "drop.onnx" in page.inner_text("#file-name")
+    page.locator("#file-name").filter(has_text="drop.onnx").wait_for(timeout=10_000)
     page.click("#upload-button")
     page.wait_for_url(f"{base}/versions/*/")
     assert page.locator("h1").inner_text().startswith("dropped v1")
