@@ -30,14 +30,20 @@ def _weight_matmuls(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return groups
 
 
-def _kind(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> str:
-    inits = {i.name: i for i in model.graph.initializer}
-    k, n = inits[nodes[0].input[1]].dims
+def matmul_kind(k: int, n: int, shared: bool) -> str:
+    """A weight MatMul's kind (``candidates.KINDS``) from its [K, N] shape and whether
+    other MatMuls read the same input."""
     if k > n:
         return "down"
     if n > k:
         return "up"
-    return "shared" if len(nodes) > 1 else "single"
+    return "shared" if shared else "single"
+
+
+def _kind(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> str:
+    inits = {i.name: i for i in model.graph.initializer}
+    k, n = inits[nodes[0].input[1]].dims
+    return matmul_kind(k, n, shared=len(nodes) > 1)
 
 
 def _with_taps(model: onnx.ModelProto, tensors: Sequence[str]) -> bytes:

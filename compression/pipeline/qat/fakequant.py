@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from compression.pipeline.auto_int8.candidates import Candidate
+from compression.pipeline.auto_int8.graph import matmul_kind
 
 __all__ = ["LinearPlan", "fake_quant", "plan_linears"]
 
@@ -56,15 +57,6 @@ class LinearPlan:
             return scales.clamp(1e-2, 1e2)
 
 
-def _kind(out_features: int, in_features: int, shared: bool) -> str:
-    """The MatMul kinds of ``auto_int8.candidates.KINDS``, from the weight shape."""
-    if in_features > out_features:
-        return "down"
-    if out_features > in_features:
-        return "up"
-    return "shared" if shared else "single"
-
-
 def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The Linear layers inside the encoder (not a pooler or classifier head)."""
     encoder = getattr(model, "encoder", None) or getattr(
@@ -79,8 +71,8 @@ def plan_linears(
     model: nn.Module, batches: Iterable[dict[str, Tensor]], candidate: Candidate
 ) -> dict[str, LinearPlan]:
     """Per-channel activation maxima on ``batches`` (rows of one text each, as the
-    recipe calibrates), then each Linear's SmoothQuant scales and outlier channels
-    exactly as ``auto_int8.graph.smooth_and_split`` computes them."""
+    recipe calibrates), then each Linear's group, SmoothQuant exponent and outlier
+    channels, as ``auto_int8.graph.smooth_and_split`` chooses them."""
     linears = encoder_linears(model)
     absmax: dict[str, Tensor] = {}
     first_call: list[tuple[Tensor, str]] = []
@@ -103,28 +95,25 @@ def plan_linears(
     finally:
         for h in handles:
             h.remove()
-    groups: list[list[str]] = []
+    groups: list[tuple[Tensor, list[str]]] = []  # (shared input, Linears reading it)
     for tensor, name in first_call:
-        group = next((g for g in groups if _input_of(first_call, g[0]) is tensor), None)
+        group = next((names for seen, names in groups if seen is tensor), None)
         if group is None:
-            groups.append([name])
+            groups.append((tensor, [name]))
         else:
             group.append(name)
     plans: dict[str, LinearPlan] = {}
-    for group in groups:
-        plans.update(_group_plan(group, linears, absmax[group[0]], candidate))
+    for _, names in groups:
+        plans.update(_group_plan(names, linears, absmax[names[0]], candidate))
     return plans
-
-
-def _input_of(calls: list[tuple[Tensor, str]], name: str) -> Tensor:
-    return next(t for t, n in calls if n == name)
 
 
 def _group_plan(
     names: list[str], linears: dict[str, nn.Linear], peak: Tensor, candidate: Candidate
 ) -> dict[str, LinearPlan]:
     out_features, in_features = linears[names[0]].weight.shape
-    kind = _kind(out_features, in_features, shared=len(names) > 1)
+    # torch stores [out, in]; the ONNX MatMul weight is [K, N] = [in, out].
+    kind = matmul_kind(in_features, out_features, shared=len(names) > 1)
     group = tuple(names)
     if kind in candidate.keep_fp32_kinds:
         none = torch.zeros(0, dtype=torch.long)
